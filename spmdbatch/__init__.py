@@ -1,0 +1,20 @@
+"""spmdbatch: batch per-example Python/numpy model code with data-dependent control flow.
+
+Write the model for one example; `@spmd` rewrites it into a masked batch program, and
+`grad` / `value_and_grad` differentiate it with spmdbatch's own reverse-mode autodiff.
+"""
+from .ad import Tracer, check_gradients, grad, stop_gradient, value_and_grad, vjp
+from .errors import (BatchSizeError, LaneError, SpmdError, UnsupportedConstruct,
+                     VaryingValueError)
+from .runtime import DEFAULT_FLOAT, get_backend, namespace, tree_map
+from .runtime.array_methods import at, index_update
+from .runtime.primitives import log_softmax, logsumexp, sigmoid, softmax
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "grad", "value_and_grad", "vjp", "check_gradients", "stop_gradient", "Tracer",
+    "sigmoid", "logsumexp", "softmax", "log_softmax", "index_update", "at",
+    "SpmdError", "UnsupportedConstruct", "VaryingValueError", "BatchSizeError", "LaneError",
+    "DEFAULT_FLOAT", "get_backend", "namespace", "tree_map",
+]

@@ -1,0 +1,79 @@
+"""The tape: a linear record of differentiable operations, replayed backwards.
+
+Operations are appended in execution order, which is a topological order of the
+computation, so the backward pass is one reverse sweep with no graph sort. Leaves (the
+inputs being differentiated) are entries of `None`. A tape lives for one `grad` /
+`value_and_grad` / `vjp` call and is dropped afterwards, releasing every intermediate.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..runtime.backend import namespace
+
+
+class Tape:
+    """Entries ``(primitive, raw_operands, params, result, parents)``; parents are
+    ``(operand_position, parent_node)`` pairs for the operands that are traced."""
+
+    __slots__ = ("nodes", "__weakref__")
+
+    def __init__(self):
+        self.nodes: list = []
+
+    def new_leaf(self) -> int:
+        self.nodes.append(None)
+        return len(self.nodes) - 1
+
+    def record(self, prim, raw, params, ans, parents) -> int:
+        self.nodes.append((prim, raw, params, ans, parents))
+        return len(self.nodes) - 1
+
+    def backward(self, seeds: dict[int, object]) -> dict[int, object]:
+        """Cotangents of the leaves, given cotangents `seeds` of some nodes."""
+        grads = dict(seeds)
+        leaf_grads: dict[int, object] = {}
+        nodes = self.nodes
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            for idx in range(max(seeds, default=-1), -1, -1):
+                g = grads.pop(idx, None)
+                if g is None:
+                    continue
+                entry = nodes[idx]
+                if entry is None:
+                    leaf_grads[idx] = g
+                    continue
+                prim, raw, params, ans, parents = entry
+                rules = prim.vjp
+                for pos, parent in parents:
+                    if type(rules) is tuple:
+                        rule = rules[pos] if pos < len(rules) else None
+                        if rule is None:
+                            continue
+                        c = rule(g, ans, *raw, **params)
+                    else:
+                        c = rules(pos, g, ans, *raw, **params)
+                    if c is None:
+                        continue
+                    if prim.broadcasting:
+                        c = unbroadcast(c, raw[pos])
+                    prev = grads.get(parent)
+                    grads[parent] = c if prev is None else prev + c
+        return leaf_grads
+
+
+def unbroadcast(c, x):
+    """Sum cotangent `c` down to the shape of operand `x` (undoing numpy broadcasting)."""
+    shape = np.shape(x)
+    cshape = np.shape(c)
+    if cshape == shape:
+        return c
+    lead = len(cshape) - len(shape)
+    if lead > 0:
+        c = c.sum(axis=tuple(range(lead)))
+    axes = tuple(i for i, s in enumerate(shape) if s == 1 and c.shape[i] != 1)
+    if axes:
+        c = c.sum(axis=axes, keepdims=True)
+    if np.shape(c) != shape:  # c was a scalar and x is not: broadcast up
+        c = namespace(c).broadcast_to(c, shape)
+    return c

@@ -1,0 +1,219 @@
+"""The VJP table: one reverse-mode rule per primitive and operand.
+
+A rule is ``rule(g, ans, *operands, **params) -> cotangent of that operand`` on raw arrays,
+where `g` is the cotangent of the result `ans`. Rules of broadcasting primitives may return
+a cotangent of the broadcast shape: the tape sums it back to the operand's shape. A `None`
+rule means "no gradient for this operand" (indices, conditions). Variadic primitives
+(concatenate, einsum) have one rule taking the operand position first.
+
+Rules are written to be numerically safe: a zero cotangent never turns into NaN (division
+by a zero derivative denominator is masked: `safe_div`), and `where` sends exact zeros to
+the unselected side.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..runtime import primitives as P
+from ..runtime.backend import namespace
+from .tape import unbroadcast
+
+LN2 = math.log(2.0)
+LN10 = math.log(10.0)
+
+
+def defvjp(prim, *rules):
+    """Set the per-operand VJP rules of `prim` (None for a non-differentiable operand)."""
+    prim.vjp = tuple(rules)
+
+
+def defvjp_variadic(prim, rule):
+    """Set one rule ``rule(position, g, ans, *operands, **params)`` for all operands."""
+    prim.vjp = rule
+
+
+def safe_div(num, den):
+    """num / den, but exactly 0 where num == 0 (so 0 * infinite slope is 0, not NaN)."""
+    xp = namespace(num, den)
+    nonzero = num != 0
+    return xp.where(nonzero, num / xp.where(nonzero, den, 1), 0)
+
+
+def _expand_reduced(g, x, axis, keepdims):
+    """Broadcast the cotangent of a reduction back over the reduced axes of `x`."""
+    if not keepdims and axis is not None:
+        g = namespace(g).expand_dims(g, axis)
+    return namespace(g).broadcast_to(g, np.shape(x))
+
+
+def _tie_split(g, ans, x, axis, keepdims):
+    """Cotangent of max/min: shared equally between the positions that attain it."""
+    hits = x == _expand_reduced(ans, x, axis, keepdims)
+    return _expand_reduced(g, x, axis, keepdims) * hits / hits.sum(axis=axis, keepdims=True)
+
+
+def _binary_max(g, x, y, wins):
+    """Cotangent of maximum/minimum for the operand that `wins`; ties split in half."""
+    xp = namespace(g)
+    return xp.where(wins, g, xp.where(x == y, 0.5 * g, 0))
+
+
+# --- elementwise ----------------------------------------------------------------------------
+defvjp(P.negative, lambda g, ans, x: -g)
+defvjp(P.exp, lambda g, ans, x: g * ans)
+defvjp(P.exp2, lambda g, ans, x: g * ans * LN2)
+defvjp(P.log, lambda g, ans, x: safe_div(g, x))
+defvjp(P.log2, lambda g, ans, x: safe_div(g, x * LN2))
+defvjp(P.log10, lambda g, ans, x: safe_div(g, x * LN10))
+defvjp(P.log1p, lambda g, ans, x: safe_div(g, 1 + x))
+defvjp(P.expm1, lambda g, ans, x: g * (ans + 1))
+defvjp(P.sqrt, lambda g, ans, x: safe_div(g, 2 * ans))
+defvjp(P.cbrt, lambda g, ans, x: safe_div(g, 3 * ans * ans))
+defvjp(P.square, lambda g, ans, x: 2 * g * x)
+defvjp(P.reciprocal, lambda g, ans, x: -g * ans * ans)
+defvjp(P.sin, lambda g, ans, x: g * np.cos(x))
+defvjp(P.cos, lambda g, ans, x: -g * np.sin(x))
+defvjp(P.tan, lambda g, ans, x: g * (1 + ans * ans))
+defvjp(P.arcsin, lambda g, ans, x: safe_div(g, np.sqrt(1 - x * x)))
+defvjp(P.arccos, lambda g, ans, x: -safe_div(g, np.sqrt(1 - x * x)))
+defvjp(P.arctan, lambda g, ans, x: g / (1 + x * x))
+defvjp(P.sinh, lambda g, ans, x: g * np.cosh(x))
+defvjp(P.cosh, lambda g, ans, x: g * np.sinh(x))
+defvjp(P.tanh, lambda g, ans, x: g * (1 - ans * ans))
+defvjp(P.arcsinh, lambda g, ans, x: g / np.sqrt(x * x + 1))
+defvjp(P.arccosh, lambda g, ans, x: safe_div(g, np.sqrt(x * x - 1)))
+defvjp(P.arctanh, lambda g, ans, x: safe_div(g, 1 - x * x))
+defvjp(P.absolute, lambda g, ans, x: g * np.sign(x))
+defvjp(P.sigmoid, lambda g, ans, x: g * ans * (1 - ans))
+
+defvjp(P.add, lambda g, ans, x, y: g, lambda g, ans, x, y: g)
+defvjp(P.subtract, lambda g, ans, x, y: g, lambda g, ans, x, y: -g)
+defvjp(P.multiply, lambda g, ans, x, y: g * y, lambda g, ans, x, y: g * x)
+defvjp(P.divide, lambda g, ans, x, y: safe_div(g, y), lambda g, ans, x, y: -safe_div(g * ans, y))
+defvjp(P.power,
+       lambda g, ans, x, y: np.where(g != 0, g * y * np.power(x, y - 1), 0),
+       lambda g, ans, x, y: g * ans * np.log(np.where(x > 0, x, 1)))
+defvjp(P.maximum, lambda g, ans, x, y: _binary_max(g, x, y, x > y),
+       lambda g, ans, x, y: _binary_max(g, x, y, y > x))
+defvjp(P.minimum, lambda g, ans, x, y: _binary_max(g, x, y, x < y),
+       lambda g, ans, x, y: _binary_max(g, x, y, y < x))
+defvjp(P.fmax, *P.maximum.vjp)
+defvjp(P.fmin, *P.minimum.vjp)
+defvjp(P.arctan2, lambda g, ans, y, x: safe_div(g * x, x * x + y * y),
+       lambda g, ans, y, x: -safe_div(g * y, x * x + y * y))
+defvjp(P.hypot, lambda g, ans, x, y: safe_div(g * x, ans), lambda g, ans, x, y: safe_div(g * y, ans))
+defvjp(P.logaddexp, lambda g, ans, x, y: g * np.exp(x - ans), lambda g, ans, x, y: g * np.exp(y - ans))
+defvjp(P.remainder, lambda g, ans, x, y: g, lambda g, ans, x, y: -g * np.floor(x / y))
+defvjp(P.where, None,
+       lambda g, ans, c, x, y: np.where(c, g, 0),
+       lambda g, ans, c, x, y: np.where(c, 0, g))
+
+# --- reductions ---------------------------------------------------------------------------
+defvjp(P.sum, lambda g, ans, x, axis=None, keepdims=False: _expand_reduced(g, x, axis, keepdims))
+defvjp(P.max, lambda g, ans, x, axis=None, keepdims=False: _tie_split(g, ans, x, axis, keepdims))
+defvjp(P.min, lambda g, ans, x, axis=None, keepdims=False: _tie_split(g, ans, x, axis, keepdims))
+defvjp(P.logsumexp, lambda g, ans, x, axis=None, keepdims=False:
+       _expand_reduced(g, x, axis, keepdims) * np.exp(x - _expand_reduced(ans, x, axis, keepdims)))
+defvjp(P.softmax, lambda g, ans, x, axis=-1: ans * (g - (g * ans).sum(axis=axis, keepdims=True)))
+defvjp(P.log_softmax, lambda g, ans, x, axis=-1: g - np.exp(ans) * g.sum(axis=axis, keepdims=True))
+defvjp(P.cumsum, lambda g, ans, x, axis=None:
+       np.flip(np.cumsum(np.flip(g, axis), axis=axis), axis))
+
+
+# --- linear algebra -----------------------------------------------------------------------
+def _matmul_vjp_a(g, ans, a, b):
+    if a.ndim == 1 and b.ndim == 1:
+        return g * b
+    if b.ndim == 1:                     # (..., m, n) @ (n,) -> (..., m)
+        return g[..., None] * b
+    gb = g[..., None, :] if a.ndim == 1 else g
+    out = gb @ np.swapaxes(b, -1, -2)
+    if a.ndim == 1:
+        out = out[..., 0, :]
+    return unbroadcast(out, a)
+
+
+def _matmul_vjp_b(g, ans, a, b):
+    if a.ndim == 1 and b.ndim == 1:
+        return g * a
+    if a.ndim == 1:                     # (n,) @ (..., n, k) -> (..., k)
+        return unbroadcast(a[:, None] * g[..., None, :], b)
+    if b.ndim == 1:                     # (..., m, n) @ (n,) -> (..., m)
+        return (g[..., None] * a).reshape(-1, a.shape[-1]).sum(axis=0)
+    if b.ndim == 2:                     # fold a's leading axes into one GEMM
+        return a.reshape(-1, a.shape[-1]).T @ g.reshape(-1, g.shape[-1])
+    return unbroadcast(np.swapaxes(a, -1, -2) @ g, b)
+
+
+defvjp(P.matmul, _matmul_vjp_a, _matmul_vjp_b)
+
+
+def _einsum_vjp(pos, g, ans, *operands, spec):
+    inputs, out = spec.split("->")
+    inputs = inputs.split(",")
+    target = inputs[pos]
+    if len(set(target)) != len(target):
+        raise NotImplementedError(f"einsum VJP: repeated index in operand {target!r} (diagonal) is not supported")
+    others = [s for i, s in enumerate(inputs) if i != pos]
+    available = set(out).union(*others)
+    kept = "".join(c for c in target if c in available)
+    grad = np.einsum(",".join([out] + others) + "->" + kept, g, *[op for i, op in enumerate(operands) if i != pos])
+    if kept != target:  # indices summed inside this operand alone: broadcast back over them
+        x = operands[pos]
+        grad = grad.reshape([x.shape[i] if c in available else 1 for i, c in enumerate(target)])
+        grad = np.broadcast_to(grad, x.shape)
+    return grad
+
+
+defvjp_variadic(P.einsum, _einsum_vjp)
+
+# --- shapes -------------------------------------------------------------------------------
+defvjp(P.reshape, lambda g, ans, x, shape: g.reshape(np.shape(x)))
+defvjp(P.transpose, lambda g, ans, x, axes=None:
+       g.transpose(tuple(np.argsort(axes)) if axes is not None else None))
+defvjp(P.broadcast_to, lambda g, ans, x, shape: unbroadcast(g, x))
+defvjp(P.astype, lambda g, ans, x, dtype: g.astype(x.dtype) if np.issubdtype(x.dtype, np.inexact) else None)
+
+
+def _concatenate_vjp(pos, g, ans, *xs, axis=0):
+    start = 0
+    for x in xs[:pos]:
+        start += x.shape[axis]
+    index = [slice(None)] * g.ndim
+    index[axis] = slice(start, start + xs[pos].shape[axis])
+    return g[tuple(index)]
+
+
+defvjp_variadic(P.concatenate, _concatenate_vjp)
+
+
+# --- indexing -----------------------------------------------------------------------------
+def _getitem_vjp(g, ans, x, *arrays, index):
+    xp = namespace(g)
+    out = xp.zeros(np.shape(x), dtype=g.dtype)
+    full = P.fill_index(index, arrays)
+    if P.is_advanced_index(index):
+        xp.add.at(out, full, g)
+    else:
+        out[full] = g
+    return out
+
+
+defvjp(P.getitem, _getitem_vjp)
+
+
+def _index_update_vjp_x(g, ans, x, value, *arrays, index, mode):
+    if mode == "add":
+        return g
+    out = g.copy()
+    out[P.fill_index(index, arrays)] = 0
+    return out
+
+
+def _index_update_vjp_value(g, ans, x, value, *arrays, index, mode):
+    return unbroadcast(g[P.fill_index(index, arrays)], value)
+
+
+defvjp(P.index_update, _index_update_vjp_x, _index_update_vjp_value)

@@ -1,0 +1,55 @@
+"""Error types of spmdbatch.
+
+Every error that points at user code carries the user's source file and line, so the
+message reads ``file.py:12: <what is wrong>. <how to fix it>``.
+"""
+from __future__ import annotations
+
+
+class SpmdError(Exception):
+    """Base class of every error raised by the @spmd transform and its runtime."""
+
+    def __init__(self, message: str, filename: str | None = None, lineno: int | None = None,
+                 hint: str | None = None):
+        self.message = message
+        self.filename = filename
+        self.lineno = lineno
+        self.hint = hint
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        where = ""
+        if self.filename is not None:
+            where = f"{self.filename}:{self.lineno if self.lineno is not None else '?'}: "
+        text = where + self.message
+        if self.hint:
+            text += " " + self.hint
+        return text
+
+
+class UnsupportedConstruct(SpmdError):
+    """The per-example code uses a construct that cannot be batched (generators, async, ...)."""
+
+
+class HasExceptionHandling(UnsupportedConstruct):
+    """The function contains try/except/finally or with blocks.
+
+    Such functions are not rewritten; they run natively on batched values, which is correct
+    as long as their control flow never depends on a varying value.
+    """
+
+
+class VaryingValueError(SpmdError):
+    """A varying (per-example) value was used where Python needs one concrete value."""
+
+
+class BatchSizeError(SpmdError):
+    """Batched arguments disagree on the batch size, or a ragged list is inconsistent."""
+
+
+class LaneError(SpmdError):
+    """An exception was raised in some lanes (examples) only; names them by batch index."""
+
+    def __init__(self, message: str, lanes, filename=None, lineno=None, hint=None):
+        self.lanes = list(lanes)
+        super().__init__(message, filename, lineno, hint)

@@ -1,0 +1,198 @@
+"""Operators and ndarray-style methods shared by the wrapped value types.
+
+A subclass provides `shape`, `ndim`, `dtype` and `xp` (its array module); everything here
+routes through primitives (`runtime/primitives.py`) or the numpy API table, so a tracer and
+a batched value behave like an ndarray in user code: `x + 1`, `W @ x`, `x.sum(axis=0)`,
+`x.T`, `x[i]`, `np.tanh(x)`, `np.concatenate([x, y])`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import numpy_api as api
+from . import primitives as P
+from .numpy_api import FUNCTIONS, unsupported
+
+_REDUCE_METHODS = {np.add: api.sum, np.maximum: api.amax, np.minimum: api.amin,
+                   np.logical_and: np.all, np.logical_or: np.any}
+
+
+class ArrayMethods:
+    """Mixin: numpy protocols, operators and methods in terms of primitives."""
+
+    __slots__ = ()
+    __array_priority__ = 100
+    __hash__ = None  # like ndarray: == is elementwise
+
+    # --- numpy protocols ---------------------------------------------------------------
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        if method == "__call__" and not kwargs:
+            prim = P.UFUNC_PRIMITIVES.get(ufunc)
+            if prim is not None:
+                return prim(*inputs)
+        if method == "__call__" and ufunc is np.matmul and not kwargs:
+            return P.matmul(*inputs)
+        if method == "reduce" and ufunc in _REDUCE_METHODS and len(inputs) == 1:
+            axis = kwargs.pop("axis", 0)
+            keepdims = kwargs.pop("keepdims", False)
+            if not kwargs:
+                return _REDUCE_METHODS[ufunc](inputs[0], axis=axis, keepdims=keepdims)
+        name = ufunc.__name__ if method == "__call__" else f"{ufunc.__name__}.{method}"
+        if kwargs:
+            name += f"(with {', '.join(sorted(kwargs))}=)"
+        raise unsupported(name)
+
+    def __array_function__(self, func, types, args, kwargs):
+        impl = FUNCTIONS.get(func)
+        if impl is None:
+            raise unsupported(getattr(func, "__name__", str(func)))
+        return impl(*args, **kwargs)
+
+    # --- arithmetic ----------------------------------------------------------------------
+    def __add__(self, other): return P.add(self, other)
+    def __radd__(self, other): return P.add(other, self)
+    def __sub__(self, other): return P.subtract(self, other)
+    def __rsub__(self, other): return P.subtract(other, self)
+    def __mul__(self, other): return P.multiply(self, other)
+    def __rmul__(self, other): return P.multiply(other, self)
+    def __truediv__(self, other): return P.divide(self, other)
+    def __rtruediv__(self, other): return P.divide(other, self)
+    def __pow__(self, other): return P.power(self, other)
+    def __rpow__(self, other): return P.power(other, self)
+    def __matmul__(self, other): return P.matmul(self, other)
+    def __rmatmul__(self, other): return P.matmul(other, self)
+    def __floordiv__(self, other): return P.floor_divide(self, other)
+    def __rfloordiv__(self, other): return P.floor_divide(other, self)
+    def __mod__(self, other): return P.remainder(self, other)
+    def __rmod__(self, other): return P.remainder(other, self)
+    def __neg__(self): return P.negative(self)
+    def __pos__(self): return self
+    def __abs__(self): return P.absolute(self)
+
+    # --- comparisons and logic (no gradient) ------------------------------------------------
+    def __lt__(self, other): return P.less(self, other)
+    def __le__(self, other): return P.less_equal(self, other)
+    def __gt__(self, other): return P.greater(self, other)
+    def __ge__(self, other): return P.greater_equal(self, other)
+    def __eq__(self, other): return P.equal(self, other)  # type: ignore[override]
+    def __ne__(self, other): return P.not_equal(self, other)  # type: ignore[override]
+    def __and__(self, other): return P.bitwise_and(self, other)
+    def __rand__(self, other): return P.bitwise_and(other, self)
+    def __or__(self, other): return P.bitwise_or(self, other)
+    def __ror__(self, other): return P.bitwise_or(other, self)
+    def __xor__(self, other): return P.bitwise_xor(self, other)
+    def __rxor__(self, other): return P.bitwise_xor(other, self)
+    def __invert__(self): return P.invert(self)
+
+    # --- indexing ---------------------------------------------------------------------------
+    def __getitem__(self, index):
+        template, arrays = P.split_index(index)
+        return P.getitem(self, *arrays, index=template)
+
+    def __len__(self):
+        if not self.shape:
+            raise TypeError("len() of unsized object")
+        return self.shape[0]
+
+    def __iter__(self):
+        if not self.shape:
+            raise TypeError("iteration over a 0-d array")
+        return (self[i] for i in range(self.shape[0]))
+
+    @property
+    def at(self):
+        """Functional index update: ``x.at[i].set(v)`` and ``x.at[i].add(v)`` return new arrays."""
+        return _IndexUpdateRef(self)
+
+    # --- shape ------------------------------------------------------------------------------
+    @property
+    def size(self):
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    @property
+    def T(self):
+        return api.transpose(self)
+
+    def reshape(self, *shape, order="C"):
+        if len(shape) == 1 and not isinstance(shape[0], (int, np.integer)):
+            shape = shape[0]
+        return api.reshape(self, shape, order=order)
+
+    def transpose(self, *axes):
+        if len(axes) == 1 and not isinstance(axes[0], (int, np.integer)):
+            axes = axes[0]
+        return api.transpose(self, axes or None)
+
+    def ravel(self, order="C"): return api.ravel(self, order)
+    def flatten(self, order="C"): return api.ravel(self, order)
+    def squeeze(self, axis=None): return api.squeeze(self, axis)
+    def swapaxes(self, axis1, axis2): return api.swapaxes(self, axis1, axis2)
+
+    # --- reductions and others -----------------------------------------------------------------
+    def sum(self, axis=None, dtype=None, out=None, keepdims=False): return api.sum(self, axis, dtype, out, keepdims)
+    def mean(self, axis=None, dtype=None, out=None, keepdims=False): return api.mean(self, axis, dtype, out, keepdims)
+    def max(self, axis=None, out=None, keepdims=False): return api.amax(self, axis, None, out, keepdims)
+    def min(self, axis=None, out=None, keepdims=False): return api.amin(self, axis, None, out, keepdims)
+    def var(self, axis=None, dtype=None, out=None, ddof=0, keepdims=False): return api.var(self, axis, dtype, out, ddof, keepdims)
+    def std(self, axis=None, dtype=None, out=None, ddof=0, keepdims=False): return api.std(self, axis, dtype, out, ddof, keepdims)
+    def argmax(self, axis=None, out=None, keepdims=False): return api.argmax(self, axis, out, keepdims)
+    def argmin(self, axis=None, out=None, keepdims=False): return api.argmin(self, axis, out, keepdims)
+    def any(self, axis=None, out=None, keepdims=False): return P.any(self, axis=api.normalize_axis(axis, self.ndim), keepdims=keepdims)
+    def all(self, axis=None, out=None, keepdims=False): return P.all(self, axis=api.normalize_axis(axis, self.ndim), keepdims=keepdims)
+    def cumsum(self, axis=None, dtype=None, out=None): return api.cumsum(self, axis, dtype, out)
+    def dot(self, other): return api.dot(self, other)
+    def clip(self, min=None, max=None): return api.clip(self, min, max)  # noqa: A002
+    def round(self, decimals=0): return P.round(self, decimals=decimals)
+
+    def astype(self, dtype, copy=True):
+        dtype = np.dtype(dtype)
+        return self if dtype == self.dtype else P.astype(self, dtype=dtype)
+
+    def copy(self):
+        return self
+
+
+class _IndexUpdateRef:
+    """The object behind ``x.at``: indexing it gives an `_IndexUpdate`."""
+
+    __slots__ = ("target",)
+
+    def __init__(self, target):
+        self.target = target
+
+    def __getitem__(self, index):
+        return _IndexUpdate(self.target, index)
+
+
+class _IndexUpdate:
+    __slots__ = ("target", "index")
+
+    def __init__(self, target, index):
+        self.target = target
+        self.index = index
+
+    def set(self, value):
+        return index_update(self.target, self.index, value, mode="set")
+
+    def add(self, value):
+        return index_update(self.target, self.index, value, mode="add")
+
+
+def index_update(x, index, value, mode="set"):
+    """A copy of `x` with ``x[index]`` set to (mode='set') or increased by (mode='add') `value`.
+
+    Works on raw arrays, traced and batched values; differentiable in `x` and `value`.
+    With mode='add', repeated integer indices accumulate (like ``numpy.add.at``).
+    """
+    if mode not in ("set", "add"):
+        raise ValueError(f"index_update mode must be 'set' or 'add', not {mode!r}")
+    template, arrays = P.split_index(index)
+    return P.index_update(x, value, *arrays, index=template, mode=mode)
+
+
+def at(x):
+    """``at(x)[i].set(v)`` / ``.add(v)``: functional index update for any array value."""
+    return _IndexUpdateRef(x)
