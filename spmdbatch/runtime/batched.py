@@ -1,0 +1,120 @@
+"""`Batched`: the per-example value of every lane, stacked along a leading batch axis.
+
+Inside an @spmd program a value is either *uniform* (a plain Python object or array, the same
+for every example) or *varying* (a `Batched`). A `Batched` behaves like the value of ONE
+example: `.shape` is the per-example shape, `len(x)` the per-example length, and numpy code
+written for one example works on it, each primitive applying its batching rule
+(runtime/batching.py). Its `data` is a raw array or an autodiff tracer of shape
+``(lanes,) + shape``.
+
+Python needs one concrete value for `bool(x)`, `int(x)`, `float(x)`, shapes and dict keys; a
+`Batched` refuses them with a `VaryingValueError` naming the user's source line.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from ..errors import VaryingValueError
+from .array_methods import ArrayMethods
+from .backend import namespace
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+_NUMPY_DIR = os.path.dirname(os.path.abspath(namespace().__file__)) + os.sep
+
+
+def user_frame(depth: int = 2):
+    """(filename, lineno) of the innermost calling frame outside spmdbatch and numpy.
+
+    Generated batch programs are compiled with the user's file name and line numbers, so
+    their frames count as user code.
+    """
+    frame = sys._getframe(depth)
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if not (name.startswith(_PACKAGE_DIR) or name.startswith(_NUMPY_DIR)):
+            return name, frame.f_lineno
+        frame = frame.f_back
+    return None, None
+
+
+def _concrete_error(what: str, hint: str) -> VaryingValueError:
+    filename, lineno = user_frame(3)
+    return VaryingValueError(f"{what} of a varying (per-example) value: Python needs one concrete "
+                             f"value here, but each example has its own.", filename, lineno, hint)
+
+
+class Batched(ArrayMethods):
+    """Per-example values stacked on axis 0 of `data` (a raw array or a tracer)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data):
+        self.data = data
+
+    @property
+    def shape(self):
+        return self.data.shape[1:]
+
+    @property
+    def ndim(self):
+        return self.data.ndim - 1
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def lanes(self) -> int:
+        """The number of lanes (examples) this value holds."""
+        return self.data.shape[0]
+
+    @property
+    def xp(self):
+        data = self.data
+        return namespace(getattr(data, "value", data))
+
+    def _spmd_stop_gradient(self):
+        data = self.data
+        return Batched(getattr(data, "value", data)) if hasattr(data, "tape") else self
+
+    def __setitem__(self, index, value):
+        raise _concrete_error(
+            "item assignment on", "Item assignment `h[i] = v` works on local variables inside @spmd "
+            "functions; elsewhere use spmdbatch.index_update(h, i, v).")
+
+    def __bool__(self):
+        raise _concrete_error("truth value", "Branch on it with if/while inside the @spmd function "
+                              "itself (the transform batches those), or use numpy.where(cond, a, b).")
+
+    def __float__(self):
+        raise _concrete_error("float()", "Keep it an array: use x.astype(float) instead of float(x).")
+
+    def __int__(self):
+        raise _concrete_error("int()", "Keep it an array: use x.astype(int) instead of int(x).")
+
+    __index__ = __int__
+
+    def __complex__(self):
+        raise _concrete_error("complex()", "Keep it an array.")
+
+    def __hash__(self):
+        raise _concrete_error("hash (dict key / set member)", "Use a uniform key, or index an array with it.")
+
+    def item(self, *args):
+        raise _concrete_error(".item()", "Keep it an array.")
+
+    def tolist(self):
+        raise _concrete_error(".tolist()", "Keep it an array.")
+
+    def __array__(self, dtype=None, copy=None):
+        raise _concrete_error("numpy.asarray()", "Per-example values cannot become one numpy array "
+                              "inside @spmd code; use numpy.stack / numpy.concatenate to combine them.")
+
+    def __repr__(self):
+        return f"Batched(lanes={self.data.shape[0]}, shape={self.shape}, dtype={self.dtype})"
+
+
+def is_batched(value) -> bool:
+    return type(value) is Batched
