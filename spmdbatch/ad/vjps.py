@@ -41,6 +41,11 @@ def safe_div(num, den):
     return xp.where(nonzero, num / xp.where(nonzero, den, 1), 0)
 
 
+def safe_mul(g, d):
+    """g * d, but exactly 0 where g == 0 (so a zero cotangent times an infinite slope is 0)."""
+    return namespace(g, d).where(g != 0, g * d, 0)
+
+
 def _expand_reduced(g, x, axis, keepdims):
     """Broadcast the cotangent of a reduction back over the reduced axes of `x`."""
     if not keepdims and axis is not None:
@@ -62,25 +67,25 @@ def _binary_max(g, x, y, wins):
 
 # --- elementwise ----------------------------------------------------------------------------
 defvjp(P.negative, lambda g, ans, x: -g)
-defvjp(P.exp, lambda g, ans, x: g * ans)
-defvjp(P.exp2, lambda g, ans, x: g * ans * LN2)
+defvjp(P.exp, lambda g, ans, x: safe_mul(g, ans))
+defvjp(P.exp2, lambda g, ans, x: safe_mul(g, ans * LN2))
 defvjp(P.log, lambda g, ans, x: safe_div(g, x))
 defvjp(P.log2, lambda g, ans, x: safe_div(g, x * LN2))
 defvjp(P.log10, lambda g, ans, x: safe_div(g, x * LN10))
 defvjp(P.log1p, lambda g, ans, x: safe_div(g, 1 + x))
-defvjp(P.expm1, lambda g, ans, x: g * (ans + 1))
+defvjp(P.expm1, lambda g, ans, x: safe_mul(g, ans + 1))
 defvjp(P.sqrt, lambda g, ans, x: safe_div(g, 2 * ans))
 defvjp(P.cbrt, lambda g, ans, x: safe_div(g, 3 * ans * ans))
 defvjp(P.square, lambda g, ans, x: 2 * g * x)
-defvjp(P.reciprocal, lambda g, ans, x: -g * ans * ans)
+defvjp(P.reciprocal, lambda g, ans, x: -safe_mul(g, ans * ans))
 defvjp(P.sin, lambda g, ans, x: g * np.cos(x))
 defvjp(P.cos, lambda g, ans, x: -g * np.sin(x))
 defvjp(P.tan, lambda g, ans, x: g * (1 + ans * ans))
 defvjp(P.arcsin, lambda g, ans, x: safe_div(g, np.sqrt(1 - x * x)))
 defvjp(P.arccos, lambda g, ans, x: -safe_div(g, np.sqrt(1 - x * x)))
 defvjp(P.arctan, lambda g, ans, x: g / (1 + x * x))
-defvjp(P.sinh, lambda g, ans, x: g * np.cosh(x))
-defvjp(P.cosh, lambda g, ans, x: g * np.sinh(x))
+defvjp(P.sinh, lambda g, ans, x: safe_mul(g, np.cosh(x)))
+defvjp(P.cosh, lambda g, ans, x: safe_mul(g, np.sinh(x)))
 defvjp(P.tanh, lambda g, ans, x: g * (1 - ans * ans))
 defvjp(P.arcsinh, lambda g, ans, x: g / np.sqrt(x * x + 1))
 defvjp(P.arccosh, lambda g, ans, x: safe_div(g, np.sqrt(x * x - 1)))
@@ -90,11 +95,11 @@ defvjp(P.sigmoid, lambda g, ans, x: g * ans * (1 - ans))
 
 defvjp(P.add, lambda g, ans, x, y: g, lambda g, ans, x, y: g)
 defvjp(P.subtract, lambda g, ans, x, y: g, lambda g, ans, x, y: -g)
-defvjp(P.multiply, lambda g, ans, x, y: g * y, lambda g, ans, x, y: g * x)
-defvjp(P.divide, lambda g, ans, x, y: safe_div(g, y), lambda g, ans, x, y: -safe_div(g * ans, y))
+defvjp(P.multiply, lambda g, ans, x, y: safe_mul(g, y), lambda g, ans, x, y: safe_mul(g, x))
+defvjp(P.divide, lambda g, ans, x, y: safe_div(g, y), lambda g, ans, x, y: -safe_div(safe_mul(g, ans), y))
 defvjp(P.power,
        lambda g, ans, x, y: np.where(g != 0, g * y * np.power(x, y - 1), 0),
-       lambda g, ans, x, y: g * ans * np.log(np.where(x > 0, x, 1)))
+       lambda g, ans, x, y: safe_mul(g, ans * np.log(np.where(x > 0, x, 1))))
 defvjp(P.maximum, lambda g, ans, x, y: _binary_max(g, x, y, x > y),
        lambda g, ans, x, y: _binary_max(g, x, y, y > x))
 defvjp(P.minimum, lambda g, ans, x, y: _binary_max(g, x, y, x < y),
@@ -105,7 +110,7 @@ defvjp(P.arctan2, lambda g, ans, y, x: safe_div(g * x, x * x + y * y),
        lambda g, ans, y, x: -safe_div(g * y, x * x + y * y))
 defvjp(P.hypot, lambda g, ans, x, y: safe_div(g * x, ans), lambda g, ans, x, y: safe_div(g * y, ans))
 defvjp(P.logaddexp, lambda g, ans, x, y: g * np.exp(x - ans), lambda g, ans, x, y: g * np.exp(y - ans))
-defvjp(P.remainder, lambda g, ans, x, y: g, lambda g, ans, x, y: -g * np.floor(x / y))
+defvjp(P.remainder, lambda g, ans, x, y: g, lambda g, ans, x, y: -safe_mul(g, np.floor(x / y)))
 defvjp(P.where, None,
        lambda g, ans, c, x, y: np.where(c, g, 0),
        lambda g, ans, c, x, y: np.where(c, 0, g))
@@ -123,7 +128,14 @@ defvjp(P.cumsum, lambda g, ans, x, axis=None:
 
 
 # --- linear algebra -----------------------------------------------------------------------
+def _as_arrays(g, *operands):
+    """Operands as arrays (a constant operand may be a list or a Python scalar)."""
+    xp = namespace(g)
+    return tuple(xp.asarray(x) for x in operands)
+
+
 def _matmul_vjp_a(g, ans, a, b):
+    a, b = _as_arrays(g, a, b)
     if a.ndim == 1 and b.ndim == 1:
         return g * b
     if b.ndim == 1:                     # (..., m, n) @ (n,) -> (..., m)
@@ -136,6 +148,7 @@ def _matmul_vjp_a(g, ans, a, b):
 
 
 def _matmul_vjp_b(g, ans, a, b):
+    a, b = _as_arrays(g, a, b)
     if a.ndim == 1 and b.ndim == 1:
         return g * a
     if a.ndim == 1:                     # (n,) @ (..., n, k) -> (..., k)
@@ -213,7 +226,26 @@ def _index_update_vjp_x(g, ans, x, value, *arrays, index, mode):
 
 
 def _index_update_vjp_value(g, ans, x, value, *arrays, index, mode):
-    return unbroadcast(g[P.fill_index(index, arrays)], value)
+    full = P.fill_index(index, arrays)
+    c = g[full]
+    if mode == "set" and P.is_advanced_index(index):
+        # A position written several times keeps only its last write: replay the writes
+        # with the write order as values to find which element of `value` survived.
+        xp = namespace(g)
+        order = xp.arange(c.size).reshape(c.shape)
+        owner = xp.full(np.shape(g), -1, dtype=order.dtype)
+        owner[full] = order
+        c = xp.where(owner[full] == order, c, 0)
+    return unbroadcast(c, value)
 
 
 defvjp(P.index_update, _index_update_vjp_x, _index_update_vjp_value)
+
+
+def _take_lanes_vjp(g, ans, x, lanes):
+    out = namespace(g).zeros(np.shape(x), dtype=g.dtype)
+    out[lanes] = g  # lane indices never repeat: a plain scatter is exact
+    return out
+
+
+defvjp(P.take_lanes, _take_lanes_vjp)

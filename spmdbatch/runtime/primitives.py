@@ -271,3 +271,12 @@ def _round(a, decimals=0):
 
 full_like = primitive("full_like", _full_like, differentiable=False)
 round = primitive("round", _round, differentiable=False)  # noqa: A001
+
+
+# --- lanes (used by the masking runtime) ------------------------------------------------
+def _take_lanes(x, lanes):
+    return x[lanes]
+
+
+take_lanes = primitive("take_lanes", _take_lanes)
+"""``x[lanes]`` along the batch axis, for lane indices without repeats (compaction, merges)."""

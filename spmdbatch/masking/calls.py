@@ -1,0 +1,161 @@
+"""Calls inside batch programs.
+
+`call(fn, *args, **kwargs)` is what every call in a transformed function goes through:
+
+- Python functions (user helpers, lambdas, closures, methods) called with a varying argument
+  run as their own batch program: transformed on first call, cached per function and per
+  pattern of varying arguments, and run on the calling group's lanes only (the group is
+  already compacted, so a call under a branch costs in proportion to its lanes);
+- the same functions called with uniform arguments only run natively, at Python speed;
+- library code (numpy, the standard library, spmdbatch's runtime) runs natively and sees
+  varying values through numpy's protocols;
+- a few builtins get batched meanings: `range` with a varying bound, `min`/`max` of
+  several values, and I/O (`print`, `open`, `input`) is refused under divergent control.
+"""
+from __future__ import annotations
+
+import builtins
+import sys
+import types
+
+import numpy as np
+
+from ..errors import SpmdError
+from ..runtime.batched import Batched, user_frame
+from ..runtime import primitives as P
+from .frame import STATE
+from .iterators import batched_range
+from .lanes import is_varying
+
+_TRANSFORMER = None   # set by the frontend: transformer(fn, varying_pattern) -> batched function
+_NATIVE_MODULE_PREFIXES = ("numpy", "cupy", "cupyx", "scipy", "spmdbatch.runtime", "spmdbatch.ad",
+                           "spmdbatch.masking", "spmdbatch.frontend", "spmdbatch.errors")
+_STDLIB = frozenset(sys.stdlib_module_names)
+
+
+def set_transformer(transformer) -> None:
+    """Install the function that builds batch programs (frontend/api.py does this)."""
+    global _TRANSFORMER
+    _TRANSFORMER = transformer
+
+
+def is_user_function(fn) -> bool:
+    """True for Python functions that should be rewritten rather than run natively."""
+    module = getattr(fn, "__module__", None) or ""
+    if module.startswith(_NATIVE_MODULE_PREFIXES) or module.split(".")[0] in _STDLIB:
+        return False
+    return not getattr(fn, "_spmd_native", False)
+
+
+def native(fn):
+    """Decorator: never rewrite `fn`; it runs as is on varying values (numpy protocols)."""
+    fn._spmd_native = True
+    return fn
+
+
+def _io_guard(fn):
+    def guarded(*args, **kwargs):
+        if STATE.partial:
+            filename, lineno = user_frame()
+            raise SpmdError(f"{fn.__name__}() called under a varying condition (only some examples "
+                            f"reach this call)", filename, lineno,
+                            "Move the I/O out of the data-dependent branch or loop, or return the "
+                            "values and print them after the batched call.")
+        return fn(*args, **kwargs)
+    return guarded
+
+
+def _extreme(builtin, ufunc):
+    def extreme(*args, **kwargs):
+        if len(args) > 1 and not kwargs and any(type(a) is Batched for a in args):
+            out = args[0]
+            for a in args[1:]:
+                out = ufunc(out, a)
+            return out
+        return builtin(*args, **kwargs)
+    return extreme
+
+
+_SPECIAL = {
+    builtins.range: batched_range,
+    builtins.min: _extreme(builtins.min, P.minimum),
+    builtins.max: _extreme(builtins.max, P.maximum),
+    builtins.print: _io_guard(builtins.print),
+    builtins.open: _io_guard(builtins.open),
+    builtins.input: _io_guard(builtins.input),
+}
+
+
+def _any_varying(args, kwargs) -> bool:
+    for a in args:
+        if type(a) is Batched or is_varying(a):
+            return True
+    for a in kwargs.values():
+        if type(a) is Batched or is_varying(a):
+            return True
+    return False
+
+
+def call(fn, *args, **kwargs):
+    """Call `fn` from a batch program (see module docstring)."""
+    kind = type(fn)
+    if kind is types.FunctionType:
+        if _any_varying(args, kwargs) and is_user_function(fn):
+            return _TRANSFORMER(fn)(*args, **kwargs)
+        return fn(*args, **kwargs)
+    if kind is types.MethodType and type(fn.__func__) is types.FunctionType:
+        if _any_varying(args, kwargs) or is_varying(fn.__self__):
+            if is_user_function(fn.__func__):
+                return _TRANSFORMER(fn.__func__)(fn.__self__, *args, **kwargs)
+        return fn(*args, **kwargs)
+    if kind is types.BuiltinFunctionType:
+        special = _SPECIAL.get(fn)
+        if special is not None:
+            return special(*args, **kwargs)
+    elif kind is type and fn is builtins.range:
+        return batched_range(*args)
+    elif kind is Batched:
+        filename, lineno = user_frame()
+        raise SpmdError("calling a varying value (each example would call a different function)",
+                        filename, lineno, "Call a uniform function, or branch on the example's data.")
+    return fn(*args, **kwargs)
+
+
+def getitem(obj, index):
+    """`obj[index]`: arrays indexed by varying indices gather through the batching rules."""
+    if type(obj) is np.ndarray and (type(index) is Batched or
+                                     (type(index) is tuple and any(type(i) is Batched for i in index))):
+        template, arrays = P.split_index(index)
+        return P.getitem(obj, *arrays, index=template)
+    return obj[index]
+
+
+def setitem(obj, index, value):
+    """`obj[index] = value` on a local variable; returns the object the variable now holds.
+
+    Arrays are updated functionally (a new array: other groups of lanes holding the same
+    array never see the write, and autodiff records it); lists and dicts are updated in
+    place, which is only allowed while every lane runs together.
+    """
+    if type(obj) is Batched or hasattr(obj, "shape") and hasattr(obj, "dtype"):
+        from ..runtime.array_methods import index_update
+        return index_update(obj, index, value, mode="set")
+    if type(index) is Batched or (type(index) is tuple and any(type(i) is Batched for i in index)):
+        filename, lineno = user_frame()
+        raise SpmdError(f"item assignment into a {type(obj).__name__} with a varying index",
+                        filename, lineno, "Use an array (numpy.zeros) for per-example positions.")
+    if STATE.partial:
+        filename, lineno = user_frame()
+        raise SpmdError(f"item assignment into a {type(obj).__name__} under a varying condition "
+                        f"(only some examples run it, but the object is shared)", filename, lineno,
+                        "Use an array, which each example updates separately, or move the "
+                        "assignment out of the data-dependent branch.")
+    obj[index] = value
+    return obj
+
+
+def logical_not(value):
+    """`not value`, batched when varying."""
+    if type(value) is Batched:
+        return P.logical_not(value)
+    return not value

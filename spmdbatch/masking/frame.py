@@ -1,0 +1,160 @@
+"""The scheduler of one batched call: lane groups flowing through the blocks of a function.
+
+A batched call starts with one group holding all its lanes at the entry block. Running a
+block moves the group along its terminator: an unconditional jump moves it whole; a branch
+on a varying condition splits it into the lanes that go each way (compaction: each side
+only ever computes on its own lanes, so inactive lanes never run, never produce NaN and
+never cost work); a return stores the group's result.
+
+`pop` picks the next block to run: the lowest-numbered block with waiting groups, where
+blocks are numbered in a loop-contiguous topological order (frontend/schedule.py). Groups
+arriving at a loop header along a back edge wait until the whole loop body has drained,
+so every lane still in a loop runs the same iteration together and lanes that left the
+loop wait at its exit: the reconvergence of SPMD execution. Groups waiting at one block are
+merged (their lanes concatenated) before it runs.
+
+A group is ``(lanes, count, env)``: `lanes` are the group's positions in the call's batch
+(None for "all of them, in order"), `env` the values of the block's live-in variables.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import LaneError
+from ..runtime.batched import Batched
+from .lanes import merge, take
+
+
+class _State:
+    partial = False   # True while the running group is not every lane of the top-level batch
+
+
+STATE = _State()
+
+
+def _mask_of(cond: Batched):
+    """The raw boolean lane mask of a varying condition."""
+    data = cond.data
+    data = getattr(data, "value", data)  # tracer -> raw (truth values carry no gradient)
+    if data.dtype != np.bool_:
+        data = data != 0
+    if data.ndim > 1:
+        raise ValueError(
+            "the truth value of an array with more than one element is ambiguous (in some "
+            "example); use .any() or .all()")
+    return data
+
+
+class Frame:
+    """Waiting lane groups of one batched call (see module docstring)."""
+
+    __slots__ = ("loop_end", "names", "fwd", "back", "returns", "n", "base_partial")
+
+    def __init__(self, loop_end, n: int, names=None):
+        self.loop_end = loop_end   # loop_end[b]: last block of the loop headed by b, or -1
+        self.names = names         # env variable names per block, for error messages
+        self.fwd: dict = {}
+        self.back: dict = {}
+        self.returns: list = []
+        self.n = n
+        self.base_partial = STATE.partial
+
+    # --- moving groups ----------------------------------------------------------------------
+    def jump(self, block, lanes, n, env):
+        self.fwd.setdefault(block, []).append((lanes, n, env))
+
+    def jump_back(self, block, lanes, n, env):
+        self.back.setdefault(block, []).append((lanes, n, env))
+
+    def branch(self, cond, lanes, n, t_block, t_env, f_block, f_env, t_back=False, f_back=False):
+        """Send the group to `t_block` where `cond` holds and to `f_block` elsewhere."""
+        if type(cond) is not Batched:
+            if cond:
+                (self.jump_back if t_back else self.jump)(t_block, lanes, n, t_env)
+            else:
+                (self.jump_back if f_back else self.jump)(f_block, lanes, n, f_env)
+            return
+        mask = _mask_of(cond)
+        k = int(np.count_nonzero(mask)) if n else 0
+        if n and k == n:
+            (self.jump_back if t_back else self.jump)(t_block, lanes, n, t_env)
+        elif k == 0:
+            if n == 0 and t_block > f_block:
+                # An empty group still runs (to give results their structure) but must never
+                # take a back edge: the higher-numbered target always leads forward.
+                self.jump(t_block, lanes, 0, t_env)
+            else:
+                (self.jump_back if f_back else self.jump)(f_block, lanes, n, f_env)
+        else:
+            t_idx = np.flatnonzero(mask)
+            f_idx = np.flatnonzero(~mask)
+            t_lanes = t_idx if lanes is None else lanes[t_idx]
+            f_lanes = f_idx if lanes is None else lanes[f_idx]
+            (self.jump_back if t_back else self.jump)(t_block, t_lanes, k, take(t_env, t_idx))
+            (self.jump_back if f_back else self.jump)(f_block, f_lanes, n - k, take(f_env, f_idx))
+
+    def ret(self, lanes, n, value):
+        self.returns.append((lanes, n, value))
+
+    # --- choosing the next block ----------------------------------------------------------------
+    def pop(self):
+        """The next ``(block, lanes, n, env)`` to run, or ``(-1, None, 0, None)`` when done."""
+        fwd, back = self.fwd, self.back
+        if not back:
+            if not fwd:
+                STATE.partial = self.base_partial
+                return -1, None, 0, None
+            block = min(fwd)
+            groups = fwd.pop(block)
+        else:
+            block = self._ready_block()
+            groups = fwd.pop(block, []) + back.pop(block, [])
+        if len(groups) == 1:
+            lanes, n, env = groups[0]
+        else:
+            lanes, n, env = self._merge(block, groups)
+        STATE.partial = self.base_partial or lanes is not None
+        return block, lanes, n, env
+
+    def _ready_block(self):
+        candidates = sorted(set(self.fwd) | set(self.back))
+        for i, block in enumerate(candidates):
+            if block in self.fwd:
+                return block
+            # only back-edge groups wait here: run the header once its loop body has drained
+            if i + 1 == len(candidates) or candidates[i + 1] > self.loop_end[block]:
+                return block
+        raise AssertionError("scheduler found no runnable block")
+
+    def _merge(self, block, groups):
+        counts = [g[1] for g in groups]
+        lanes = np.concatenate([np.arange(g[1]) if g[0] is None else g[0] for g in groups])
+        names = self.names[block] if self.names else None
+        width = len(groups[0][2])
+        env = tuple(merge([g[2][i] for g in groups], counts,
+                          f"variable {names[i]!r}" if names else "a variable") for i in range(width))
+        return lanes, sum(counts), env
+
+    # --- results ------------------------------------------------------------------------------
+    def result(self):
+        """The returned value of every lane, in the call's lane order."""
+        returns = self.returns
+        if len(returns) == 1 and returns[0][0] is None:
+            return returns[0][2]
+        if not returns:
+            raise AssertionError("batched call finished without a return")
+        counts = [r[1] for r in returns]
+        value = merge([r[2] for r in returns], counts, "the return value")
+        lanes = np.concatenate([np.arange(r[1]) if r[0] is None else r[0] for r in returns])
+        order = np.argsort(lanes, kind="stable")
+        if np.array_equal(order, np.arange(len(order))):
+            return value
+        return take(value, order)
+
+    def raise_in_lanes(self, exc, lanes, n):
+        """Raise `exc`, raised by the lanes of the running group, as a LaneError when partial."""
+        if lanes is None and not self.base_partial:
+            raise exc
+        which = list(range(n)) if lanes is None else [int(i) for i in lanes]
+        raise LaneError(f"{type(exc).__name__}: {exc} (raised in examples {which} only)",
+                        which) from exc

@@ -1,0 +1,110 @@
+"""Iteration inside batch programs: `for` over uniform and varying iterables.
+
+- A uniform iterable (a Python list, a uniform range, a batched array whose per-example
+  length is the same for all lanes) gives a native Python iterator: the loop is uniform.
+- `range(n)` with a varying bound gives a `BatchedRange`; its iterator keeps a per-lane
+  counter, and a lane leaves the loop when its own range is exhausted.
+
+`iter_next(it)` is one step of a `for` loop: ``(item, more)`` where `more` is True, False, or
+a varying boolean (per-lane), as the ForIter terminator of the IR needs.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import VaryingValueError
+from ..runtime.batched import Batched, user_frame
+from .lanes import UNDEFINED, merge, take
+
+
+class BatchedRange:
+    """``range(start, stop, step)`` where some bound varies between examples."""
+
+    __slots__ = ("start", "stop", "step")
+
+    def __init__(self, *args):
+        if len(args) == 1:
+            args = (0, args[0], 1)
+        elif len(args) == 2:
+            args = (args[0], args[1], 1)
+        self.start, self.stop, self.step = args
+        if type(self.step) is Batched:
+            filename, lineno = user_frame()
+            raise VaryingValueError("range() with a varying step is not supported", filename, lineno,
+                                    "Use a uniform step (the same for every example).")
+        if self.step == 0:
+            raise ValueError("range() arg 3 must not be zero")
+
+    def __len__(self):
+        filename, lineno = user_frame()
+        raise VaryingValueError("len() of a range with a varying bound", filename, lineno,
+                                "Compute the length with numpy: max(0, (stop - start + step - 1) // step).")
+
+    def __iter__(self):
+        filename, lineno = user_frame()
+        raise VaryingValueError("a range with a varying bound can only be iterated directly by a for "
+                                "loop in @spmd code", filename, lineno,
+                                "Write `for i in range(n):` rather than passing the range elsewhere.")
+
+    def _spmd_take_lanes(self, idx):
+        return BatchedRange(take(self.start, idx), take(self.stop, idx), self.step)
+
+    def _spmd_merge_lanes(self, others, counts):
+        group = [self] + list(others)
+        return BatchedRange(merge([r.start for r in group], counts), merge([r.stop for r in group], counts),
+                            self.step)
+
+
+class BatchedRangeIterator:
+    """The iterator of a `BatchedRange`: a per-lane counter."""
+
+    __slots__ = ("current", "stop", "step")
+
+    def __init__(self, current, stop, step):
+        self.current, self.stop, self.step = current, stop, step
+
+    def _spmd_take_lanes(self, idx):
+        return BatchedRangeIterator(take(self.current, idx), take(self.stop, idx), self.step)
+
+    def _spmd_merge_lanes(self, others, counts):
+        group = [self] + list(others)
+        return BatchedRangeIterator(merge([r.current for r in group], counts),
+                                    merge([r.stop for r in group], counts), self.step)
+
+    def next(self):
+        current = self.current
+        more = current < self.stop if self.step > 0 else current > self.stop
+        self.current = current + self.step
+        return current, more
+
+
+def get_iter(value):
+    """`iter(value)` for batch programs."""
+    if type(value) is BatchedRange:
+        start = value.start
+        if type(start) is not Batched and type(value.stop) is Batched:
+            start = Batched(np.full(value.stop.data.shape[0], start, dtype=np.result_type(value.stop.dtype, int)))
+        return BatchedRangeIterator(start, value.stop, value.step)
+    if type(value) is Batched:
+        if not value.shape:
+            filename, lineno = user_frame()
+            raise VaryingValueError("iteration over a per-example scalar", filename, lineno)
+        return (value[i] for i in range(value.shape[0]))
+    return iter(value)
+
+
+def iter_next(iterator):
+    """One `for` step: ``(item, more)``; `more` may be varying."""
+    if type(iterator) is BatchedRangeIterator:
+        return iterator.next()
+    try:
+        return next(iterator), True
+    except StopIteration:
+        return UNDEFINED, False
+
+
+def batched_range(*args):
+    """`range` in batch programs: a `BatchedRange` when a bound varies."""
+    if any(type(a) is Batched for a in args):
+        return BatchedRange(*args)
+    return range(*args)

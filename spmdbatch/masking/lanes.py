@@ -1,0 +1,127 @@
+"""Moving lanes between groups: take a subset of lanes of a value, merge lane groups.
+
+Values in a batch program are uniform (shared by all lanes of a group) or varying
+(`Batched`, or a container holding one, or an object with the lane protocol below).
+
+- `take(value, idx)` keeps lanes `idx` (an int array without repeats) of a value;
+- `merge(values, counts)` concatenates the lanes of several groups, each holding
+  `counts[i]` lanes: uniform values that agree stay uniform, others become `Batched`.
+
+Objects that carry per-lane state (batched iterators) implement
+``_spmd_take_lanes(idx)`` and ``_spmd_merge_lanes(others, counts)``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import VaryingValueError
+from ..runtime import primitives as P
+from ..runtime import pytree
+from ..runtime.batched import Batched
+
+
+class _Undefined:
+    """A local variable with no value yet (reading it in Python would raise)."""
+
+    __slots__ = ()
+
+    def __repr__(self):
+        return "<undefined>"
+
+
+UNDEFINED = _Undefined()
+_CONTAINERS = (tuple, list, dict)
+_SCALARS = (int, float, bool, complex, str, bytes, type(None), np.integer, np.floating, np.bool_)
+
+
+def is_varying(value) -> bool:
+    """True if `value` holds per-lane data anywhere."""
+    if type(value) is Batched or hasattr(value, "_spmd_take_lanes"):
+        return True
+    if isinstance(value, _CONTAINERS) or _is_struct(value):
+        return any(is_varying(leaf) for leaf in pytree.leaves(value) if leaf is not value)
+    return False
+
+
+def _is_struct(value) -> bool:
+    return (hasattr(type(value), "__dataclass_fields__") and not isinstance(value, type)) or \
+        (isinstance(value, tuple) and hasattr(type(value), "_fields"))
+
+
+def take(value, idx):
+    """`value` restricted to lanes `idx`."""
+    if type(value) is Batched:
+        return Batched(P.take_lanes(value.data, idx))
+    hook = getattr(value, "_spmd_take_lanes", None)
+    if hook is not None:
+        return hook(idx)
+    if (isinstance(value, _CONTAINERS) or _is_struct(value)) and is_varying(value):
+        leaves, treedef = pytree.flatten(value)
+        return treedef.unflatten([take(leaf, idx) for leaf in leaves])
+    return value
+
+
+def _same(a, b) -> bool:
+    if a is b:
+        return True
+    if type(a) is not type(b) or not isinstance(a, _SCALARS):
+        return False
+    try:
+        return bool(a == b) or (a != a and b != b)  # NaN == NaN here
+    except Exception:
+        return False
+
+
+def merge(values, counts, name: str = "a value"):
+    """Concatenate lane groups; `counts[i]` is the number of lanes of `values[i]`."""
+    first = values[0]
+    if all(_same(first, v) for v in values[1:]):
+        return first
+    defined = [v for v in values if v is not UNDEFINED]
+    if len(defined) < len(values):
+        # Lanes where the variable is unbound never read it (else Python would have raised):
+        # give them a copy of a defined lane so no garbage (NaN) is ever computed on.
+        filler = defined[0]
+        values = [_broadcast_one_lane(filler, n) if v is UNDEFINED else v for v, n in zip(values, counts)]
+        if all(_same(values[0], v) for v in values[1:]):
+            return values[0]
+    hook = getattr(values[0], "_spmd_merge_lanes", None)
+    if hook is not None:
+        return hook(values[1:], counts)
+    if any(type(v) is Batched for v in values) or all(_is_array_like(v) for v in values):
+        return Batched(P.concatenate(*[_lane_data(v, n) for v, n in zip(values, counts)], axis=0))
+    if all(isinstance(v, _CONTAINERS) or _is_struct(v) for v in values):
+        flat = [pytree.flatten(v) for v in values]
+        treedef = flat[0][1]
+        if any(f[1] != treedef for f in flat[1:]):
+            raise VaryingValueError(
+                f"{name} holds containers of different structure in different examples where "
+                f"control flow joins", hint="Give it the same structure (length, keys) on every path.")
+        return treedef.unflatten([merge([f[0][i] for f in flat], counts, name)
+                                  for i in range(len(flat[0][0]))])
+    kinds = sorted({type(v).__name__ for v in values})
+    raise VaryingValueError(
+        f"{name} holds different non-array objects ({', '.join(kinds)}) in different examples "
+        f"where control flow joins", hint="Only numbers and arrays can differ between examples.")
+
+
+def _is_array_like(value) -> bool:
+    return isinstance(value, (int, float, bool, np.generic, np.ndarray)) or hasattr(value, "dtype")
+
+
+def _lane_data(value, n):
+    """Lane-major data of a value for a group of `n` lanes."""
+    if type(value) is Batched:
+        return value.data
+    if isinstance(value, (int, float, bool, complex)):
+        value = np.asarray(value)
+    return P.broadcast_to(value, shape=(n,) + tuple(np.shape(value) if not hasattr(value, "shape")
+                                                  else value.shape))
+
+
+def _broadcast_one_lane(value, n):
+    if type(value) is Batched:
+        data = value.data
+        first = P.take_lanes(data, np.zeros(1, dtype=np.intp)) if data.shape[0] else data
+        return Batched(P.broadcast_to(first, shape=(n,) + tuple(data.shape[1:])))
+    return value
