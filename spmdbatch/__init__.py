@@ -9,11 +9,13 @@ from .errors import (BatchSizeError, LaneError, SpmdError, UnsupportedConstruct,
 from .runtime import DEFAULT_FLOAT, get_backend, namespace, tree_map
 from .runtime.array_methods import at, index_update
 from .runtime.primitives import log_softmax, logsumexp, sigmoid, softmax
+from .runtime import batching as _batching  # noqa: F401  (registers the batching rules)
+from .spmd import show, spmd
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "grad", "value_and_grad", "vjp", "check_gradients", "stop_gradient", "Tracer",
+    "spmd", "show", "grad", "value_and_grad", "vjp", "check_gradients", "stop_gradient", "Tracer",
     "sigmoid", "logsumexp", "softmax", "log_softmax", "index_update", "at",
     "SpmdError", "UnsupportedConstruct", "VaryingValueError", "BatchSizeError", "LaneError",
     "DEFAULT_FLOAT", "get_backend", "namespace", "tree_map",

@@ -69,7 +69,11 @@ def _gradient_tree(leaves, nodes, treedef, leaf_grads):
             g = xp.asarray(g)
             if g.shape != shape:
                 g = xp.broadcast_to(g, shape)
-            out.append(xp.ascontiguousarray(g, dtype=dtype))  # copies broadcast views
+            # asarray, not ascontiguousarray (which turns 0-d into 1-d); copies broadcast views
+            g = xp.asarray(g, dtype=dtype, order="C")
+            if isinstance(g, np.ndarray) and not g.flags.writeable:  # a size-1 broadcast view
+                g = g.copy()
+            out.append(g)
     return treedef.unflatten(out)
 
 

@@ -459,6 +459,10 @@ class PlainEmitter:
             out.extend("        " + ln for ln in lines)
         return out
 
+    def extra_factory_params(self) -> list[str]:
+        """Names of extra factory parameters (subclasses pass in more values)."""
+        return []
+
     def source(self) -> str:
         """Full source of the factory that creates the function."""
         body = self.body()
@@ -467,7 +471,8 @@ class PlainEmitter:
         self.factory_params = ([self.names.helper("g")]
                                + [self.names.helper(f"k{i}") for i in range(len(self.consts))]
                                + [self.names.helper("h_" + h) for h in sorted(self.used_helpers)]
-                               + [self.cell(n) for n in self.fn.freevars])
+                               + [self.cell(n) for n in self.fn.freevars]
+                               + self.extra_factory_params())
         lines = [f"def {self.names.helper('factory')}({', '.join(self.factory_params)}):",
                  f"    def {fname}({self.signature()}):"]
         lines += ["        " + ln for ln in body]

@@ -125,3 +125,30 @@ def _broadcast_one_lane(value, n):
         first = P.take_lanes(data, np.zeros(1, dtype=np.intp)) if data.shape[0] else data
         return Batched(P.broadcast_to(first, shape=(n,) + tuple(data.shape[1:])))
     return value
+
+
+def lane_count(*values) -> int:
+    """The number of lanes of the first varying value found (in containers too)."""
+    for value in values:
+        n = _lanes_of(value)
+        if n is not None:
+            return n
+    raise AssertionError("a batch program was called without any varying argument")
+
+
+def _lanes_of(value):
+    if type(value) is Batched:
+        return value.data.shape[0]
+    if hasattr(value, "_spmd_take_lanes"):
+        for attr in getattr(type(value), "__slots__", ()):
+            n = _lanes_of(getattr(value, attr))
+            if n is not None:
+                return n
+        return None
+    if isinstance(value, _CONTAINERS) or _is_struct(value):
+        for leaf in pytree.leaves(value):
+            if leaf is not value:
+                n = _lanes_of(leaf)
+                if n is not None:
+                    return n
+    return None

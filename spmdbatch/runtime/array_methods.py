@@ -45,7 +45,11 @@ class ArrayMethods:
     def __array_function__(self, func, types, args, kwargs):
         impl = FUNCTIONS.get(func)
         if impl is None:
-            raise unsupported(getattr(func, "__name__", str(func)))
+            name = getattr(func, "__name__", str(func))
+            module = getattr(func, "__module__", None) or "numpy"
+            if module.startswith("numpy."):  # numpy.linalg.inv, not numpy.inv
+                name = f"{module[len('numpy.'):]}.{name}"
+            raise unsupported(name)
         return impl(*args, **kwargs)
 
     # --- arithmetic ----------------------------------------------------------------------

@@ -99,7 +99,13 @@ def var(a, axis=None, dtype=None, out=None, ddof=0, keepdims=False, **unused):
 
 @implements(np.std)
 def std(a, axis=None, dtype=None, out=None, ddof=0, keepdims=False, **unused):
-    return P.sqrt(var(a, axis=axis, dtype=dtype, out=out, ddof=ddof, keepdims=keepdims))
+    return _sqrt0(var(a, axis=axis, dtype=dtype, out=out, ddof=ddof, keepdims=keepdims))
+
+
+def _sqrt0(s):
+    """sqrt(s) with gradient 0 (not 0 * inf = NaN upstream) where s == 0: std and norm of constants."""
+    nonzero = s != 0
+    return P.where(nonzero, P.sqrt(P.where(nonzero, s, 1)), 0)
 
 
 @implements(np.argmax)
@@ -131,7 +137,7 @@ def norm(x, ord=None, axis=None, keepdims=False):
     if ord not in (None, 2, "fro") or (ord == 2 and (axis is None and np.ndim(x) != 1)):
         raise NotImplementedError(f"numpy.linalg.norm with ord={ord!r} is not supported on traced "
                                   f"values; only the 2-norm / Frobenius norm is")
-    return P.sqrt(sum(x * x, axis=axis, keepdims=keepdims))
+    return _sqrt0(sum(x * x, axis=axis, keepdims=keepdims))
 
 
 # --- linear algebra -----------------------------------------------------------------------
@@ -327,10 +333,15 @@ def broadcast_to(array, shape, subok=False):
     return P.broadcast_to(array, shape=shape)
 
 
+def _operands(arrays):
+    """A list of operands; constants given as (nested) lists or Python numbers become arrays."""
+    return [np.asarray(a) if isinstance(a, (list, tuple, int, float, bool)) else a for a in arrays]
+
+
 @implements(np.concatenate)
 def concatenate(arrays, axis=0, out=None, dtype=None, casting=None):
     _no_out(out, "concatenate")
-    arrays = list(arrays)
+    arrays = _operands(arrays)
     if axis is None:
         return P.concatenate(*[reshape(a, (-1,)) for a in arrays], axis=0)
     return P.concatenate(*arrays, axis=normalize_axis(axis, np.ndim(arrays[0]))[0])
@@ -339,7 +350,7 @@ def concatenate(arrays, axis=0, out=None, dtype=None, casting=None):
 @implements(np.stack)
 def stack(arrays, axis=0, out=None, dtype=None, casting=None):
     _no_out(out, "stack")
-    arrays = list(arrays)
+    arrays = _operands(arrays)
     if not arrays:
         raise ValueError("need at least one array to stack")
     nd = np.ndim(arrays[0]) + 1

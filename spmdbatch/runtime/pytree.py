@@ -10,6 +10,7 @@ two trees have the same structure when their treedefs compare equal.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 from typing import Any, Callable
 
@@ -24,13 +25,17 @@ def register_node(cls: type, flatten_fn: Callable, unflatten_fn: Callable) -> No
 
 def _flatten_dict(d):
     keys = tuple(d.keys())
+    if isinstance(d, collections.defaultdict):  # its constructor takes the factory first
+        return [d[k] for k in keys], (type(d), keys, d.default_factory)
     return [d[k] for k in keys], (type(d), keys)
 
 
 def _unflatten_dict(aux, children):
-    cls, keys = aux
+    cls, keys = aux[0], aux[1]
     out = dict(zip(keys, children))
-    return out if cls is dict else cls(out)
+    if cls is dict:
+        return out
+    return cls(aux[2], out) if len(aux) == 3 else cls(out)
 
 
 def _flatten_dataclass(obj):

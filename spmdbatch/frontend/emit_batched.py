@@ -1,0 +1,200 @@
+"""Generate the batch program of a FunctionIR: the masked (SPMD) version of the function.
+
+The generated function has the original signature; its arguments may be varying
+(`Batched`) or uniform. Its body is a scheduler loop over the blocks, numbered by the
+schedule (frontend/schedule.py)::
+
+    def f(x):
+        _F = Frame(LOOP_END, lane_count(x), ENV_NAMES)
+        _F.jump(0, None, _F.n, (x,))
+        while True:
+            _blk, _L, _N, _E = _F.pop()
+            if _blk == 0:
+                x, = _E
+                _t1 = x < 0
+                _F.branch(_t1, _L, _N, 1, (x,), 2, (x,))   # splits lanes if _t1 varies
+            elif _blk == 1:
+                ...
+            else:
+                return _F.result()
+
+A block's environment `_E` holds its params (stack values) followed by its live-in
+locals, in a fixed order. Statements are the plain emitter's, except that calls, subscripts,
+item assignment, `not` and iteration go through the masking runtime, which gives them
+their batched meaning. A jump to a block with this block as its only predecessor is
+emitted inline (no scheduling needed: no lanes can join there).
+"""
+from __future__ import annotations
+
+from .emit_plain import PlainEmitter, Writer
+from .ir import Var
+from .liveness import analyze as analyze_liveness
+from .schedule import schedule
+
+
+class BatchedEmitter(PlainEmitter):
+    """PlainEmitter with batched statements and scheduler-based control flow."""
+
+    def __init__(self, fn, uniformity=None):
+        super().__init__(fn)
+        self.sched = schedule(fn)
+        self.live = analyze_liveness(fn)
+        self.uniformity = uniformity
+        self.env = {b: list(fn.blocks[b].params) + sorted(self.live.live_in[b] - set(fn.blocks[b].params))
+                    for b in self.sched.order}
+        self.preds_of = fn.predecessors()
+
+    # --- names of the scheduler's variables --------------------------------------------------
+    @property
+    def F(self):
+        return self.names.helper("F")
+
+    @property
+    def L(self):
+        return self.names.helper("L")
+
+    @property
+    def N(self):
+        return self.names.helper("N")
+
+    # --- statements with batched meaning -------------------------------------------------------
+    def expr_Call(self, e):
+        parts = [self.op(e.func)] + [self.op(a) for a in e.args]
+        parts += [f"{k}={self.op(v)}" for k, v in e.kwargs.items()]
+        if e.star_args is not None:
+            parts.append("*" + self.op(e.star_args))
+        if e.star_kwargs is not None:
+            parts.append("**" + self.op(e.star_kwargs))
+        return f"{self.h('call')}({', '.join(parts)})"
+
+    def expr_Subscr(self, e):
+        return f"{self.h('getitem')}({self.op(e.obj)}, {self.op(e.index)})"
+
+    def expr_UnaryOp(self, e):
+        if e.op == "not":
+            return f"{self.h('logical_not')}({self.op(e.a)})"
+        return super().expr_UnaryOp(e)
+
+    def expr_GetIter(self, e):
+        return f"{self.h('get_iter')}({self.op(e.x)})"
+
+    def stmt_StoreSubscr(self, s):
+        call = f"{self.h('setitem')}({self.op(s.obj)}, {self.op(s.index)}, {self.op(s.value)})"
+        if isinstance(s.obj, Var):
+            self.w.line(f"{self.v(s.obj.name)} = {call}")
+        else:
+            self.w.line(call)
+
+    # --- control flow ----------------------------------------------------------------------------
+    def _env_tuple(self, target, args, override=None):
+        """Source of the environment tuple sent to `target`."""
+        params = self.fn.blocks[target].params
+        values = {p: self.op(a) for p, a in zip(params, args)}
+        if override:
+            values.update(override)
+        items = [values[n] if n in values else self.v(n) for n in self.env[target]]
+        return "(" + "".join(i + ", " for i in items) + ")"
+
+    def _is_back(self, src, target) -> bool:
+        return (src, target) in self.sched.back_edges
+
+    def inlinable(self, src, target) -> bool:
+        return (self.preds_of[target] == [src] and target != self.fn.entry
+                and not self._is_back(src, target)
+                and [t for t, _ in self.fn.blocks[src].term.successors()].count(target) == 1)
+
+    def edge(self, src, target, args):
+        if self.inlinable(src, target):
+            params = self.fn.blocks[target].params
+            pairs = [(self.v(p), self.op(a)) for p, a in zip(params, args)
+                     if not (isinstance(a, Var) and a.name == p)]
+            if pairs:
+                self.w.line(f"{', '.join(p for p, _ in pairs)} = {', '.join(a for _, a in pairs)}")
+            self.block(target)
+            return
+        method = "jump_back" if self._is_back(src, target) else "jump"
+        pos = self.sched.position[target]
+        self.w.line(f"{self.F}.{method}({pos}, {self.L}, {self.N}, {self._env_tuple(target, args)})")
+
+    def _branch(self, src, cond, t_target, t_args, f_target, f_args, t_override=None, f_override=None):
+        t_pos, f_pos = self.sched.position[t_target], self.sched.position[f_target]
+        t_env = self._env_tuple(t_target, t_args, t_override)
+        f_env = self._env_tuple(f_target, f_args, f_override)
+        flags = ""
+        if self._is_back(src, t_target) or self._is_back(src, f_target):
+            flags = f", {self._is_back(src, t_target)}, {self._is_back(src, f_target)}"
+        self.w.line(f"{self.F}.branch({cond}, {self.L}, {self.N}, {t_pos}, {t_env}, {f_pos}, {f_env}{flags})")
+
+    def term_Branch(self, bid, t):
+        self._branch(bid, self.op(t.cond), t.true_target, t.true_args, t.false_target, t.false_args)
+
+    def term_ForIter(self, bid, t):
+        item, more = self.names.helper("item"), self.names.helper("more")
+        self.w.line(f"{item}, {more} = {self.h('iter_next')}({self.op(t.iterator)})")
+        # the loop variable takes the new item only in lanes that go on looping
+        self._branch(bid, more, t.body, t.body_args, t.exit, t.exit_args,
+                     t_override={t.item_target: item})
+
+    def term_Return(self, bid, t):
+        self.w.line(f"{self.F}.ret({self.L}, {self.N}, {self.op(t.value)})")
+
+    def term_Raise(self, bid, t):
+        if t.exc is None:
+            self.w.line("raise")
+            return
+        exc = self.op(t.exc)
+        if t.cause is not None:
+            exc_var = self.names.helper("exc")
+            self.w.line(f"{exc_var} = {exc}")
+            self.w.line(f"{exc_var}.__cause__ = {self.op(t.cause)}")
+            exc = exc_var
+        self.w.line(f"{self.F}.raise_in_lanes({exc}, {self.L}, {self.N})")
+
+    # --- whole function --------------------------------------------------------------------------
+    def body(self):
+        fn, sched = self.fn, self.sched
+        self.emitted = set()
+        arms = []
+        for bid in sched.order:
+            if bid in self.emitted:
+                continue
+            self.w = Writer()
+            self.last_line = None
+            env = self.env[bid]
+            if env:
+                self.w.line(f"{''.join(self.v(n) + ', ' for n in env)}= {self.names.helper('E')}")
+            self.block(bid)
+            arms.append((sched.position[bid], self.w.lines))
+        args = [self.v(a) for a in fn.argnames]
+        locals_ = sorted({n for b in fn.blocks.values() for s in b.stmts for n in s.defs()}
+                         | {n for b in fn.blocks.values() for n in b.params}
+                         | {t for b in fn.blocks.values() for t in b.term.defs()}
+                         | {n for envs in self.env.values() for n in envs})
+        undefined = [self.v(n) for n in locals_ if n not in fn.argnames]
+        F, L, N, E, blk = self.F, self.L, self.N, self.names.helper("E"), self.names.helper("blk")
+        out = []
+        if undefined:
+            out.append(f"{' = '.join(undefined)} = {self.h('UNDEFINED')}")
+        out.append(f"{F} = {self.h('Frame')}({self.names.helper('loop_end')}, "
+                   f"{self.h('lane_count')}({', '.join(args)}), {self.names.helper('env_names')})")
+        entry_env = "(" + "".join(self.v(n) + ", " for n in self.env[fn.entry]) + ")"
+        out.append(f"{F}.jump({sched.position[fn.entry]}, None, {F}.n, {entry_env})")
+        out.append("while True:")
+        out.append(f"    {blk}, {L}, {N}, {E} = {F}.pop()")
+        for i, (pos, lines) in enumerate(arms):
+            out.append(f"    {'if' if i == 0 else 'elif'} {blk} == {pos}:")
+            out.extend("        " + ln for ln in lines)
+        out.append("    else:")
+        out.append(f"        return {F}.result()")
+        return out
+
+    def extra_factory_params(self):
+        return [self.names.helper("loop_end"), self.names.helper("env_names")]
+
+    def factory_extras(self):
+        """Values of the extra factory parameters (after the plain emitter's)."""
+        names = [None] * len(self.sched.order)
+        for bid, pos in self.sched.position.items():
+            names[pos] = tuple(self.env[bid])
+        return [tuple(self.sched.loop_end), tuple(names)]
+

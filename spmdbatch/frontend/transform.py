@@ -1,0 +1,122 @@
+"""From a Python function to its batch program: lower, emit, compile, cache.
+
+`batched_version(fn)` returns the batch program of `fn` (built once per code object,
+instantiated once per function object, since closures and defaults differ). The generated
+code is compiled under the user's file name with the user's line numbers, so tracebacks
+and spmdbatch's error messages point at the user's own source lines.
+
+Functions with try/except/with blocks are not rewritten (`HasExceptionHandling`): they run
+natively on batched values, which is right as long as their control flow does not depend
+on a varying value; if it does, the error says so.
+"""
+from __future__ import annotations
+
+import ast
+import re
+import types
+import weakref
+
+from ..errors import HasExceptionHandling, UnsupportedConstruct, VaryingValueError
+from ..masking import calls, frame, iterators, lanes
+from .emit_batched import BatchedEmitter
+from .emit_plain import _HELPERS as PLAIN_HELPERS
+from .lower import lower_function
+
+BATCH_HELPERS = {
+    **PLAIN_HELPERS,
+    "call": calls.call, "getitem": calls.getitem, "setitem": calls.setitem,
+    "logical_not": calls.logical_not, "get_iter": iterators.get_iter,
+    "iter_next": iterators.iter_next, "Frame": frame.Frame, "UNDEFINED": lanes.UNDEFINED,
+    "lane_count": lanes.lane_count,
+}
+
+_LINE_COMMENT = re.compile(r"^\s*# (\d+): ")
+
+
+class CompiledProgram:
+    """The batch program of one code object: IR, emitter output and a factory."""
+
+    def __init__(self, fn):
+        self.fn_ir = lower_function(fn)
+        self.emitter = BatchedEmitter(self.fn_ir)
+        self.source = self.emitter.source()
+        code = _compile_with_user_lines(self.source, self.fn_ir.filename, self.fn_ir.firstlineno)
+        namespace: dict = {}
+        exec(code, namespace)
+        self.factory = namespace[self.emitter.names.helper("factory")]
+        self.helper_values = [BATCH_HELPERS[h] for h in sorted(self.emitter.used_helpers)]
+        self.extras = self.emitter.factory_extras()
+
+    def instantiate(self, fn):
+        values = ([fn.__globals__] + list(self.emitter.consts) + self.helper_values
+                  + list(fn.__closure__ or ()) + self.extras)
+        inner = self.factory(*values)
+        out = types.FunctionType(inner.__code__, fn.__globals__, fn.__name__, fn.__defaults__,
+                                 inner.__closure__)
+        out.__kwdefaults__ = fn.__kwdefaults__
+        out.__qualname__ = fn.__qualname__
+        out.__doc__ = fn.__doc__
+        out.__wrapped_spmd__ = fn
+        return out
+
+
+def _compile_with_user_lines(source: str, filename: str, firstlineno: int):
+    """Compile generated source so each statement carries the user line it came from."""
+    line_map = {}
+    current = firstlineno
+    for i, text in enumerate(source.splitlines(), start=1):
+        m = _LINE_COMMENT.match(text)
+        if m:
+            current = int(m.group(1))
+        line_map[i] = current
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if hasattr(node, "lineno"):
+            node.lineno = line_map.get(node.lineno, firstlineno)
+            node.end_lineno = node.lineno
+            node.col_offset = 0
+            node.end_col_offset = 0
+    return compile(tree, filename, "exec")
+
+
+_PROGRAMS: dict = {}                                      # code object -> CompiledProgram
+_INSTANCES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # function -> batched
+
+
+def program_of(fn) -> CompiledProgram:
+    """The compiled batch program of `fn`'s code (raises the frontend's errors)."""
+    prog = _PROGRAMS.get(fn.__code__)
+    if prog is None:
+        prog = CompiledProgram(fn)
+        _PROGRAMS[fn.__code__] = prog
+    return prog
+
+
+def batched_version(fn):
+    """The batch program of Python function `fn` (cached)."""
+    out = _INSTANCES.get(fn)
+    if out is None:
+        try:
+            out = program_of(fn).instantiate(fn)
+        except HasExceptionHandling as exc:
+            out = _native_with_exception_handling(fn, exc)
+        _INSTANCES[fn] = out
+    return out
+
+
+def _native_with_exception_handling(fn, reason):
+    def run_natively(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except VaryingValueError as err:
+            raise UnsupportedConstruct(
+                f"{fn.__qualname__} has try/except/finally or with blocks, so it is not rewritten, "
+                f"and its control flow depends on a varying value: {err.message}",
+                err.filename, err.lineno,
+                "Move the data-dependent branch or loop out of the function that has the "
+                "try/with block (the code inside it runs natively, unbatched).") from err
+    run_natively.__wrapped_spmd__ = fn
+    return run_natively
+
+
+calls.set_transformer(batched_version)

@@ -1,0 +1,198 @@
+"""`@spmd`: run a per-example function on a whole batch, and `show` its batch program.
+
+``spmd(f, in_axes=...)(*args)`` equals ``stack([f(*example_args) for each example])``:
+
+- `in_axes` says which arguments carry a batch axis: ``0`` (batched along the leading
+  axis) or ``None`` (uniform: shared by every example, such as parameters), per argument
+  and, as a pytree prefix, per leaf. Keyword arguments are batched.
+- A batched argument is an array with a leading batch axis, a pytree whose leaves have one,
+  or a Python list with one entry per example (stacked here; entries must agree in
+  structure, rank and dtype).
+- The result is the pytree of per-example results stacked along a new leading axis.
+
+Autodiff sees through it: ``grad(lambda p, xs: spmd(f, in_axes=(None, 0))(p, xs).sum())``.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from .errors import BatchSizeError
+from .frontend.transform import batched_version, program_of
+from .runtime import primitives as P
+from .runtime import pytree
+from .runtime.backend import namespace
+from .runtime.batched import Batched
+
+
+def spmd(fn=None, *, in_axes=0):
+    """Batch a per-example function (decorator with or without arguments)."""
+    if fn is None:
+        return lambda f: spmd(f, in_axes=in_axes)
+    return SpmdFunction(fn, in_axes)
+
+
+class SpmdFunction:
+    """A per-example function together with how its arguments are batched."""
+
+    def __init__(self, fn, in_axes):
+        self.fn = fn
+        self.in_axes = in_axes
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args, **kwargs):
+        specs = self.in_axes if isinstance(self.in_axes, (tuple, list)) else (self.in_axes,) * len(args)
+        if len(specs) != len(args):
+            raise ValueError(f"spmd({self.fn.__qualname__}): in_axes has {len(specs)} entries for "
+                             f"{len(args)} positional arguments")
+        sizes: list = []
+        wrapped = [_wrap(a, s, f"argument {i}", sizes) for i, (a, s) in enumerate(zip(args, specs))]
+        wrapped_kw = {k: _wrap(v, 0, f"argument {k!r}", sizes) for k, v in kwargs.items()}
+        if not sizes:
+            raise ValueError(f"spmd({self.fn.__qualname__}): no argument is batched "
+                             f"(in_axes={self.in_axes!r}); mark at least one with 0")
+        batch = sizes[0][1]
+        for where, n in sizes[1:]:
+            if n != batch:
+                raise BatchSizeError(
+                    f"spmd({self.fn.__qualname__}): batched arguments disagree on the batch size: "
+                    f"{sizes[0][0]} has {batch} examples, {where} has {n}", hint=
+                    "Every batched argument needs the same leading (batch) axis length.")
+        out = batched_version(self.fn)(*wrapped, **wrapped_kw)
+        return pytree.tree_map(lambda leaf: _unwrap(leaf, batch), out)
+
+
+def _wrap(arg, spec, where, sizes):
+    """Wrap the batched leaves of `arg` (per the in_axes prefix `spec`) as `Batched`."""
+    if spec is None:
+        return arg
+    if spec == 0:
+        if type(arg) is list:
+            return _stack_examples(arg, where, sizes)
+        leaves, treedef = pytree.flatten(arg)
+        return treedef.unflatten([_wrap_leaf(leaf, f"{where}{path}", sizes)
+                                  for leaf, path in zip(leaves, pytree.leaf_paths(arg))])
+    if isinstance(spec, (tuple, list, dict)) or hasattr(spec, "__dataclass_fields__"):
+        spec_leaves, spec_def = pytree.flatten(spec)
+        # spec is a prefix: each of its leaves applies to the subtree at that position.
+        subtrees = _subtrees_at(arg, spec_def, where)
+        return spec_def.unflatten([_wrap(t, s, f"{where}{p}", sizes)
+                                   for t, s, p in zip(subtrees, spec_leaves, pytree.leaf_paths(spec))])
+    raise ValueError(f"in_axes entries must be 0 or None (or a pytree of them), got {spec!r} for {where}")
+
+
+def _subtrees_at(tree, prefix_def, where):
+    """The subtrees of `tree` at the leaf positions of the structure `prefix_def`."""
+    if prefix_def.kind is None:
+        return [tree]
+    kind = pytree._node_kind(tree)
+    if kind is not prefix_def.kind:
+        raise ValueError(f"in_axes for {where} has structure {prefix_def}, which is not a prefix of "
+                         f"the argument's structure")
+    children, _ = kind[0](tree)
+    if len(children) != len(prefix_def.children):
+        raise ValueError(f"in_axes for {where} has {len(prefix_def.children)} entries, the argument "
+                         f"{len(children)}")
+    out = []
+    for child, child_def in zip(children, prefix_def.children):
+        out.extend(_subtrees_at(child, child_def, where))
+    return out
+
+
+def _wrap_leaf(leaf, where, sizes):
+    shape = getattr(leaf, "shape", None)
+    if shape is None or len(shape) == 0:
+        raise BatchSizeError(f"{where} is marked batched (in_axes 0) but has no leading batch axis "
+                             f"(got {type(leaf).__name__} {leaf!r:.40})", hint=
+                             "Pass an array with one row per example, or mark it None (uniform).")
+    sizes.append((where, shape[0]))
+    return Batched(leaf)
+
+
+def _stack_examples(examples, where, sizes):
+    """A Python list of per-example values -> one batched value."""
+    sizes.append((where, len(examples)))
+    if not examples:
+        raise BatchSizeError(f"{where} is an empty list: the batch size cannot be inferred from it",
+                             hint="Pass arrays with a zero-length leading axis for an empty batch.")
+    flat = [pytree.flatten(e) for e in examples]
+    treedef = flat[0][1]
+    for i, (_, d) in enumerate(flat):
+        if d != treedef:
+            raise BatchSizeError(f"{where}: example {i} has structure {d}, example 0 has {treedef}")
+    out = []
+    for j in range(len(flat[0][0])):
+        values = [f[0][j] for f in flat]
+        out.append(Batched(_stack_leaf(values, f"{where}{pytree.leaf_paths(examples[0])[j]}")))
+    return treedef.unflatten(out)
+
+
+def _stack_leaf(values, where):
+    first = values[0]
+    if hasattr(first, "tape"):  # traced per-example values
+        return np.stack(values)
+    arrays = [np.asarray(v) for v in values]
+    ranks = {a.ndim for a in arrays}
+    kinds = {a.dtype.kind for a in arrays}
+    if len(ranks) > 1:
+        raise BatchSizeError(f"{where}: per-example arrays differ in rank ({sorted(ranks)})",
+                             hint="Every example's value must have the same number of axes.")
+    if len(kinds) > 1:
+        raise BatchSizeError(f"{where}: per-example arrays differ in dtype kind "
+                             f"({sorted(str(a.dtype) for a in arrays[:3])}...)",
+                             hint="Give every example the same dtype.")
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise NotImplementedError(f"{where}: per-example arrays of different shapes (ragged) "
+                                  f"are not supported yet")
+    return np.stack(arrays)
+
+
+def _unwrap(value, batch):
+    """Per-example result -> stacked result with a leading batch axis."""
+    if type(value) is Batched:
+        return value.data
+    if hasattr(value, "_spmd_take_lanes"):
+        raise TypeError("a batched iterator or range cannot be returned from an @spmd function")
+    if isinstance(value, (int, float, bool, complex, np.generic)) or value is None:
+        if value is None:
+            return None
+        value = np.asarray(value)
+    if hasattr(value, "tape"):  # uniform traced result: broadcast with autodiff
+        return P.broadcast_to(value, shape=(batch,) + tuple(value.shape))
+    xp = namespace(value)
+    return xp.array(xp.broadcast_to(value, (batch,) + tuple(np.shape(value))))
+
+
+def show(fn) -> str:
+    """A readable text of the batch program of `fn`: blocks, schedule, varying values, code."""
+    from .frontend.ir import format_ir
+    from .frontend.uniformity import analyze
+    target = fn.fn if isinstance(fn, SpmdFunction) else fn
+    prog = program_of(target)
+    fn_ir, em = prog.fn_ir, prog.emitter
+    specs = fn.in_axes if isinstance(fn, SpmdFunction) else 0
+    nargs = fn_ir.argcount
+    specs = specs if isinstance(specs, (tuple, list)) else (specs,) * nargs
+    varying_args = {a for a, s in zip(fn_ir.argnames, specs) if s is not None}
+    info = analyze(fn_ir, varying_args)
+    lines = [f"batch program of {fn_ir.qualname} ({fn_ir.filename}:{fn_ir.firstlineno})",
+             f"varying arguments: {', '.join(sorted(varying_args)) or '(none)'}",
+             f"varying values: {', '.join(sorted(v for v in info.varying_vars if not v.startswith('$'))) or '(none)'}",
+             "", "blocks in schedule order (lanes split at varying branches, merge at joins):"]
+    for pos, bid in enumerate(em.sched.order):
+        blk = fn_ir.blocks[bid]
+        notes = []
+        if bid in info.varying_branches:
+            notes.append("VARYING branch: split lanes (masks pushed)")
+        elif type(blk.term).__name__ in ("Branch", "ForIter"):
+            notes.append("uniform branch: native")
+        if em.sched.loop_end[pos] >= 0:
+            notes.append(f"loop header, loop ends at #{em.sched.loop_end[pos]}")
+        preds = em.preds_of.get(bid, [])
+        if len(preds) > 1:
+            notes.append("join: lane groups merge here")
+        lines.append(f"  #{pos} (block {bid}) env={em.env[bid]} " + ("; ".join(notes)))
+    lines += ["", "IR:", format_ir(fn_ir), "", "generated code:", prog.source]
+    return "\n".join(lines)
