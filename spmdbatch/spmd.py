@@ -73,31 +73,19 @@ def _wrap(arg, spec, where, sizes):
         leaves, treedef = pytree.flatten(arg)
         return treedef.unflatten([_wrap_leaf(leaf, f"{where}{path}", sizes)
                                   for leaf, path in zip(leaves, pytree.leaf_paths(arg))])
-    if isinstance(spec, (tuple, list, dict)) or hasattr(spec, "__dataclass_fields__"):
-        spec_leaves, spec_def = pytree.flatten(spec)
-        # spec is a prefix: each of its leaves applies to the subtree at that position.
-        subtrees = _subtrees_at(arg, spec_def, where)
-        return spec_def.unflatten([_wrap(t, s, f"{where}{p}", sizes)
-                                   for t, s, p in zip(subtrees, spec_leaves, pytree.leaf_paths(spec))])
-    raise ValueError(f"in_axes entries must be 0 or None (or a pytree of them), got {spec!r} for {where}")
-
-
-def _subtrees_at(tree, prefix_def, where):
-    """The subtrees of `tree` at the leaf positions of the structure `prefix_def`."""
-    if prefix_def.kind is None:
-        return [tree]
-    kind = pytree._node_kind(tree)
-    if kind is not prefix_def.kind:
-        raise ValueError(f"in_axes for {where} has structure {prefix_def}, which is not a prefix of "
-                         f"the argument's structure")
-    children, _ = kind[0](tree)
-    if len(children) != len(prefix_def.children):
-        raise ValueError(f"in_axes for {where} has {len(prefix_def.children)} entries, the argument "
-                         f"{len(children)}")
-    out = []
-    for child, child_def in zip(children, prefix_def.children):
-        out.extend(_subtrees_at(child, child_def, where))
-    return out
+    if isinstance(spec, dict):
+        if not isinstance(arg, dict) or set(arg) != set(spec):
+            raise ValueError(f"in_axes for {where} is a dict with keys {sorted(spec)}, which does not "
+                             f"match the argument ({type(arg).__name__})")
+        return type(arg)({k: _wrap(arg[k], spec[k], f"{where}[{k!r}]", sizes) for k in arg})
+    if isinstance(spec, (tuple, list)):
+        if not isinstance(arg, (tuple, list)) or len(arg) != len(spec):
+            raise ValueError(f"in_axes for {where} has {len(spec)} entries, which does not match the "
+                             f"argument ({type(arg).__name__})")
+        items = [_wrap(a, s, f"{where}[{i}]", sizes) for i, (a, s) in enumerate(zip(arg, spec))]
+        return type(arg)(*items) if hasattr(type(arg), "_fields") else type(arg)(items)
+    raise ValueError(f"in_axes entries must be 0 or None (or a dict/tuple/list of them), got {spec!r} "
+                     f"for {where}")
 
 
 def _wrap_leaf(leaf, where, sizes):

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import VaryingValueError
 from ..runtime.batched import Batched, user_frame
-from .lanes import UNDEFINED, merge, take
+from .lanes import UNDEFINED, is_varying, merge, take
 
 
 class BatchedRange:
@@ -78,6 +78,39 @@ class BatchedRangeIterator:
         return current, more
 
 
+class LaneSequenceIterator:
+    """Iterator over a sequence whose items vary between examples.
+
+    Unlike a native iterator, it follows its lanes: when a loop's lanes are split and merged
+    again, each group's iterator holds that group's items. Every lane is at the same
+    position (the sequence length is the same for all examples), so the position is uniform.
+    """
+
+    __slots__ = ("items", "position")
+
+    def __init__(self, items, position=0):
+        self.items = items          # a Batched array (iterated along its first example axis) or a list
+        self.position = position
+
+    def _spmd_take_lanes(self, idx):
+        items = take(self.items, idx)
+        return LaneSequenceIterator(items, self.position)
+
+    def _spmd_merge_lanes(self, others, counts):
+        group = [self] + list(others)
+        if any(it.position != self.position for it in group):
+            raise AssertionError("lanes of one for loop at different positions")
+        return LaneSequenceIterator(merge([it.items for it in group], counts), self.position)
+
+    def next(self):
+        items, pos = self.items, self.position
+        length = items.shape[0] if type(items) is Batched else len(items)
+        if pos >= length:
+            return UNDEFINED, False
+        self.position = pos + 1
+        return items[pos], True
+
+
 def get_iter(value):
     """`iter(value)` for batch programs."""
     if type(value) is BatchedRange:
@@ -89,13 +122,20 @@ def get_iter(value):
         if not value.shape:
             filename, lineno = user_frame()
             raise VaryingValueError("iteration over a per-example scalar", filename, lineno)
-        return (value[i] for i in range(value.shape[0]))
+        return LaneSequenceIterator(value)
+    if isinstance(value, (list, tuple)) and is_varying(value):
+        return LaneSequenceIterator(list(value))
+    if isinstance(value, (dict, set, frozenset, str, bytes, range)):
+        return iter(value)
+    if is_varying(value):
+        return LaneSequenceIterator(list(value))
     return iter(value)
 
 
 def iter_next(iterator):
     """One `for` step: ``(item, more)``; `more` may be varying."""
-    if type(iterator) is BatchedRangeIterator:
+    kind = type(iterator)
+    if kind is BatchedRangeIterator or kind is LaneSequenceIterator:
         return iterator.next()
     try:
         return next(iterator), True

@@ -1,0 +1,374 @@
+"""Every construct @spmd batches, checked against the per-example loop (and gradients)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+
+import spmdbatch as sb
+from oracle import check_batched, check_batched_grad
+
+rng = np.random.default_rng(0)
+X = np.array([-2.0, 3.0, -0.5, 1.0, 0.0, 7.5, -9.0])
+N = np.array([0, 1, 5, 2, 3, 0, 4])
+V = rng.standard_normal((7, 3))
+M = rng.standard_normal((7, 4, 3))
+
+
+def tozero(x):
+    if x < 0:
+        x += 1
+    else:
+        x -= 1
+    return x
+
+
+def elif_chain(x):
+    if x < -1:
+        y = -x
+    elif x < 1:
+        y = x * x
+    elif x < 5:
+        y = 2 * x
+    else:
+        y = 10.0
+    return y
+
+
+def nested_if(x, v):
+    if x > 0:
+        if v[0] > 0:
+            r = x + v[0]
+        else:
+            r = x - v[0]
+    else:
+        r = v.sum()
+        if r > 0:
+            r = -r
+    return r
+
+
+def short_circuit(x, v):
+    a = x > 0 and v[1] > 0
+    b = x < -1 or v[2] > 0.5
+    c = not (x > 2)
+    if a or (b and c):
+        return x * 2
+    return x + 1
+
+
+def chained(x):
+    if -1 < x < 2:
+        return 1.0
+    return 0.0 if x <= -1 else 2.0
+
+
+def cond_expr(x, v):
+    y = x if x > 0 else -x
+    z = v * (1.0 if v[0] > 0 else -1.0)
+    return y + z.sum()
+
+
+def tuples(x, v):
+    a, b = x, v[0]
+    if a > b:
+        a, b = b, a
+    (c, d), e = (a + 1, b - 1), v
+    return a * b + c - d + e[2]
+
+
+def while_loop(x):
+    k = 0
+    while abs(x) > 1:
+        x = x / 2
+        k += 1
+    return x + k
+
+
+def for_range_varying(x, n):
+    acc = 0.0
+    for i in range(n):
+        acc = acc + x * i
+    return acc
+
+
+def for_range_start_stop(n):
+    s = 0
+    for i in range(1, n + 1, 2):
+        s += i
+    return s
+
+
+def for_uniform_with_break(x):
+    total = 0.0
+    for i in range(6):
+        if total > x:
+            break
+        if i % 2 == 1:
+            continue
+        total += i
+    return total
+
+
+def for_over_vector(v):
+    s = 0.0
+    for e in v:
+        if e > 0:
+            s += e
+    return s
+
+
+def nested_loops(n):
+    count = 0
+    for i in range(n):
+        j = 0
+        while j < i:
+            if (i + j) % 3 == 0:
+                break
+            count += 1
+            j += 1
+    return count
+
+
+def early_returns(x, n):
+    for i in range(n):
+        if x > 5:
+            return x
+        x = x * 2 + 1
+        if x < -10:
+            return -1.0
+    return x
+
+
+def helper(y):
+    return y * y if y > 0 else -y
+
+
+def calls_helper(x):
+    return helper(x) + helper(x - 1)
+
+
+def closure_maker(scale):
+    def inner(x):
+        if x > 0:
+            return x * scale
+        return x
+    return inner
+
+
+scaled = closure_maker(3.0)
+OFFSET = 0.5
+
+
+def calls_closure_and_lambda(x):
+    g = lambda t: t + OFFSET if t > 1 else t - OFFSET  # noqa: E731
+    return scaled(x) + g(x)
+
+
+class Scaler:
+    def __init__(self, k):
+        self.k = k
+
+    def apply(self, x):
+        if x > 0:
+            return x * self.k
+        return x / self.k
+
+
+SCALER = Scaler(4.0)
+
+
+def calls_method(x):
+    return SCALER.apply(x) + 1
+
+
+def gather_varying(v, n):
+    i = n % 3
+    return v[i] + v[(i + 1) % 3]
+
+
+def item_assignment(v, n):
+    h = np.zeros(3)
+    for i in range(3):
+        if v[i] > 0:
+            h[i] = v[i]
+        else:
+            h[i] += 2 * v[i]
+    h[n % 3] = 10.0
+    return h
+
+
+def list_append_uniform(v):
+    out = []
+    for i in range(3):
+        out.append(v[i] * i)
+    return out[0] + out[1] + out[2]
+
+
+def int_and_bool(n):
+    even = n % 2 == 0
+    k = 0
+    while n > 1:
+        n = n // 2 if n % 2 == 0 else n - 1
+        k += 1
+    return k, even
+
+
+def numpy_functions(v, m):
+    h = np.tanh(m @ v)
+    if h.sum() > 0:
+        h = np.maximum(h, 0.0)
+    return np.concatenate([h, v]).mean(), np.exp(-np.abs(v))
+
+
+def log_under_branch(x):
+    if x > 0:
+        y = np.log(x)
+    else:
+        y = x
+    return y
+
+
+def sqrt_in_loop(x):
+    while x > 1.5:
+        x = np.sqrt(x)
+    return x
+
+
+def uniform_control_only(x, k):
+    # k is uniform (in_axes None): its branches run natively
+    if k > 1:
+        return x * k
+    return x
+
+
+def returns_uniform(x):
+    return 3.0
+
+
+CASES = [
+    (tozero, (X,)), (elif_chain, (X,)), (nested_if, (X, V)), (short_circuit, (X, V)),
+    (chained, (X,)), (cond_expr, (X, V)), (tuples, (X, V)), (while_loop, (X,)),
+    (for_range_varying, (X, N)), (for_range_start_stop, (N,)), (for_uniform_with_break, (X,)),
+    (for_over_vector, (V,)), (nested_loops, (N,)), (early_returns, (X, N)),
+    (calls_helper, (X,)), (calls_closure_and_lambda, (X,)), (calls_method, (X,)),
+    (gather_varying, (V, N)), (item_assignment, (V, N)), (list_append_uniform, (V,)),
+    (int_and_bool, (N,)), (numpy_functions, (V, M)), (log_under_branch, (X,)),
+    (sqrt_in_loop, (np.abs(X) * 10,)), (returns_uniform, (X,)),
+]
+
+
+@pytest.mark.parametrize("f,args", CASES, ids=[c[0].__name__ for c in CASES])
+def test_matches_loop(f, args):
+    check_batched(f, *args)
+
+
+@pytest.mark.parametrize("f,args", CASES, ids=[c[0].__name__ for c in CASES])
+@pytest.mark.parametrize("batch", [0, 1])
+def test_small_batches(f, args, batch):
+    check_batched(f, *[a[:batch] for a in args])
+
+
+def test_large_batch():
+    big = np.random.default_rng(1).standard_normal(2000) * 10
+    check_batched(while_loop, big)
+    check_batched(early_returns, big, np.random.default_rng(2).integers(0, 6, 2000))
+
+
+def test_uniform_argument():
+    check_batched(uniform_control_only, X, 3, in_axes=(0, None))
+    check_batched(uniform_control_only, X, 0, in_axes=(0, None))
+
+
+# --- gradients ------------------------------------------------------------------------------------
+def model(p, x, n):
+    h = np.tanh(p["W"] @ x + p["b"])
+    k = 0
+    while k < n:
+        if h.sum() > 0:
+            h = np.tanh(p["W"] @ h)
+        else:
+            h = h * 0.5 + p["b"]
+        k += 1
+    if x[0] > 0:
+        return np.log(np.sum(h * h) + 1.0)
+    return h @ p["b"]
+
+
+def test_gradients_match_per_example_sum():
+    p = {"W": rng.standard_normal((3, 3)) * 0.5, "b": rng.standard_normal(3)}
+    check_batched_grad(model, p, V, N)
+
+
+def test_check_gradients_through_spmd():
+    p = {"W": rng.standard_normal((3, 3)) * 0.5, "b": rng.standard_normal(3)}
+    sb.check_gradients(lambda q: sb.spmd(model, in_axes=(None, 0, 0))(q, V, N).sum(), p)
+
+
+def test_no_nan_gradient_from_inactive_lanes():
+    xs = np.array([-1.0, 0.0, 2.0, 4.0])
+    g = sb.grad(lambda a: sb.spmd(log_under_branch)(a).sum())(xs)
+    np.testing.assert_array_equal(g, [1.0, 1.0, 0.5, 0.25])
+
+
+# --- pytrees and lists of examples --------------------------------------------------------------
+class Pair(NamedTuple):
+    a: np.ndarray
+    b: np.ndarray
+
+
+@dataclass
+class Box:
+    value: np.ndarray
+    count: np.ndarray
+
+
+def pytree_in_out(pair, box):
+    if pair.a > box.value:
+        out = Pair(pair.a - box.value, pair.b * 2)
+    else:
+        out = Pair(box.value, pair.b + box.count)
+    return out, {"n": box.count + 1}
+
+
+def test_pytree_arguments_and_results():
+    pair = Pair(X, V)
+    box = Box(np.linspace(-1, 1, 7), N)
+    got = check_batched(pytree_in_out, pair, box)
+    assert isinstance(got[0], Pair) and set(got[1]) == {"n"}
+
+
+def test_in_axes_pytree_prefix():
+    def f(p, x):
+        return p["scale"] * x if x > 0 else p["shift"] + x
+    p = {"scale": 2.0, "shift": np.ones(7)}
+    check_batched(f, p, X, in_axes=({"scale": None, "shift": 0}, 0))
+
+
+def test_python_list_of_examples():
+    examples = [np.array([1.0, -2.0]), np.array([3.0, 4.0]), np.array([-5.0, 0.5])]
+    check_batched(for_over_vector, examples)
+
+
+def test_transform_is_cached():
+    f = sb.spmd(tozero)
+    f(X)
+    from spmdbatch.frontend.transform import _PROGRAMS
+    prog = _PROGRAMS[tozero.__code__]
+    f(X[:3])
+    assert _PROGRAMS[tozero.__code__] is prog
+
+
+def test_show_mentions_varying_branch():
+    text = sb.show(sb.spmd(tozero))
+    assert "VARYING branch" in text and "x" in text.split("varying values:")[1].splitlines()[0]
+    assert "def tozero" in text
+
+
+def test_math_module_on_uniform_values():
+    def f(x):
+        return x * math.pi if x > 0 else x
+    check_batched(f, X)
