@@ -42,6 +42,9 @@ class BatchedEmitter(PlainEmitter):
         self.uniformity = uniformity
         self.env = {b: list(fn.blocks[b].params) + sorted(self.live.live_in[b] - set(fn.blocks[b].params))
                     for b in self.sched.order}
+        # Closure cells travel with the lanes too (a lambda reading a varying local must
+        # see its own group's lanes), so every block's environment ends with them.
+        self.cells = list(fn.cellvars) + [n for n in fn.freevars if n not in fn.cellvars]
         self.preds_of = fn.predecessors()
 
     # --- names of the scheduler's variables --------------------------------------------------
@@ -93,6 +96,7 @@ class BatchedEmitter(PlainEmitter):
         if override:
             values.update(override)
         items = [values[n] if n in values else self.v(n) for n in self.env[target]]
+        items += [self.cell(c) for c in self.cells]
         return "(" + "".join(i + ", " for i in items) + ")"
 
     def _is_back(self, src, target) -> bool:
@@ -160,9 +164,9 @@ class BatchedEmitter(PlainEmitter):
                 continue
             self.w = Writer()
             self.last_line = None
-            env = self.env[bid]
+            env = [self.v(n) for n in self.env[bid]] + [self.cell(c) for c in self.cells]
             if env:
-                self.w.line(f"{''.join(self.v(n) + ', ' for n in env)}= {self.names.helper('E')}")
+                self.w.line(f"{''.join(n + ', ' for n in env)}= {self.names.helper('E')}")
             self.block(bid)
             arms.append((sched.position[bid], self.w.lines))
         args = [self.v(a) for a in fn.argnames]
@@ -171,13 +175,16 @@ class BatchedEmitter(PlainEmitter):
                          | {t for b in fn.blocks.values() for t in b.term.defs()}
                          | {n for envs in self.env.values() for n in envs})
         undefined = [self.v(n) for n in locals_ if n not in fn.argnames]
+        undefined += [self.cell(c) for c in fn.cellvars]
         F, L, N, E, blk = self.F, self.L, self.N, self.names.helper("E"), self.names.helper("blk")
-        out = []
+        out = [f"{self.cell(n)} = {self.names.helper('fv_' + n)}" for n in fn.freevars
+               if n not in fn.cellvars]
         if undefined:
             out.append(f"{' = '.join(undefined)} = {self.h('UNDEFINED')}")
         out.append(f"{F} = {self.h('Frame')}({self.names.helper('loop_end')}, "
                    f"{self.h('lane_count')}({', '.join(args)}), {self.names.helper('env_names')})")
-        entry_env = "(" + "".join(self.v(n) + ", " for n in self.env[fn.entry]) + ")"
+        entry_env = "(" + "".join(n + ", " for n in [self.v(n) for n in self.env[fn.entry]]
+                                  + [self.cell(c) for c in self.cells]) + ")"
         out.append(f"{F}.jump({sched.position[fn.entry]}, None, {F}.n, {entry_env})")
         out.append("while True:")
         out.append(f"    {blk}, {L}, {N}, {E} = {F}.pop()")
@@ -188,6 +195,9 @@ class BatchedEmitter(PlainEmitter):
         out.append(f"        return {F}.result()")
         return out
 
+    def closure_params(self):
+        return [self.names.helper("fv_" + n) for n in self.fn.freevars]
+
     def extra_factory_params(self):
         return [self.names.helper("loop_end"), self.names.helper("env_names")]
 
@@ -195,6 +205,6 @@ class BatchedEmitter(PlainEmitter):
         """Values of the extra factory parameters (after the plain emitter's)."""
         names = [None] * len(self.sched.order)
         for bid, pos in self.sched.position.items():
-            names[pos] = tuple(self.env[bid])
+            names[pos] = tuple(self.env[bid]) + tuple(self.cells)
         return [tuple(self.sched.loop_end), tuple(names)]
 

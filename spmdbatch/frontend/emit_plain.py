@@ -459,6 +459,10 @@ class PlainEmitter:
             out.extend("        " + ln for ln in lines)
         return out
 
+    def closure_params(self) -> list[str]:
+        """Factory parameter names receiving the original function's closure cells."""
+        return [self.cell(n) for n in self.fn.freevars]
+
     def extra_factory_params(self) -> list[str]:
         """Names of extra factory parameters (subclasses pass in more values)."""
         return []
@@ -471,7 +475,7 @@ class PlainEmitter:
         self.factory_params = ([self.names.helper("g")]
                                + [self.names.helper(f"k{i}") for i in range(len(self.consts))]
                                + [self.names.helper("h_" + h) for h in sorted(self.used_helpers)]
-                               + [self.cell(n) for n in self.fn.freevars]
+                               + self.closure_params()
                                + self.extra_factory_params())
         lines = [f"def {self.names.helper('factory')}({', '.join(self.factory_params)}):",
                  f"    def {fname}({self.signature()}):"]

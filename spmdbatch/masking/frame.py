@@ -90,8 +90,8 @@ class Frame:
             f_idx = np.flatnonzero(~mask)
             t_lanes = t_idx if lanes is None else lanes[t_idx]
             f_lanes = f_idx if lanes is None else lanes[f_idx]
-            (self.jump_back if t_back else self.jump)(t_block, t_lanes, k, take(t_env, t_idx))
-            (self.jump_back if f_back else self.jump)(f_block, f_lanes, n - k, take(f_env, f_idx))
+            (self.jump_back if t_back else self.jump)(t_block, t_lanes, k, take(t_env, t_idx, {}))
+            (self.jump_back if f_back else self.jump)(f_block, f_lanes, n - k, take(f_env, f_idx, {}))
 
     def ret(self, lanes, n, value):
         self.returns.append((lanes, n, value))
@@ -149,7 +149,7 @@ class Frame:
         order = np.argsort(lanes, kind="stable")
         if np.array_equal(order, np.arange(len(order))):
             return value
-        return take(value, order)
+        return take(value, order, {})
 
     def raise_in_lanes(self, exc, lanes, n):
         """Raise `exc`, raised by the lanes of the running group, as a LaneError when partial."""

@@ -12,6 +12,8 @@ Objects that carry per-lane state (batched iterators) implement
 """
 from __future__ import annotations
 
+from types import CellType, FunctionType
+
 import numpy as np
 
 from ..errors import VaryingValueError
@@ -34,12 +36,24 @@ _CONTAINERS = (tuple, list, dict)
 _SCALARS = (int, float, bool, complex, str, bytes, type(None), np.integer, np.floating, np.bool_)
 
 
-def is_varying(value) -> bool:
-    """True if `value` holds per-lane data anywhere."""
-    if type(value) is Batched or hasattr(value, "_spmd_take_lanes"):
+def is_varying(value, _seen=None) -> bool:
+    """True if `value` holds per-lane data anywhere (containers, closure cells included)."""
+    kind = type(value)
+    if kind is Batched or hasattr(value, "_spmd_take_lanes"):
         return True
+    if kind is CellType or kind is FunctionType:
+        _seen = set() if _seen is None else _seen
+        if id(value) in _seen:
+            return False
+        _seen.add(id(value))
+        if kind is CellType:
+            try:
+                return is_varying(value.cell_contents, _seen)
+            except ValueError:  # empty cell
+                return False
+        return any(is_varying(c, _seen) for c in value.__closure__ or ())
     if isinstance(value, _CONTAINERS) or _is_struct(value):
-        return any(is_varying(leaf) for leaf in pytree.leaves(value) if leaf is not value)
+        return any(is_varying(leaf, _seen) for leaf in pytree.leaves(value) if leaf is not value)
     return False
 
 
@@ -48,17 +62,46 @@ def _is_struct(value) -> bool:
         (isinstance(value, tuple) and hasattr(type(value), "_fields"))
 
 
-def take(value, idx):
-    """`value` restricted to lanes `idx`."""
-    if type(value) is Batched:
+def take(value, idx, memo=None):
+    """`value` restricted to lanes `idx`.
+
+    Closure cells and the functions that close over them are copied with their varying
+    contents taken; `memo` makes a cell shared by several values (a local variable's cell
+    and a lambda reading it) stay shared in the result.
+    """
+    kind = type(value)
+    if kind is Batched:
         return Batched(P.take_lanes(value.data, idx))
     hook = getattr(value, "_spmd_take_lanes", None)
     if hook is not None:
         return hook(idx)
+    if kind is CellType or kind is FunctionType:
+        if not is_varying(value):
+            return value
+        memo = {} if memo is None else memo
+        if id(value) in memo:
+            return memo[id(value)]
+        if kind is CellType:
+            new = CellType()
+            memo[id(value)] = new
+            new.cell_contents = take(value.cell_contents, idx, memo)
+            return new
+        cells = tuple(take(c, idx, memo) for c in value.__closure__)
+        new = _rebuild_function(value, cells)
+        memo[id(value)] = new
+        return new
     if (isinstance(value, _CONTAINERS) or _is_struct(value)) and is_varying(value):
         leaves, treedef = pytree.flatten(value)
-        return treedef.unflatten([take(leaf, idx) for leaf in leaves])
+        return treedef.unflatten([take(leaf, idx, memo) for leaf in leaves])
     return value
+
+
+def _rebuild_function(fn, closure):
+    new = FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, closure)
+    new.__kwdefaults__ = fn.__kwdefaults__
+    new.__qualname__ = fn.__qualname__
+    new.__dict__.update(fn.__dict__)
+    return new
 
 
 def _same(a, b) -> bool:
@@ -88,6 +131,14 @@ def merge(values, counts, name: str = "a value"):
     hook = getattr(values[0], "_spmd_merge_lanes", None)
     if hook is not None:
         return hook(values[1:], counts)
+    if all(type(v) is CellType for v in values):
+        return _merge_cells(values, counts, name)
+    if all(type(v) is FunctionType for v in values) and \
+            all(v.__code__ is values[0].__code__ for v in values):
+        closures = [v.__closure__ or () for v in values]
+        cells = tuple(_merge_cells([c[i] for c in closures], counts, name)
+                      for i in range(len(closures[0])))
+        return _rebuild_function(values[0], cells)
     if any(type(v) is Batched for v in values) or all(_is_array_like(v) for v in values):
         return Batched(P.concatenate(*[_lane_data(v, n) for v, n in zip(values, counts)], axis=0))
     if all(isinstance(v, _CONTAINERS) or _is_struct(v) for v in values):
@@ -103,6 +154,19 @@ def merge(values, counts, name: str = "a value"):
     raise VaryingValueError(
         f"{name} holds different non-array objects ({', '.join(kinds)}) in different examples "
         f"where control flow joins", hint="Only numbers and arrays can differ between examples.")
+
+
+def _merge_cells(cells, counts, name):
+    if all(c is cells[0] for c in cells[1:]):
+        return cells[0]
+    contents = []
+    for c in cells:
+        try:
+            contents.append(c.cell_contents)
+        except ValueError:
+            contents.append(UNDEFINED)
+    merged = merge(contents, counts, name)
+    return CellType() if merged is UNDEFINED else CellType(merged)
 
 
 def _is_array_like(value) -> bool:

@@ -372,3 +372,41 @@ def test_math_module_on_uniform_values():
     def f(x):
         return x * math.pi if x > 0 else x
     check_batched(f, X)
+
+
+# --- closures over varying values -----------------------------------------------------------
+def lambda_over_varying(x):
+    g = lambda t: t + x  # noqa: E731
+    if x > 0:
+        y = g(1.0)
+    else:
+        y = g(-1.0) * 2
+    return y
+
+
+def inner_def_in_loop(x, n):
+    def step(v):
+        return v * x if v < 5 else v + 1
+    k = 0
+    acc = 1.0
+    while k < n:
+        acc = step(acc)
+        k += 1
+    return acc
+
+
+def inner_reads_enclosing(x):
+    y = x * 2
+
+    def inner(z):
+        if z > y:
+            return z - y
+        return z + y
+    return inner(x + 1)
+
+
+@pytest.mark.parametrize("f,args", [(lambda_over_varying, (X,)), (inner_def_in_loop, (X, N)),
+                                    (inner_reads_enclosing, (X,))],
+                         ids=["lambda", "inner_def_in_loop", "inner_reads_enclosing"])
+def test_closures(f, args):
+    check_batched(f, *args)

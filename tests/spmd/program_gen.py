@@ -1,0 +1,454 @@
+"""Random per-example programs, as source text, for differential fuzzing of `@spmd`.
+
+`programs()` is a hypothesis strategy of `Program`s: the source of a small module with
+`import numpy as np`, 0-2 helper functions, an optional depth-bounded recursive helper, and
+the main function ``f(x, n, v)`` (`x` a float, `n` an int in 0..6, `v` a float vector of
+shape (3,)). The main function returns a float, or a tuple ``(float, vector)``.
+
+Every generated program terminates and stays finite for inputs in [-3, 3]:
+
+- `while` loops carry an explicit counter (incremented first in the body, so `continue`
+  cannot skip it) bounded by a small constant or `n`, and a data-dependent condition;
+- `for` loops run over `range(n)`, `range(3)`, `range(1, n)`, `range(int % 4)`;
+- plain assignments that multiply are bounded by `np.tanh`/`np.clip`; augmented
+  assignments add bounded terms or scale by factors of magnitude <= 1.5;
+- divisions are by ``1.0 + e * e`` (never zero); ints stay small (`% 5`, loop counters);
+- recursion depth is bounded by an int argument reduced `% 5`.
+
+Vectors are never aliased (a vector variable is only assigned fresh arrays or swapped), so
+item assignment `w[i % 3] = ...` means the same per example as in the batch program.
+
+With ``smooth=True`` (for gradient checks) the non-smooth operations (abs, clip, maximum,
+min/max, truth value of floats) are left out; branches remain.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from hypothesis import strategies as st
+
+FLOAT_CONSTS = ("0.5", "-1.0", "2.0", "0.25", "1.5", "-0.75", "3.0")
+THRESHOLDS = ("0.0", "0.3", "-0.5", "1.0", "-1.25", "2.0")
+SCALES = ("0.5", "-0.5", "0.9", "1.5", "-1.25")
+
+
+@dataclasses.dataclass
+class Program:
+    source: str
+    returns_tuple: bool
+    smooth: bool
+
+    def __repr__(self):  # hypothesis prints this for a falsifying example
+        return "Program(returns_tuple=%r):\n%s" % (self.returns_tuple, self.source)
+
+
+class Scope:
+    """Variables usable at a point of the program, by kind, and which are writable."""
+
+    def __init__(self, floats, ints, vecs, fwrite, vwrite, iwrite, in_loop=False, ret_kind="f"):
+        self.floats, self.ints, self.vecs = list(floats), list(ints), list(vecs)
+        self.fwrite, self.vwrite, self.iwrite = list(fwrite), list(vwrite), list(iwrite)
+        self.in_loop = in_loop
+        self.ret_kind = ret_kind
+
+    def child(self, in_loop=None):
+        return Scope(self.floats, self.ints, self.vecs, self.fwrite, self.vwrite, self.iwrite,
+                     self.in_loop if in_loop is None else in_loop, self.ret_kind)
+
+
+class Gen:
+    def __init__(self, draw, smooth=False):
+        self.draw = draw
+        self.smooth = smooth
+        self.counter = 0
+        self.helpers: list[str] = []      # callable helper names (signature (a, b, m) -> float)
+        self.recursive = None             # name of the recursive helper, if any
+        self.lines: list[str] = []
+
+    # --- drawing --------------------------------------------------------------------------
+    def choice(self, options):
+        return options[self.draw(st.integers(0, len(options) - 1))]
+
+    def coin(self, p_true_pct=50):
+        return self.draw(st.integers(0, 99)) < p_true_pct
+
+    def fresh(self, prefix):
+        self.counter += 1
+        return f"{prefix}{self.counter}"
+
+    # --- expressions ----------------------------------------------------------------------
+    def int_expr(self, sc, depth=1):
+        kinds = ["var", "const"]
+        if depth > 0:
+            kinds += ["add", "mod", "mul"]
+        k = self.choice(kinds)
+        if k == "var":
+            return self.choice(sc.ints)
+        if k == "const":
+            return self.choice(("1", "2", "0", "3"))
+        a = self.int_expr(sc, depth - 1)
+        if k == "add":
+            return f"({a} + {self.choice(('1', '2'))})"
+        if k == "mod":
+            return f"({a} % {self.choice(('2', '3', '4'))})"
+        return f"({a} * 2)"
+
+    def float_expr(self, sc, depth=2):
+        """A float expression; bounded when its variables are (see module docstring)."""
+        kinds = ["var", "const"]
+        if depth > 0:
+            kinds += ["bin", "tanh", "sum", "index", "ifexp", "div", "helper", "intmix", "where",
+                      "or"]
+            if not self.smooth:
+                kinds += ["abs", "maximum", "clip", "minmax"]
+        k = self.choice(kinds)
+        d = depth - 1
+        if k == "var":
+            return self.choice(sc.floats)
+        if k == "const":
+            return self.choice(FLOAT_CONSTS)
+        if k == "bin":
+            return f"({self.float_expr(sc, d)} {self.choice(('+', '-', '*'))} {self.float_expr(sc, d)})"
+        if k == "tanh":
+            return f"np.tanh({self.float_expr(sc, d)})"
+        if k == "sum":
+            return f"{self.vec_expr(sc, d)}.sum()" if self.coin(40) else f"{self.choice(sc.vecs)}.sum()"
+        if k == "index":
+            return f"{self.choice(sc.vecs)}[{self.int_expr(sc, 1)} % 3]"
+        if k == "ifexp":
+            return (f"({self.float_expr(sc, d)} if {self.cond(sc, d)} "
+                    f"else {self.float_expr(sc, d)})")
+        if k == "div":
+            e = self.float_expr(sc, d)
+            return f"({self.float_expr(sc, d)} / (1.0 + {e} * {e}))"
+        if k == "helper":
+            return self.call_expr(sc, d)
+        if k == "intmix":
+            return f"({self.int_expr(sc, 1)} * {self.choice(('0.5', '0.25', '-0.5'))})"
+        if k == "where":
+            return f"np.where({self.cond_simple(sc, d)}, {self.float_expr(sc, d)}, {self.float_expr(sc, d)})"
+        if k == "or":
+            # truth value of a float (0.0 is false): only exercised outside smooth mode
+            if self.smooth:
+                return f"({self.float_expr(sc, d)} - {self.float_expr(sc, d)})"
+            return f"({self.float_expr(sc, d)} {self.choice(('or', 'and'))} {self.choice(FLOAT_CONSTS)})"
+        if k == "abs":
+            return f"abs({self.float_expr(sc, d)})"
+        if k == "maximum":
+            return f"np.maximum({self.float_expr(sc, d)}, {self.float_expr(sc, d)})"
+        if k == "clip":
+            return f"np.clip({self.float_expr(sc, d)}, -2.0, 2.0)"
+        if k == "minmax":
+            return f"{self.choice(('min', 'max'))}({self.float_expr(sc, d)}, {self.float_expr(sc, d)})"
+        raise AssertionError(k)
+
+    def call_expr(self, sc, depth):
+        options = list(self.helpers) + ([self.recursive] if self.recursive else [])
+        if not options:
+            return f"np.tanh({self.float_expr(sc, depth)})"
+        name = self.choice(options)
+        if name == self.recursive:
+            return f"{name}({self.int_expr(sc, 1)} % 5, {self.float_expr(sc, depth)})"
+        return f"{name}({self.float_expr(sc, depth)}, {self.float_expr(sc, depth)}, {self.int_expr(sc, 1)})"
+
+    def vec_expr(self, sc, depth=2):
+        kinds = ["var"]
+        if depth > 0:
+            kinds += ["scale", "shift", "tanh", "mul", "where"]
+            if not self.smooth:
+                kinds += ["maximum", "clip", "abs"]
+        k = self.choice(kinds)
+        d = depth - 1
+        if k == "var":
+            return self.choice(sc.vecs)
+        if k == "scale":
+            return f"({self.vec_expr(sc, d)} * {self.float_expr(sc, d)})"
+        if k == "shift":
+            return f"({self.vec_expr(sc, d)} {self.choice(('+', '-'))} {self.float_expr(sc, d)})"
+        if k == "tanh":
+            return f"np.tanh({self.vec_expr(sc, d)})"
+        if k == "mul":
+            return f"({self.vec_expr(sc, d)} * {self.vec_expr(sc, d)})"
+        if k == "where":
+            a = self.vec_expr(sc, d)
+            return f"np.where({a} > {self.float_expr(sc, 0)}, {a}, {self.vec_expr(sc, d)})"
+        if k == "maximum":
+            return f"np.maximum({self.vec_expr(sc, d)}, {self.float_expr(sc, d)})"
+        if k == "clip":
+            return f"np.clip({self.vec_expr(sc, d)}, -2.0, 2.0)"
+        if k == "abs":
+            return f"np.abs({self.vec_expr(sc, d)})"
+        raise AssertionError(k)
+
+    def fresh_vec_expr(self, sc, depth=2):
+        """A vector expression that is never a bare variable (no aliasing)."""
+        e = self.vec_expr(sc, depth)
+        if e in sc.vecs:
+            e = f"({e} * {self.choice(('1.0', '0.5', '-1.0'))})"
+        return e
+
+    def cond_simple(self, sc, depth=1):
+        k = self.choice(["gt", "lt", "cmp", "parity", "intcmp", "elem", "anyall"])
+        if k == "gt":
+            return f"{self.float_expr(sc, min(depth, 1))} > {self.choice(THRESHOLDS)}"
+        if k == "lt":
+            return f"{self.float_expr(sc, min(depth, 1))} < {self.choice(THRESHOLDS)}"
+        if k == "cmp":
+            return (f"{self.float_expr(sc, min(depth, 1))} {self.choice(('<', '<=', '>', '>='))} "
+                    f"{self.float_expr(sc, min(depth, 1))}")
+        if k == "parity":
+            return f"{self.int_expr(sc, 0)} % 2 == {self.choice(('0', '1'))}"
+        if k == "intcmp":
+            return f"{self.int_expr(sc, 1)} {self.choice(('>', '<', '==', '!=', '>='))} {self.choice(('1', '2', '3'))}"
+        if k == "elem":
+            return f"{self.choice(sc.vecs)}[{self.int_expr(sc, 0)} % 3] < {self.choice(sc.floats)}"
+        if k == "anyall":
+            return f"({self.vec_expr(sc, 0)} > {self.float_expr(sc, 0)}).{self.choice(('any', 'all'))}()"
+        raise AssertionError(k)
+
+    def cond(self, sc, depth=2):
+        kinds = ["simple"]
+        if depth > 0:
+            kinds += ["and", "or", "not", "chain"]
+            if not self.smooth:
+                kinds += ["truth"]
+        k = self.choice(kinds)
+        d = depth - 1
+        if k == "simple":
+            return self.cond_simple(sc, depth)
+        if k in ("and", "or"):
+            return f"({self.cond(sc, d)} {k} {self.cond(sc, d)})"
+        if k == "not":
+            return f"not ({self.cond(sc, d)})"
+        if k == "chain":
+            lo, hi = sorted(self.draw(st.lists(st.sampled_from(THRESHOLDS), min_size=2, max_size=2,
+                                               unique=True)), key=float)
+            return f"{lo} < {self.float_expr(sc, 1)} <= {hi}"
+        if k == "truth":
+            return self.choice(sc.floats)
+        raise AssertionError(k)
+
+    # --- statements -----------------------------------------------------------------------
+    def emit(self, indent, text):
+        self.lines.append("    " * indent + text)
+
+    def bounded(self, e):
+        """Wrap a float expression so that its value stays small."""
+        if "*" not in e and e.count("(") < 2:
+            return e
+        if self.smooth:
+            return self.choice((f"np.tanh({e})", f"2.0 * np.tanh({e})"))
+        return self.choice((f"np.tanh({e})", f"np.clip({e}, -3.0, 3.0)", f"2.0 * np.tanh({e})"))
+
+    def vbounded(self, e):
+        if self.smooth:
+            return f"np.tanh({e})"
+        return self.choice((f"np.tanh({e})", f"np.clip({e}, -3.0, 3.0)"))
+
+    def ret_expr(self, sc):
+        f = self.float_expr(sc, 2)
+        if sc.ret_kind == "fv":
+            return f"{f}, {self.vbounded(self.fresh_vec_expr(sc, 1))}"
+        return f
+
+    def block(self, sc, indent, depth, min_stmts=1):
+        n = self.draw(st.integers(min_stmts, 3 if depth > 0 else 2))
+        start = len(self.lines)
+        for _ in range(n):
+            if self.stmt(sc, indent, depth):
+                break   # a terminating statement ends the block
+        if len(self.lines) == start:
+            self.emit(indent, "pass")
+
+    def stmt(self, sc, indent, depth):
+        """Emit one statement; True when it ends the block (return/break/continue)."""
+        kinds = ["assign", "augassign", "ifexp", "swap", "int"]
+        if sc.vwrite:
+            kinds += ["vassign", "vaug", "setitem"]
+        kinds += ["temp", "pack"]
+        if depth > 0:
+            kinds += ["if", "if", "while", "for", "for"]
+        kinds += ["guarded_exit"]
+        if sc.in_loop:
+            kinds += ["guarded_exit"]
+        k = self.choice(kinds)
+        if k == "assign":
+            self.emit(indent, f"{self.choice(sc.fwrite)} = {self.bounded(self.float_expr(sc))}")
+        elif k == "augassign":
+            op = self.choice(("+=", "-=", "*="))
+            if op == "*=":
+                rhs = self.choice((self.choice(SCALES), f"np.tanh({self.float_expr(sc, 1)})"))
+            else:
+                rhs = self.choice((self.choice(FLOAT_CONSTS), f"np.tanh({self.float_expr(sc, 1)})",
+                                   f"0.5 * {self.choice(sc.floats)}"))
+            self.emit(indent, f"{self.choice(sc.fwrite)} {op} {rhs}")
+        elif k == "ifexp":
+            self.emit(indent, f"{self.choice(sc.fwrite)} = {self.bounded(self.float_expr(sc, 1))} "
+                              f"if {self.cond(sc)} else {self.bounded(self.float_expr(sc, 1))}")
+        elif k == "swap":
+            if len(sc.fwrite) >= 2 and self.coin(70):
+                a, b = self.draw(st.lists(st.sampled_from(sc.fwrite), min_size=2, max_size=2, unique=True))
+                self.emit(indent, f"{a}, {b} = {b}, {a}")
+            elif len(sc.vwrite) >= 2:
+                a, b = self.draw(st.lists(st.sampled_from(sc.vwrite), min_size=2, max_size=2, unique=True))
+                self.emit(indent, f"{a}, {b} = {b}, {a}")
+            else:
+                self.emit(indent, f"{self.choice(sc.fwrite)} = {self.choice(sc.floats)}")
+        elif k == "int":
+            var = self.choice(sc.iwrite)
+            self.emit(indent, self.choice((f"{var} += 1", f"{var} = ({var} + {self.int_expr(sc, 1)}) % 5")))
+        elif k == "vassign":
+            self.emit(indent, f"{self.choice(sc.vwrite)} = {self.vbounded(self.vec_expr(sc))}")
+        elif k == "vaug":
+            op = self.choice(("+=", "*=", "-="))
+            rhs = (f"np.tanh({self.vec_expr(sc, 1)})" if op != "*=" else
+                   self.choice((self.choice(SCALES), f"np.tanh({self.float_expr(sc, 1)})")))
+            self.emit(indent, f"{self.choice(sc.vwrite)} {op} {rhs}")
+        elif k == "setitem":
+            self.emit(indent, f"{self.choice(sc.vwrite)}[{self.int_expr(sc, 1)} % 3] = "
+                              f"{self.bounded(self.float_expr(sc, 1))}")
+        elif k == "temp":
+            # a variable defined here only (undefined in lanes on other paths)
+            name = self.fresh("t")
+            self.emit(indent, f"{name} = {self.bounded(self.float_expr(sc))}")
+            sc.floats.append(name)
+            sc.fwrite.append(name)
+        elif k == "pack":
+            if sc.vwrite and self.coin(40):
+                a, b = self.choice(sc.fwrite), self.choice(sc.vwrite)
+                self.emit(indent, f"{a}, {b} = {self.bounded(self.float_expr(sc, 1))}, "
+                                  f"{self.vbounded(self.vec_expr(sc, 1))}")
+            else:
+                tup = self.fresh("p")
+                self.emit(indent, f"{tup} = ({self.bounded(self.float_expr(sc, 1))}, "
+                                  f"{self.bounded(self.float_expr(sc, 1))})")
+                a, b = self.choice(sc.fwrite), self.choice(sc.fwrite)
+                if a == b:
+                    self.emit(indent, f"{a}, _ = {tup}")
+                else:
+                    self.emit(indent, f"{a}, {b} = {tup}")
+        elif k == "if":
+            self.emit(indent, f"if {self.cond(sc)}:")
+            self.block(sc.child(), indent + 1, depth - 1)
+            for _ in range(self.draw(st.integers(0, 2))):
+                self.emit(indent, f"elif {self.cond(sc)}:")
+                self.block(sc.child(), indent + 1, depth - 1)
+            if self.coin(60):
+                self.emit(indent, "else:")
+                self.block(sc.child(), indent + 1, depth - 1)
+        elif k == "while":
+            c = self.fresh("c")
+            bound = self.choice(("n", "3", "(n + 1)", "2"))
+            self.emit(indent, f"{c} = 0")
+            cond = self.cond(sc, 1)
+            if self.coin(70):
+                head = f"{c} < {bound} and {cond}"
+            else:
+                head = f"{cond} and {c} < {bound}"
+            self.emit(indent, f"while {head}:")
+            self.emit(indent + 1, f"{c} += 1")
+            body = sc.child(in_loop=True)
+            body.ints.append(c)
+            self.block(body, indent + 1, depth - 1, min_stmts=0)
+        elif k == "for":
+            i = self.fresh("i")
+            rng = self.choice(("range(n)", "range(3)", "range(1, n)",
+                               f"range({self.int_expr(sc, 1)} % 4)"))
+            self.emit(indent, f"for {i} in {rng}:")
+            body = sc.child(in_loop=True)
+            body.ints.append(i)
+            self.block(body, indent + 1, depth - 1)
+        elif k == "guarded_exit":
+            exits = ["return"]
+            if sc.in_loop:
+                exits += ["break", "continue"]
+            ex = self.choice(exits)
+            text = f"return {self.ret_expr(sc)}" if ex == "return" else ex
+            if self.coin(85):
+                self.emit(indent, f"if {self.cond(sc)}:")
+                self.emit(indent + 1, text)
+                return False
+            self.emit(indent, text)
+            return True
+        else:
+            raise AssertionError(k)
+        return False
+
+    # --- functions ------------------------------------------------------------------------
+    def recursive_helper(self):
+        name = "r"
+        self.recursive = name
+        sc = Scope(["y"], ["k"], [], ["y"], [], [])
+        form = self.choice(("ifexp", "stmts", "tree"))
+        self.emit(0, f"def {name}(k, y):")
+        step = self.bounded(self.float_expr_rec(sc))
+        if form == "ifexp":
+            self.emit(1, f"return y if k <= 0 else {name}(k - 1, {step})")
+        elif form == "stmts":
+            self.emit(1, "if k <= 0:")
+            self.emit(2, f"return {self.choice(('y', 'np.tanh(y)', 'y * 0.5'))}")
+            self.emit(1, f"if {self.cond_rec(sc)}:")
+            self.emit(2, f"return {name}(k - 1, {step})")
+            self.emit(1, f"return {self.choice(('0.5 * ', '', '-'))}{name}(k - 2, "
+                         f"{self.bounded(self.float_expr_rec(sc))})")
+        else:
+            self.emit(1, "if k <= 1:")
+            self.emit(2, "return y")
+            self.emit(1, f"return 0.5 * {name}(k - 1, {step}) + 0.25 * {name}(k - 2, y)")
+        self.emit(0, "")
+        self.emit(0, "")
+
+    def float_expr_rec(self, sc):
+        # the recursive helper must not call itself through float_expr (unbounded recursion)
+        saved, self.recursive = self.recursive, None
+        saved_helpers, self.helpers = self.helpers, []
+        try:
+            return self.float_expr(sc, 2)
+        finally:
+            self.recursive, self.helpers = saved, saved_helpers
+
+    def cond_rec(self, sc):
+        saved, self.recursive = self.recursive, None
+        saved_helpers, self.helpers = self.helpers, []
+        try:
+            return self.cond(sc, 1)
+        finally:
+            self.recursive, self.helpers = saved, saved_helpers
+
+    def helper(self, name):
+        self.emit(0, f"def {name}(a, b, m):")
+        self.emit(1, "t = a * 0.5")
+        sc = Scope(["a", "b", "t"], ["m"], ["q"], ["a", "b", "t"], ["q"], [], ret_kind="f")
+        self.emit(1, f"q = np.tanh(np.array([a, b, {self.choice(FLOAT_CONSTS)}]))")
+        self.block(sc, 1, self.draw(st.integers(0, 2)))
+        self.emit(1, f"return {self.ret_expr(sc)}")
+        self.emit(0, "")
+        self.emit(0, "")
+        self.helpers.append(name)
+
+    def program(self) -> Program:
+        self.emit(0, "import numpy as np")
+        self.emit(0, "")
+        self.emit(0, "")
+        if self.coin(40):
+            self.recursive_helper()
+        for j in range(self.draw(st.integers(0, 2))):
+            self.helper(f"h{j}")
+        returns_tuple = (not self.smooth) and self.coin(25)
+        ret_kind = "fv" if returns_tuple else "f"
+        sc = Scope(["x", "y", "z"], ["n", "k"], ["v", "w", "u"], ["x", "y", "z"], ["w", "u"], ["k"],
+                   ret_kind=ret_kind)
+        self.emit(0, "def f(x, n, v):")
+        self.emit(1, f"y = {self.choice(('x * 0.5', 'x', 'np.tanh(x)', 'v.sum()'))}")
+        self.emit(1, f"z = {self.choice(('1.0', 'np.tanh(x)', 'v[0]', '-x'))}")
+        self.emit(1, "k = 0")
+        self.emit(1, f"w = {self.choice(('v * 1.0', 'np.tanh(v + x)', 'v.copy()'))}")
+        self.emit(1, "u = np.tanh(v - x)")
+        self.block(sc, 1, 3, min_stmts=1)
+        self.emit(1, f"return {self.ret_expr(sc)}")
+        return Program("\n".join(self.lines) + "\n", returns_tuple, self.smooth)
+
+
+@st.composite
+def programs(draw, smooth=False):
+    return Gen(draw, smooth).program()
