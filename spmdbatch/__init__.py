@@ -4,8 +4,8 @@ Write the model for one example; `@spmd` rewrites it into a masked batch program
 `grad` / `value_and_grad` differentiate it with spmdbatch's own reverse-mode autodiff.
 """
 from .ad import Tracer, check_gradients, grad, stop_gradient, value_and_grad, vjp
-from .errors import (BatchSizeError, LaneError, SpmdError, UnsupportedConstruct,
-                     VaryingValueError)
+from .errors import (BatchSizeError, DivergentSideEffect, LaneError, SpmdError,
+                     UnsupportedConstruct, VaryingValueError)
 from .runtime import DEFAULT_FLOAT, get_backend, namespace, tree_map
 from .runtime.array_methods import at, index_update
 from .runtime.primitives import log_softmax, logsumexp, sigmoid, softmax
@@ -18,5 +18,6 @@ __all__ = [
     "spmd", "show", "grad", "value_and_grad", "vjp", "check_gradients", "stop_gradient", "Tracer",
     "sigmoid", "logsumexp", "softmax", "log_softmax", "index_update", "at",
     "SpmdError", "UnsupportedConstruct", "VaryingValueError", "BatchSizeError", "LaneError",
+    "DivergentSideEffect",
     "DEFAULT_FLOAT", "get_backend", "namespace", "tree_map",
 ]

@@ -47,6 +47,11 @@ class BatchSizeError(SpmdError):
     """Batched arguments disagree on the batch size, or a ragged list is inconsistent."""
 
 
+class DivergentSideEffect(SpmdError):
+    """I/O or mutation of shared state (globals, nonlocals, attributes, containers) under a
+    varying condition: only some examples reach it, but its effect would be shared by all."""
+
+
 class LaneError(SpmdError):
     """An exception was raised in some lanes (examples) only; names them by batch index."""
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from .errors import BatchSizeError
 from .frontend.transform import batched_version, program_of
+from .masking.frame import STATE
 from .runtime import primitives as P
 from .runtime import pytree
 from .runtime.backend import namespace
@@ -59,7 +60,12 @@ class SpmdFunction:
                     f"spmd({self.fn.__qualname__}): batched arguments disagree on the batch size: "
                     f"{sizes[0][0]} has {batch} examples, {where} has {n}", hint=
                     "Every batched argument needs the same leading (batch) axis length.")
-        out = batched_version(self.fn)(*wrapped, **wrapped_kw)
+        saved = (STATE.partial, STATE.frame, STATE.lanes)
+        STATE.partial, STATE.frame, STATE.lanes = False, None, None
+        try:
+            out = batched_version(self.fn)(*wrapped, **wrapped_kw)
+        finally:
+            STATE.partial, STATE.frame, STATE.lanes = saved
         return pytree.tree_map(lambda leaf: _unwrap(leaf, batch), out)
 
 
@@ -182,5 +188,6 @@ def show(fn) -> str:
         if len(preds) > 1:
             notes.append("join: lane groups merge here")
         lines.append(f"  #{pos} (block {bid}) env={em.env[bid]} " + ("; ".join(notes)))
-    lines += ["", "IR:", format_ir(fn_ir), "", "generated code:", prog.source]
+    source = prog.source.replace(f"def {em.names.helper('fn')}(", f"def {fn_ir.name}(", 1)
+    lines += ["", "IR:", format_ir(fn_ir), "", "generated code:", source]
     return "\n".join(lines)

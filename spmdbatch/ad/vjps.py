@@ -120,7 +120,7 @@ defvjp(P.sum, lambda g, ans, x, axis=None, keepdims=False: _expand_reduced(g, x,
 defvjp(P.max, lambda g, ans, x, axis=None, keepdims=False: _tie_split(g, ans, x, axis, keepdims))
 defvjp(P.min, lambda g, ans, x, axis=None, keepdims=False: _tie_split(g, ans, x, axis, keepdims))
 defvjp(P.logsumexp, lambda g, ans, x, axis=None, keepdims=False:
-       _expand_reduced(g, x, axis, keepdims) * np.exp(x - _expand_reduced(ans, x, axis, keepdims)))
+       safe_mul(_expand_reduced(g, x, axis, keepdims), np.exp(x - _expand_reduced(ans, x, axis, keepdims))))
 defvjp(P.softmax, lambda g, ans, x, axis=-1: ans * (g - (g * ans).sum(axis=axis, keepdims=True)))
 defvjp(P.log_softmax, lambda g, ans, x, axis=-1: g - np.exp(ans) * g.sum(axis=axis, keepdims=True))
 defvjp(P.cumsum, lambda g, ans, x, axis=None:

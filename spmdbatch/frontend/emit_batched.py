@@ -88,6 +88,24 @@ class BatchedEmitter(PlainEmitter):
         else:
             self.w.line(call)
 
+    def stmt_StoreAttr(self, s):
+        self.w.line(f"{self.h('store_attr')}({self.op(s.obj)}, {s.name!r}, {self.op(s.value)})")
+
+    def stmt_DelAttr(self, s):
+        self.w.line(f"{self.h('del_attr')}({self.op(s.obj)}, {s.name!r})")
+
+    def stmt_StoreGlobal(self, s):
+        self.w.line(f"{self.h('store_global')}({self.names.helper('g')}, {s.name!r}, {self.op(s.value)})")
+
+    def stmt_DeleteGlobal(self, s):
+        self.w.line(f"{self.h('del_global')}({self.names.helper('g')}, {s.name!r})")
+
+    def stmt_StoreDeref(self, s):
+        if s.name in self.fn.freevars and s.name not in self.fn.cellvars:
+            self.w.line(f"{self.h('store_nonlocal')}({self.cell(s.name)}, {s.name!r}, {self.op(s.value)})")
+        else:
+            super().stmt_StoreDeref(s)
+
     # --- control flow ----------------------------------------------------------------------------
     def _env_tuple(self, target, args, override=None):
         """Source of the environment tuple sent to `target`."""

@@ -470,7 +470,9 @@ class PlainEmitter:
     def source(self) -> str:
         """Full source of the factory that creates the function."""
         body = self.body()
-        fname = self.fn.name if self.fn.name.isidentifier() else self.names.helper("fn")
+        # Never the user's name: inside the factory it would shadow the global of that name
+        # (a recursive call must reach the module's function, not this generated one).
+        fname = self.names.helper("fn")
         self.fname = fname
         self.factory_params = ([self.names.helper("g")]
                                + [self.names.helper(f"k{i}") for i in range(len(self.consts))]
@@ -511,7 +513,9 @@ def compile_plain(fn: FunctionIR, globals_: dict | None = None):
             raise ValueError(f"{fn.qualname} has free variables but no closure was given")
         values += list(closure)
     inner = ns[em.names.helper("factory")](*values)
-    out = types.FunctionType(inner.__code__, globals_, fn.name,
+    code = inner.__code__.replace(co_name=fn.name, co_qualname=fn.qualname) \
+        if hasattr(inner.__code__, "co_qualname") else inner.__code__.replace(co_name=fn.name)
+    out = types.FunctionType(code, globals_, fn.name,
                              orig.__defaults__ if orig is not None else None,
                              inner.__closure__)
     if orig is not None:

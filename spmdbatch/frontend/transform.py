@@ -27,7 +27,9 @@ BATCH_HELPERS = {
     "call": calls.call, "getitem": calls.getitem, "setitem": calls.setitem,
     "logical_not": calls.logical_not, "get_iter": iterators.get_iter,
     "iter_next": iterators.iter_next, "Frame": frame.Frame, "UNDEFINED": lanes.UNDEFINED,
-    "lane_count": lanes.lane_count,
+    "lane_count": lanes.lane_count, "store_attr": calls.store_attr, "del_attr": calls.del_attr,
+    "store_global": calls.store_global, "del_global": calls.del_global,
+    "store_nonlocal": calls.store_nonlocal,
 }
 
 _LINE_COMMENT = re.compile(r"^\s*# (\d+): ")
@@ -51,7 +53,8 @@ class CompiledProgram:
         values = ([fn.__globals__] + list(self.emitter.consts) + self.helper_values
                   + list(fn.__closure__ or ()) + self.extras)
         inner = self.factory(*values)
-        out = types.FunctionType(inner.__code__, fn.__globals__, fn.__name__, fn.__defaults__,
+        code = inner.__code__.replace(co_name=fn.__name__, co_qualname=fn.__qualname__)
+        out = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__,
                                  inner.__closure__)
         out.__kwdefaults__ = fn.__kwdefaults__
         out.__qualname__ = fn.__qualname__

@@ -20,7 +20,7 @@ import types
 
 import numpy as np
 
-from ..errors import SpmdError
+from ..errors import DivergentSideEffect, SpmdError
 from ..runtime.batched import Batched, user_frame
 from ..runtime import primitives as P
 from .frame import STATE
@@ -57,12 +57,54 @@ def _io_guard(fn):
     def guarded(*args, **kwargs):
         if STATE.partial:
             filename, lineno = user_frame()
-            raise SpmdError(f"{fn.__name__}() called under a varying condition (only some examples "
-                            f"reach this call)", filename, lineno,
-                            "Move the I/O out of the data-dependent branch or loop, or return the "
-                            "values and print them after the batched call.")
+            raise DivergentSideEffect(
+                f"{fn.__name__}() called under a varying condition (only some examples reach this "
+                f"call)", filename, lineno, "Move the I/O out of the data-dependent branch or loop, "
+                "or return the values and print them after the batched call.")
         return fn(*args, **kwargs)
     return guarded
+
+
+def _refuse_divergent(what: str, hint: str):
+    filename, lineno = user_frame(3)
+    raise DivergentSideEffect(f"{what} under a varying condition (only some examples run it, but "
+                              f"the change would be seen by all)", filename, lineno, hint)
+
+
+def store_attr(obj, name, value):
+    """`obj.name = value`, refused while only some lanes run (the object is shared)."""
+    if STATE.partial:
+        _refuse_divergent(f"assignment to attribute .{name} of a {type(obj).__name__}",
+                          "Keep per-example state in local variables and return it.")
+    setattr(obj, name, value)
+
+
+def del_attr(obj, name):
+    if STATE.partial:
+        _refuse_divergent(f"deletion of attribute .{name}", "Move it out of the data-dependent branch.")
+    delattr(obj, name)
+
+
+def store_global(globals_, name, value):
+    """`global name; name = value`, refused while only some lanes run."""
+    if STATE.partial:
+        _refuse_divergent(f"assignment to global variable {name!r}",
+                          "Return the value instead of storing it in a global.")
+    globals_[name] = value
+
+
+def del_global(globals_, name):
+    if STATE.partial:
+        _refuse_divergent(f"deletion of global variable {name!r}", "Move it out of the branch.")
+    del globals_[name]
+
+
+def store_nonlocal(cell, name, value):
+    """`nonlocal name; name = value` (a variable of an enclosing function), likewise."""
+    if STATE.partial:
+        _refuse_divergent(f"assignment to nonlocal variable {name!r}",
+                          "Return the value instead of assigning the enclosing function's variable.")
+    cell.cell_contents = value
 
 
 def _extreme(builtin, ufunc):
@@ -145,11 +187,9 @@ def setitem(obj, index, value):
         raise SpmdError(f"item assignment into a {type(obj).__name__} with a varying index",
                         filename, lineno, "Use an array (numpy.zeros) for per-example positions.")
     if STATE.partial:
-        filename, lineno = user_frame()
-        raise SpmdError(f"item assignment into a {type(obj).__name__} under a varying condition "
-                        f"(only some examples run it, but the object is shared)", filename, lineno,
-                        "Use an array, which each example updates separately, or move the "
-                        "assignment out of the data-dependent branch.")
+        _refuse_divergent(f"item assignment into a {type(obj).__name__}",
+                          "Use an array, which each example updates separately, or move the "
+                          "assignment out of the data-dependent branch.")
     obj[index] = value
     return obj
 

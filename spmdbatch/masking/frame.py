@@ -21,12 +21,14 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import LaneError
-from ..runtime.batched import Batched
+from ..runtime.batched import Batched, user_frame
 from .lanes import merge, take
 
 
 class _State:
     partial = False   # True while the running group is not every lane of the top-level batch
+    frame = None      # the innermost running Frame
+    lanes = None      # the running group's lanes in that frame (None: all, in order)
 
 
 STATE = _State()
@@ -48,7 +50,8 @@ def _mask_of(cond: Batched):
 class Frame:
     """Waiting lane groups of one batched call (see module docstring)."""
 
-    __slots__ = ("loop_end", "names", "fwd", "back", "returns", "n", "base_partial")
+    __slots__ = ("loop_end", "names", "fwd", "back", "returns", "n", "base_partial", "parent",
+                 "parent_lanes")
 
     def __init__(self, loop_end, n: int, names=None):
         self.loop_end = loop_end   # loop_end[b]: last block of the loop headed by b, or -1
@@ -58,6 +61,9 @@ class Frame:
         self.returns: list = []
         self.n = n
         self.base_partial = STATE.partial
+        self.parent = STATE.frame          # the calling frame, and the lanes of its group that
+        self.parent_lanes = STATE.lanes    # make this call's batch (None: all of them)
+        STATE.frame = self
 
     # --- moving groups ----------------------------------------------------------------------
     def jump(self, block, lanes, n, env):
@@ -103,6 +109,8 @@ class Frame:
         if not back:
             if not fwd:
                 STATE.partial = self.base_partial
+                STATE.frame = self.parent
+                STATE.lanes = self.parent_lanes
                 return -1, None, 0, None
             block = min(fwd)
             groups = fwd.pop(block)
@@ -114,6 +122,7 @@ class Frame:
         else:
             lanes, n, env = self._merge(block, groups)
         STATE.partial = self.base_partial or lanes is not None
+        STATE.lanes = lanes
         return block, lanes, n, env
 
     def _ready_block(self):
@@ -152,9 +161,23 @@ class Frame:
         return take(value, order, {})
 
     def raise_in_lanes(self, exc, lanes, n):
-        """Raise `exc`, raised by the lanes of the running group, as a LaneError when partial."""
+        """Raise `exc` for the running group: as a LaneError naming the examples (batch
+        indices of the outermost @spmd call) when only some examples raise it."""
+        if isinstance(exc, type):
+            exc = exc()
         if lanes is None and not self.base_partial:
             raise exc
-        which = list(range(n)) if lanes is None else [int(i) for i in lanes]
-        raise LaneError(f"{type(exc).__name__}: {exc} (raised in examples {which} only)",
-                        which) from exc
+        which = self.batch_indices(np.arange(n) if lanes is None else lanes)
+        filename, lineno = user_frame(2)
+        raise LaneError(f"{type(exc).__name__}{': ' + str(exc) if str(exc) else ''} (raised in "
+                        f"examples {which} of the batch only)", which, filename, lineno) from exc
+
+    def batch_indices(self, local):
+        """Positions in the outermost batch of this frame's lanes `local`."""
+        idx = np.asarray(local)
+        frame = self
+        while frame is not None:
+            if frame.parent_lanes is not None:
+                idx = frame.parent_lanes[idx]
+            frame = frame.parent
+        return [int(i) for i in idx]

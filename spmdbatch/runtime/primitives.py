@@ -98,7 +98,8 @@ def _logsumexp(x, axis=None, keepdims=False):
     xp = namespace(x)
     m = xp.max(x, axis=axis, keepdims=True)
     m = xp.where(xp.isfinite(m), m, 0)
-    out = xp.log(xp.sum(xp.exp(x - m), axis=axis, keepdims=True)) + m
+    with np.errstate(divide="ignore"):  # all -inf (fully masked): -inf, like numpy's log(0)
+        out = xp.log(xp.sum(xp.exp(x - m), axis=axis, keepdims=True)) + m
     if keepdims:
         return out
     return out.reshape(()) if axis is None else xp.squeeze(out, axis=axis)
