@@ -1,0 +1,229 @@
+"""Clear errors: each names the user's file and line and says what to do."""
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pytest
+
+import spmdbatch as sb
+from spmdbatch.errors import (BatchSizeError, DivergentSideEffect, LaneError, SpmdError,
+                              UnsupportedConstruct, VaryingValueError)
+
+X = np.array([-1.0, 2.0, 3.0, -4.0])
+THIS_FILE = __file__
+
+
+def line_of(fn, text):
+    """Line number in this file of the first source line of `fn` containing `text`."""
+    lines, start = inspect.getsourcelines(fn)
+    for i, line in enumerate(lines):
+        if text in line:
+            return start + i
+    raise AssertionError(f"{text!r} not in {fn.__name__}")
+
+
+def assert_points_at(err, fn, text):
+    msg = str(err.value)
+    assert f"{THIS_FILE}:{line_of(fn, text)}" in msg, msg
+
+
+def gen(x):
+    yield x
+
+
+async def coro(x):
+    return x
+
+
+def test_generator_is_refused():
+    with pytest.raises(UnsupportedConstruct) as err:
+        sb.spmd(gen)(X)
+    assert THIS_FILE in str(err.value)
+
+
+def test_async_is_refused():
+    with pytest.raises(UnsupportedConstruct) as err:
+        sb.spmd(coro)(X)
+    assert THIS_FILE in str(err.value)
+
+
+def try_with_varying_branch(x):
+    try:
+        if x > 0:
+            return x
+        return -x
+    except ValueError:
+        return 0.0
+
+
+def try_without_varying_branch(x):
+    try:
+        y = np.tanh(x) * 2
+    finally:
+        pass
+    return y
+
+
+def test_try_with_varying_control_flow_is_refused():
+    with pytest.raises(UnsupportedConstruct) as err:
+        sb.spmd(try_with_varying_branch)(X)
+    assert_points_at(err, try_with_varying_branch, "if x > 0")
+    assert "try" in str(err.value)
+
+
+def test_try_with_uniform_control_flow_works():
+    np.testing.assert_allclose(sb.spmd(try_without_varying_branch)(X), np.tanh(X) * 2)
+
+
+COUNTER = 0
+
+
+def writes_global(x):
+    global COUNTER
+    if x > 0:
+        COUNTER = 1
+    return x
+
+
+class Holder:
+    value = 0.0
+
+
+HOLDER = Holder()
+
+
+def mutates_attribute(x):
+    if x > 0:
+        HOLDER.value = x
+    return x
+
+
+def prints_in_branch(x):
+    if x > 0:
+        print("positive")
+    return x
+
+
+def mutates_list(x, items):
+    if x > 0:
+        items[0] = 1
+    return x
+
+
+def make_nonlocal_writer():
+    total = 0.0
+
+    def add(x):
+        nonlocal total
+        if x > 0:
+            total = x
+        return x
+    return add
+
+
+@pytest.mark.parametrize("fn,text,args,in_axes", [
+    (writes_global, "COUNTER = 1", (X,), (0,)),
+    (mutates_attribute, "HOLDER.value = x", (X,), (0,)),
+    (prints_in_branch, "print(", (X,), (0,)),
+    (mutates_list, "items[0] = 1", (X, [0]), (0, None)),
+])
+def test_side_effects_under_varying_condition(fn, text, args, in_axes):
+    with pytest.raises(DivergentSideEffect) as err:
+        sb.spmd(fn, in_axes=in_axes)(*args)
+    assert_points_at(err, fn, text)
+
+
+def test_nonlocal_write_under_varying_condition():
+    with pytest.raises(DivergentSideEffect) as err:
+        sb.spmd(make_nonlocal_writer())(X)
+    assert "nonlocal" in str(err.value) and THIS_FILE in str(err.value)
+
+
+def test_side_effects_under_uniform_control_are_fine():
+    def f(x):
+        HOLDER.value = 3.0
+        return x
+    sb.spmd(f)(X)
+    assert HOLDER.value == 3.0
+
+
+def needs_int(x):
+    return int(x)
+
+
+def needs_shape(n):
+    return np.zeros(n)
+
+
+def needs_key(x):
+    return {1.0: 2.0}[x]
+
+
+def needs_bool(x):
+    return bool(x > 0)
+
+
+@pytest.mark.parametrize("fn,text,arg", [
+    (needs_int, "return int(x)", X), (needs_shape, "np.zeros(n)", np.array([1, 2])),
+    (needs_key, "[x]", X), (needs_bool, "return bool(", X),
+])
+def test_varying_value_where_python_needs_one(fn, text, arg):
+    with pytest.raises(VaryingValueError) as err:
+        sb.spmd(fn)(arg)
+    assert_points_at(err, fn, text)
+
+
+def test_batch_sizes_must_agree():
+    with pytest.raises(BatchSizeError) as err:
+        sb.spmd(lambda a, b: a + b)(np.ones(3), np.ones(4))
+    assert "3" in str(err.value) and "4" in str(err.value)
+
+
+def test_ragged_list_rank_and_dtype_mismatch():
+    with pytest.raises(BatchSizeError, match="rank"):
+        sb.spmd(lambda v: v.sum())([np.ones(2), np.ones((2, 2))])
+    with pytest.raises(BatchSizeError, match="dtype"):
+        sb.spmd(lambda v: v.sum())([np.ones(2), np.array(["a", "b"])])
+
+
+def checks_sign(x):
+    if x < 0:
+        raise ValueError("negative input")
+    return x
+
+
+def helper_asserts(y):
+    assert y < 2.5, "too large"
+    return y
+
+
+def calls_asserting_helper(x):
+    if x > 0:
+        return helper_asserts(x)
+    return x
+
+
+def test_exception_in_some_lanes_names_them():
+    with pytest.raises(LaneError) as err:
+        sb.spmd(checks_sign)(X)
+    assert err.value.lanes == [0, 3]
+    assert "negative input" in str(err.value)
+    assert_points_at(err, checks_sign, "raise ValueError")
+
+
+def test_exception_in_nested_call_names_outer_batch_indices():
+    with pytest.raises(LaneError) as err:
+        sb.spmd(calls_asserting_helper)(X)
+    assert err.value.lanes == [2]
+    assert "too large" in str(err.value)
+
+
+def test_exception_in_every_lane_is_raised_as_is():
+    with pytest.raises(ValueError, match="negative"):
+        sb.spmd(checks_sign)(-X[X > 0])
+
+
+def test_all_errors_are_spmd_errors():
+    for cls in (BatchSizeError, DivergentSideEffect, LaneError, UnsupportedConstruct, VaryingValueError):
+        assert issubclass(cls, SpmdError)
