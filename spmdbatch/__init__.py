@@ -10,6 +10,7 @@ from .runtime import DEFAULT_FLOAT, get_backend, namespace, tree_map
 from .runtime.array_methods import at, index_update
 from .runtime.primitives import log_softmax, logsumexp, sigmoid, softmax
 from .runtime import batching as _batching  # noqa: F401  (registers the batching rules)
+from .runtime import ragged as _ragged  # noqa: F401  (registers the ragged rules)
 from .spmd import show, spmd
 
 __version__ = "0.1.0"

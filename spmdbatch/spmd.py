@@ -25,6 +25,7 @@ from .runtime import primitives as P
 from .runtime import pytree
 from .runtime.backend import namespace
 from .runtime.batched import Batched
+from .runtime.ragged import Ragged, from_examples, to_examples
 
 
 def spmd(fn=None, *, in_axes=0):
@@ -118,7 +119,8 @@ def _stack_examples(examples, where, sizes):
     out = []
     for j in range(len(flat[0][0])):
         values = [f[0][j] for f in flat]
-        out.append(Batched(_stack_leaf(values, f"{where}{pytree.leaf_paths(examples[0])[j]}")))
+        stacked = _stack_leaf(values, f"{where}{pytree.leaf_paths(examples[0])[j]}")
+        out.append(stacked if type(stacked) is Ragged else Batched(stacked))
     return treedef.unflatten(out)
 
 
@@ -138,8 +140,9 @@ def _stack_leaf(values, where):
                              hint="Give every example the same dtype.")
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
-        raise NotImplementedError(f"{where}: per-example arrays of different shapes (ragged) "
-                                  f"are not supported yet")
+        if ranks == {0}:
+            raise BatchSizeError(f"{where}: per-example values differ in shape")
+        return from_examples(arrays)
     return np.stack(arrays)
 
 
@@ -147,6 +150,8 @@ def _unwrap(value, batch):
     """Per-example result -> stacked result with a leading batch axis."""
     if type(value) is Batched:
         return value.data
+    if type(value) is Ragged:
+        return to_examples(value)  # examples of different lengths cannot be stacked
     if hasattr(value, "_spmd_take_lanes"):
         raise TypeError("a batched iterator or range cannot be returned from an @spmd function")
     if isinstance(value, (int, float, bool, complex, np.generic)) or value is None:

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import DivergentSideEffect, SpmdError
 from ..runtime.batched import Batched, user_frame
+from ..runtime.ragged import Ragged
 from ..runtime import primitives as P
 from .frame import STATE
 from .iterators import batched_range
@@ -118,7 +119,14 @@ def _extreme(builtin, ufunc):
     return extreme
 
 
+def _len(value):
+    if type(value) is Ragged:
+        return Batched(value.lengths)
+    return builtins.len(value)
+
+
 _SPECIAL = {
+    builtins.len: _len,
     builtins.range: batched_range,
     builtins.min: _extreme(builtins.min, P.minimum),
     builtins.max: _extreme(builtins.max, P.maximum),

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import VaryingValueError
 from ..runtime.batched import Batched, user_frame
+from ..runtime.ragged import Ragged
 from .lanes import UNDEFINED, is_varying, merge, take
 
 
@@ -104,6 +105,11 @@ class LaneSequenceIterator:
 
     def next(self):
         items, pos = self.items, self.position
+        if type(items) is Ragged:
+            if pos >= items.padded_length:
+                return UNDEFINED, False
+            self.position = pos + 1
+            return Batched(items.data[:, pos]), Batched(pos < items.lengths)
         length = items.shape[0] if type(items) is Batched else len(items)
         if pos >= length:
             return UNDEFINED, False
@@ -118,6 +124,8 @@ def get_iter(value):
         if type(start) is not Batched and type(value.stop) is Batched:
             start = Batched(np.full(value.stop.data.shape[0], start, dtype=np.result_type(value.stop.dtype, int)))
         return BatchedRangeIterator(start, value.stop, value.step)
+    if type(value) is Ragged:
+        return LaneSequenceIterator(value)
     if type(value) is Batched:
         if not value.shape:
             filename, lineno = user_frame()

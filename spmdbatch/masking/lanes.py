@@ -201,7 +201,7 @@ def lane_count(*values) -> int:
 
 
 def _lanes_of(value):
-    if type(value) is Batched:
+    if isinstance(value, Batched):
         return value.data.shape[0]
     if hasattr(value, "_spmd_take_lanes"):
         for attr in getattr(type(value), "__slots__", ()):

@@ -243,6 +243,8 @@ def reshape(a, shape=None, order="C", *, newshape=None, copy=None):
     if order != "C":
         raise NotImplementedError("numpy.reshape with order other than 'C' is not supported on traced values")
     target = _shape_arg(shape if shape is not None else newshape)
+    if not all(isinstance(s, (int, np.integer)) for s in a.shape):
+        return P.reshape(a, shape=target)  # a varying (ragged) shape: the primitive decides
     if -1 in target:
         known = math.prod(s for s in target if s != -1)
         total = math.prod(a.shape)

@@ -410,3 +410,64 @@ def inner_reads_enclosing(x):
                          ids=["lambda", "inner_def_in_loop", "inner_reads_enclosing"])
 def test_closures(f, args):
     check_batched(f, *args)
+
+
+# --- ragged lists of examples ------------------------------------------------------------------
+SEQS = [np.array([1.0, -2.0, 3.0]), np.array([4.0]), np.array([-1.0, 5.0, 2.0, 0.5, -3.0]),
+        np.array([0.25, 0.5])]
+
+
+def ragged_reductions(v):
+    s = 0.0
+    for e in v:
+        if e > 0:
+            s += e
+    return (s, len(v), v.max(), v.min(), v.mean(), v.std(), v.shape[0],
+            np.log(np.abs(v) + 1).sum(), v[-1], v[0], v[1:].sum(), v[:2].sum(), sb.logsumexp(v))
+
+
+def ragged_index_loop(v):
+    acc = 0.0
+    for i in range(len(v)):
+        acc = acc + v[i] * i
+    k = 0
+    while k < v.shape[0] and v[k] < 3:
+        k += 1
+    return acc, k
+
+
+def ragged_matrix(m, w):
+    h = np.tanh(m @ w)
+    return h.sum() + sb.softmax(h[:, 0]).max()
+
+
+def test_ragged_lists():
+    check_batched(ragged_reductions, SEQS)
+    check_batched(ragged_index_loop, SEQS)
+
+
+def test_ragged_matrices_and_gradient():
+    seqm = [rng.standard_normal((n, 3)) for n in (2, 5, 1)]
+    w = rng.standard_normal((3, 2))
+    check_batched(ragged_matrix, seqm, w, in_axes=(0, None))
+    g = sb.grad(lambda w_: sb.spmd(ragged_matrix, in_axes=(0, None))(seqm, w_).sum())(w)
+    expected = sum(sb.grad(lambda w_: ragged_matrix(m, w_))(w) for m in seqm)
+    np.testing.assert_allclose(g, expected, rtol=1e-10)
+
+
+def test_ragged_results_are_lists():
+    out = sb.spmd(lambda v: sb.softmax(v))(SEQS)
+    assert isinstance(out, list) and [len(o) for o in out] == [3, 1, 5, 2]
+    for o, s in zip(out, SEQS):
+        np.testing.assert_allclose(o, np.exp(s) / np.exp(s).sum())
+
+
+def test_ragged_index_out_of_range_names_lanes():
+    with pytest.raises(sb.LaneError) as err:
+        sb.spmd(lambda v: v[2])(SEQS)
+    assert err.value.lanes == [1, 3]
+
+
+def test_ragged_unsupported_op_is_named():
+    with pytest.raises(NotImplementedError, match="reshape"):
+        sb.spmd(lambda v: v.reshape(-1, 1).sum())(SEQS)
