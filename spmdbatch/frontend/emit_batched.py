@@ -88,6 +88,14 @@ class BatchedEmitter(PlainEmitter):
         else:
             self.w.line(call)
 
+    def stmt_FusedCall(self, s):
+        funcs = "(" + "".join(self.op(f) + ", " for f in s.funcs) + ")"
+        args = "(" + "".join("(" + "".join(self.op(a) + ", " for a in al) + "), " for al in s.args) + ")"
+        kwargs = "(" + "".join("{" + ", ".join(f"{k!r}: {self.op(v)}" for k, v in kw.items()) + "}, "
+                               for kw in s.kwargs) + ")"
+        targets = "".join(self.v(t) + ", " for t in s.targets)
+        self.w.line(f"{targets}= {self.h('call_fused')}({funcs}, {args}, {kwargs})")
+
     def stmt_StoreAttr(self, s):
         self.w.line(f"{self.h('store_attr')}({self.op(s.obj)}, {s.name!r}, {self.op(s.value)})")
 
@@ -200,7 +208,8 @@ class BatchedEmitter(PlainEmitter):
         if undefined:
             out.append(f"{' = '.join(undefined)} = {self.h('UNDEFINED')}")
         out.append(f"{F} = {self.h('Frame')}({self.names.helper('loop_end')}, "
-                   f"{self.h('lane_count')}({', '.join(args)}), {self.names.helper('env_names')})")
+                   f"{self.h('lane_count')}({', '.join(args)}), {self.names.helper('env_names')}, "
+                   f"{fn.qualname!r})")
         entry_env = "(" + "".join(n + ", " for n in [self.v(n) for n in self.env[fn.entry]]
                                   + [self.cell(c) for c in self.cells]) + ")"
         out.append(f"{F}.jump({sched.position[fn.entry]}, None, {F}.n, {entry_env})")

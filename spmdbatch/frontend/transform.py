@@ -20,6 +20,7 @@ from ..errors import HasExceptionHandling, UnsupportedConstruct, VaryingValueErr
 from ..masking import calls, frame, iterators, lanes
 from .emit_batched import BatchedEmitter
 from .emit_plain import _HELPERS as PLAIN_HELPERS
+from .fusion import fuse_calls
 from .lower import lower_function
 
 BATCH_HELPERS = {
@@ -29,7 +30,7 @@ BATCH_HELPERS = {
     "iter_next": iterators.iter_next, "Frame": frame.Frame, "UNDEFINED": lanes.UNDEFINED,
     "lane_count": lanes.lane_count, "store_attr": calls.store_attr, "del_attr": calls.del_attr,
     "store_global": calls.store_global, "del_global": calls.del_global,
-    "store_nonlocal": calls.store_nonlocal,
+    "store_nonlocal": calls.store_nonlocal, "call_fused": calls.call_fused,
 }
 
 _LINE_COMMENT = re.compile(r"^\s*# (\d+): ")
@@ -40,6 +41,7 @@ class CompiledProgram:
 
     def __init__(self, fn):
         self.fn_ir = lower_function(fn)
+        self.fusions = fuse_calls(self.fn_ir)
         self.emitter = BatchedEmitter(self.fn_ir)
         self.source = self.emitter.source()
         code = _compile_with_user_lines(self.source, self.fn_ir.filename, self.fn_ir.firstlineno)

@@ -26,7 +26,8 @@ from ..runtime.ragged import Ragged
 from ..runtime import primitives as P
 from .frame import STATE
 from .iterators import batched_range
-from .lanes import is_varying
+from .lanes import is_varying, lane_count, merge, take
+from .stats import STATS
 
 _TRANSFORMER = None   # set by the frontend: transformer(fn, varying_pattern) -> batched function
 _NATIVE_MODULE_PREFIXES = ("numpy", "cupy", "cupyx", "scipy", "spmdbatch.runtime", "spmdbatch.ad",
@@ -169,6 +170,41 @@ def call(fn, *args, **kwargs):
         raise SpmdError("calling a varying value (each example would call a different function)",
                         filename, lineno, "Call a uniform function, or branch on the example's data.")
     return fn(*args, **kwargs)
+
+
+def _same_function(a, b) -> bool:
+    if a is b:
+        return True
+    return (type(a) is types.MethodType and type(b) is types.MethodType
+            and a.__func__ is b.__func__ and a.__self__ is b.__self__)
+
+
+def call_fused(funcs, args, kwargs):
+    """Calls ``funcs[i](*args[i], **kwargs[i])`` whose arguments are independent of each
+    other's results (frontend/fusion.py): one batched call over all their lanes when they
+    call the same batched function, else one after the other."""
+    fn = funcs[0]
+    if not all(_same_function(fn, f) for f in funcs[1:]) or \
+            not any(_any_varying(a, k) for a, k in zip(args, kwargs)) or \
+            any(set(k) != set(kwargs[0]) for k in kwargs[1:]) or \
+            any(len(a) != len(args[0]) for a in args[1:]):
+        return tuple(call(f, *a, **k) for f, a, k in zip(funcs, args, kwargs))
+    kind = type(fn)
+    if kind is types.MethodType:
+        target, self_arg = fn.__func__, (fn.__self__,)
+    else:
+        target, self_arg = fn, ()
+    if type(target) is not types.FunctionType or not is_user_function(target):
+        return tuple(call(f, *a, **k) for f, a, k in zip(funcs, args, kwargs))
+    n = lane_count(*args[0], *kwargs[0].values())
+    counts = [n] * len(funcs)
+    merged = [merge([a[i] for a in args], counts, f"argument {i}", disjoint=False)
+              for i in range(len(args[0]))]
+    merged_kw = {key: merge([k[key] for k in kwargs], counts, f"argument {key!r}", disjoint=False)
+                 for key in kwargs[0]}
+    STATS.record_fused(len(funcs))
+    result = _TRANSFORMER(target)(*self_arg, *merged, **merged_kw)
+    return tuple(take(result, np.arange(i * n, (i + 1) * n), {}) for i in range(len(funcs)))
 
 
 def getitem(obj, index):

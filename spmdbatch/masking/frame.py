@@ -23,6 +23,7 @@ import numpy as np
 from ..errors import LaneError
 from ..runtime.batched import Batched, user_frame
 from .lanes import merge, take
+from .stats import STATS
 
 
 class _State:
@@ -53,7 +54,7 @@ class Frame:
     __slots__ = ("loop_end", "names", "fwd", "back", "returns", "n", "base_partial", "parent",
                  "parent_lanes")
 
-    def __init__(self, loop_end, n: int, names=None):
+    def __init__(self, loop_end, n: int, names=None, function: str = "?"):
         self.loop_end = loop_end   # loop_end[b]: last block of the loop headed by b, or -1
         self.names = names         # env variable names per block, for error messages
         self.fwd: dict = {}
@@ -64,6 +65,10 @@ class Frame:
         self.parent = STATE.frame          # the calling frame, and the lanes of its group that
         self.parent_lanes = STATE.lanes    # make this call's batch (None: all of them)
         STATE.frame = self
+        if STATS.active is not None:
+            skipped = 0 if self.parent is None or self.parent_lanes is None else \
+                self.parent.n - len(self.parent_lanes)
+            STATS.record_call(function, n, skipped)
 
     # --- moving groups ----------------------------------------------------------------------
     def jump(self, block, lanes, n, env):

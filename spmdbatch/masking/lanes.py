@@ -20,6 +20,7 @@ from ..errors import VaryingValueError
 from ..runtime import primitives as P
 from ..runtime import pytree
 from ..runtime.batched import Batched
+from ..runtime.mapped import LaneMapped, as_mapped, mappable
 
 
 class _Undefined:
@@ -71,6 +72,8 @@ def take(value, idx, memo=None):
     """
     kind = type(value)
     if kind is Batched:
+        if mappable(value):     # large raw per-lane data: map it instead of copying
+            return LaneMapped(value.data, idx)
         return Batched(P.take_lanes(value.data, idx))
     hook = getattr(value, "_spmd_take_lanes", None)
     if hook is not None:
@@ -115,11 +118,18 @@ def _same(a, b) -> bool:
         return False
 
 
-def merge(values, counts, name: str = "a value"):
-    """Concatenate lane groups; `counts[i]` is the number of lanes of `values[i]`."""
+def merge(values, counts, name: str = "a value", disjoint: bool = True):
+    """Concatenate lane groups; `counts[i]` is the number of lanes of `values[i]`.
+
+    Groups of one scheduler are `disjoint` (different lanes), so one object held by all of
+    them is uniform. Fused calls merge groups of the same lanes (`disjoint=False`): there,
+    a varying object held by all of them is repeated for each group.
+    """
     first = values[0]
-    if all(_same(first, v) for v in values[1:]):
+    if all(_same(first, v) for v in values[1:]) and (disjoint or not is_varying(first)):
         return first
+    if type(first) is Batched and mappable(first) and all(v is first for v in values[1:]):
+        values = [as_mapped(first)] * len(values)   # one lane's data for several groups: map it
     defined = [v for v in values if v is not UNDEFINED]
     if len(defined) < len(values):
         # Lanes where the variable is unbound never read it (else Python would have raised):
@@ -128,6 +138,10 @@ def merge(values, counts, name: str = "a value"):
         values = [_broadcast_one_lane(filler, n) if v is UNDEFINED else v for v, n in zip(values, counts)]
         if all(_same(values[0], v) for v in values[1:]):
             return values[0]
+    if any(type(v) is LaneMapped for v in values):
+        if all(type(v) is LaneMapped for v in values):
+            return values[0]._spmd_merge_lanes(values[1:], counts)
+        values = [v.materialize() if type(v) is LaneMapped else v for v in values]
     hook = getattr(values[0], "_spmd_merge_lanes", None)
     if hook is not None:
         return hook(values[1:], counts)
@@ -148,7 +162,7 @@ def merge(values, counts, name: str = "a value"):
             raise VaryingValueError(
                 f"{name} holds containers of different structure in different examples where "
                 f"control flow joins", hint="Give it the same structure (length, keys) on every path.")
-        return treedef.unflatten([merge([f[0][i] for f in flat], counts, name)
+        return treedef.unflatten([merge([f[0][i] for f in flat], counts, name, disjoint)
                                   for i in range(len(flat[0][0]))])
     kinds = sorted({type(v).__name__ for v in values})
     raise VaryingValueError(
@@ -203,6 +217,9 @@ def lane_count(*values) -> int:
 def _lanes_of(value):
     if isinstance(value, Batched):
         return value.data.shape[0]
+    counter = getattr(value, "_spmd_lane_count", None)
+    if counter is not None:
+        return counter()
     if hasattr(value, "_spmd_take_lanes"):
         for attr in getattr(type(value), "__slots__", ()):
             n = _lanes_of(getattr(value, attr))

@@ -1,0 +1,108 @@
+"""`LaneMapped`: per-lane data reached through an index map, so it follows lanes for free.
+
+Lane i of a `LaneMapped` is ``base[index[i]]``. Compacting lanes (a varying branch) or
+joining groups for a fused call only composes or concatenates the small `index`, instead
+of copying the per-lane data (such as each example's tree arrays) at every level of a
+recursion. Indexing it with one per-lane integer (`tree.left[k]`) gathers straight from
+`base` in one step; any other operation first materializes ``base[index]``.
+
+Only raw (not differentiated) data is mapped: values on the autodiff tape are copied, so
+their gradients flow through the lane-gather primitive.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import VaryingValueError
+from . import primitives as P
+from .array_methods import ArrayMethods
+from .backend import namespace
+from .batched import Batched, user_frame
+from .dispatch import bind, register_value_type
+
+MIN_MAPPED_SIZE = 8
+"""Per-lane values with fewer elements are copied (a copy is as cheap as a map)."""
+
+
+class LaneMapped(ArrayMethods):
+    """Varying raw data: lane i is ``base[index[i]]``."""
+
+    __slots__ = ("base", "index")
+
+    def __init__(self, base, index):
+        self.base = base
+        self.index = index
+
+    shape = property(lambda self: self.base.shape[1:])
+    ndim = property(lambda self: self.base.ndim - 1)
+    dtype = property(lambda self: self.base.dtype)
+    xp = property(lambda self: namespace(self.base))
+
+    def materialize(self) -> Batched:
+        return Batched(self.base[self.index])
+
+    def _spmd_lane_count(self):
+        return len(self.index)
+
+    def _spmd_take_lanes(self, idx):
+        return LaneMapped(self.base, self.index[idx])
+
+    def _spmd_merge_lanes(self, others, counts):
+        group = [self] + list(others)
+        if all(type(g) is LaneMapped and g.base is self.base for g in group):
+            return LaneMapped(self.base, np.concatenate([g.index for g in group]))
+        parts = [g.materialize().data if type(g) is LaneMapped else g.data for g in group]
+        return Batched(P.concatenate(*parts, axis=0))
+
+    def _spmd_stop_gradient(self):
+        return self
+
+    def _refuse(self, what):
+        filename, lineno = user_frame(3)
+        return VaryingValueError(f"{what} of a varying (per-example) value", filename, lineno)
+
+    def __bool__(self):
+        raise self._refuse("truth value")
+
+    def __int__(self):
+        raise self._refuse("int()")
+
+    __index__ = __int__
+
+    def __float__(self):
+        raise self._refuse("float()")
+
+    def __array__(self, dtype=None, copy=None):
+        raise self._refuse("numpy.asarray()")
+
+    def __repr__(self):
+        return f"LaneMapped(lanes={len(self.index)}, shape={self.shape}, dtype={self.dtype})"
+
+
+def mappable(value) -> bool:
+    """True for a Batched holding raw data large enough to be worth mapping."""
+    data = value.data
+    return type(data) is np.ndarray and data.size >= MIN_MAPPED_SIZE * max(1, data.shape[0])
+
+
+def as_mapped(value) -> LaneMapped:
+    """A Batched value viewed through the identity lane map."""
+    return LaneMapped(value.data, np.arange(value.data.shape[0]))
+
+
+def _mapped_apply(prim, args, params):
+    if prim is P.getitem:
+        x = args[0]
+        template = params["index"]
+        if type(x) is LaneMapped and len(template) == 1:
+            item = template[0]
+            if item is P.ARRAY_SLOT and type(args[1]) is Batched and args[1].data.ndim == 1 \
+                    and type(args[1].data) is np.ndarray:
+                return Batched(x.base[x.index, args[1].data])       # tree.left[k]
+            if isinstance(item, (int, np.integer)):
+                return Batched(x.base[x.index, item])
+    args = tuple(a.materialize() if type(a) is LaneMapped else a for a in args)
+    return bind(prim, args, params)
+
+
+register_value_type(LaneMapped, 4, _mapped_apply)
