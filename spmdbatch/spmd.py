@@ -25,6 +25,7 @@ from .runtime import primitives as P
 from .runtime import pytree
 from .runtime.backend import namespace
 from .runtime.batched import Batched
+from .runtime.mapped import LaneMapped
 from .runtime.ragged import Ragged, from_examples, to_examples
 
 
@@ -148,6 +149,8 @@ def _stack_leaf(values, where):
 
 def _unwrap(value, batch):
     """Per-example result -> stacked result with a leading batch axis."""
+    if type(value) is LaneMapped:
+        value = value.materialize()
     if type(value) is Batched:
         return value.data
     if type(value) is Ragged:

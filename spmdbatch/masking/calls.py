@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import DivergentSideEffect, SpmdError
 from ..runtime.batched import Batched, user_frame
+from ..runtime.mapped import LaneMapped
 from ..runtime.ragged import Ragged
 from ..runtime import primitives as P
 from .frame import STATE
@@ -120,13 +121,40 @@ def _extreme(builtin, ufunc):
     return extreme
 
 
+def _creator(fill):
+    """np.zeros / ones / empty / full whose first dimension varies: a Ragged array."""
+    numpy_fn = {0: np.zeros, 1: np.ones, None: np.empty}.get(fill, np.full)
+
+    def create(shape, *args, **kwargs):
+        dims = shape if isinstance(shape, tuple) else (shape,)
+        if not any(type(d) is Batched for d in dims):
+            return numpy_fn(shape, *args, **kwargs)
+        if type(dims[0]) is not Batched or any(type(d) is Batched for d in dims[1:]):
+            filename, lineno = user_frame()
+            raise SpmdError("an array whose shape varies between examples in an axis other than the "
+                            "first", filename, lineno, "Only the first axis may have a per-example length.")
+        if fill == "full":
+            fill_value, args = (args[0], args[1:]) if args else (kwargs.pop("fill_value"), args)
+        else:
+            fill_value = 0 if fill is None else fill
+        dtype = args[0] if args else kwargs.get("dtype", float)
+        lengths = np.asarray(getattr(dims[0].data, "value", dims[0].data)).astype(np.intp)
+        width = int(lengths.max()) if lengths.size else 0
+        data = np.full((len(lengths), width) + tuple(int(d) for d in dims[1:]), fill_value, dtype=dtype)
+        return Ragged(data, lengths)
+    return create
+
+
 def _len(value):
+    if type(value) is LaneMapped:
+        value = value.materialize()
     if type(value) is Ragged:
         return Batched(value.lengths)
     return builtins.len(value)
 
 
 _SPECIAL = {
+    np.zeros: _creator(0), np.ones: _creator(1), np.empty: _creator(None), np.full: _creator("full"),
     builtins.len: _len,
     builtins.range: batched_range,
     builtins.min: _extreme(builtins.min, P.minimum),
@@ -151,6 +179,9 @@ def call(fn, *args, **kwargs):
     """Call `fn` from a batch program (see module docstring)."""
     kind = type(fn)
     if kind is types.FunctionType:
+        special = _SPECIAL.get(fn)
+        if special is not None:
+            return special(*args, **kwargs)
         if _any_varying(args, kwargs) and is_user_function(fn):
             return _TRANSFORMER(fn)(*args, **kwargs)
         return fn(*args, **kwargs)

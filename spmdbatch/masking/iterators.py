@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import VaryingValueError
 from ..runtime.batched import Batched, user_frame
+from ..runtime.mapped import LaneMapped
 from ..runtime.ragged import Ragged
 from .lanes import UNDEFINED, is_varying, merge, take
 
@@ -105,6 +106,8 @@ class LaneSequenceIterator:
 
     def next(self):
         items, pos = self.items, self.position
+        if type(items) is LaneMapped:
+            items = self.items = items.materialize()
         if type(items) is Ragged:
             if pos >= items.padded_length:
                 return UNDEFINED, False
@@ -119,6 +122,8 @@ class LaneSequenceIterator:
 
 def get_iter(value):
     """`iter(value)` for batch programs."""
+    if type(value) is LaneMapped:
+        value = value.materialize()
     if type(value) is BatchedRange:
         start = value.start
         if type(start) is not Batched and type(value.stop) is Batched:

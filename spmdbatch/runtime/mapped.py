@@ -25,34 +25,44 @@ MIN_MAPPED_SIZE = 8
 
 
 class LaneMapped(ArrayMethods):
-    """Varying raw data: lane i is ``base[index[i]]``."""
+    """Varying raw data: lane i is ``base[index[i]]`` (ragged when `lengths` is given: lane i
+    then has length ``lengths[index[i]]`` along its first axis)."""
 
-    __slots__ = ("base", "index")
+    __slots__ = ("base", "index", "lengths")
 
-    def __init__(self, base, index):
+    def __init__(self, base, index, lengths=None):
         self.base = base
         self.index = index
+        self.lengths = lengths
 
-    shape = property(lambda self: self.base.shape[1:])
+    @property
+    def shape(self):
+        if self.lengths is not None:
+            return (Batched(self.lengths[self.index]),) + tuple(self.base.shape[2:])
+        return self.base.shape[1:]
+
     ndim = property(lambda self: self.base.ndim - 1)
     dtype = property(lambda self: self.base.dtype)
     xp = property(lambda self: namespace(self.base))
 
     def materialize(self) -> Batched:
+        if self.lengths is not None:
+            from .ragged import Ragged
+            return Ragged(self.base[self.index], self.lengths[self.index])
         return Batched(self.base[self.index])
 
     def _spmd_lane_count(self):
         return len(self.index)
 
     def _spmd_take_lanes(self, idx):
-        return LaneMapped(self.base, self.index[idx])
+        return LaneMapped(self.base, self.index[idx], self.lengths)
 
     def _spmd_merge_lanes(self, others, counts):
         group = [self] + list(others)
         if all(type(g) is LaneMapped and g.base is self.base for g in group):
-            return LaneMapped(self.base, np.concatenate([g.index for g in group]))
-        parts = [g.materialize().data if type(g) is LaneMapped else g.data for g in group]
-        return Batched(P.concatenate(*parts, axis=0))
+            return LaneMapped(self.base, np.concatenate([g.index for g in group]), self.lengths)
+        from ..masking.lanes import merge   # (runtime does not import masking at load time)
+        return merge([g.materialize() if type(g) is LaneMapped else g for g in group], counts)
 
     def _spmd_stop_gradient(self):
         return self
@@ -98,11 +108,26 @@ def _mapped_apply(prim, args, params):
             item = template[0]
             if item is P.ARRAY_SLOT and type(args[1]) is Batched and args[1].data.ndim == 1 \
                     and type(args[1].data) is np.ndarray:
-                return Batched(x.base[x.index, args[1].data])       # tree.left[k]
-            if isinstance(item, (int, np.integer)):
+                k = args[1].data                                      # tree.left[k]
+                if x.lengths is not None:
+                    _check_positions(x, k)
+                return Batched(x.base[x.index, k])
+            if isinstance(item, (int, np.integer)) and (item >= 0 or x.lengths is None):
+                if x.lengths is not None:
+                    _check_positions(x, np.full(len(x.index), item))
                 return Batched(x.base[x.index, item])
     args = tuple(a.materialize() if type(a) is LaneMapped else a for a in args)
     return bind(prim, args, params)
+
+
+def _check_positions(x, k):
+    lengths = x.lengths[x.index]
+    bad = np.flatnonzero((k >= lengths) | (k < 0))
+    if bad.size:
+        from ..errors import LaneError
+        filename, lineno = user_frame(4)
+        raise LaneError(f"IndexError: index out of range for the ragged axis in examples "
+                        f"{bad.tolist()}", bad.tolist(), filename, lineno)
 
 
 register_value_type(LaneMapped, 4, _mapped_apply)

@@ -46,6 +46,9 @@ class Ragged(Batched):
         return valid.reshape(valid.shape + (1,) * (data.ndim - 2))
 
     def _spmd_take_lanes(self, idx):
+        if type(self.data) is np.ndarray:   # raw per-lane data: follow lanes by index map
+            from .mapped import LaneMapped
+            return LaneMapped(self.data, idx, self.lengths)
         return Ragged(P.take_lanes(self.data, idx), self.lengths[idx])
 
     def _spmd_merge_lanes(self, others, counts):
@@ -274,3 +277,27 @@ def _getitem(args, index):
 
 
 RAGGED_RULES[P.getitem] = _getitem
+
+
+def _index_update(args, index, mode):
+    x, value, *arrays = args
+    if type(x) is not Ragged or type(value) is Ragged or any(type(a) is Ragged for a in arrays):
+        raise NotImplementedError("index update with a ragged value or index is not supported; "
+                                  "only updating positions of a ragged array is")
+    first = index[0] if index else slice(None)
+    lanes = x.data.shape[0]
+    if first is P.ARRAY_SLOT:
+        idx = arrays[0]
+        idx_data = idx.data if isinstance(idx, Batched) else np.broadcast_to(idx, (lanes,) + np.shape(idx))
+        _check_in_range(x, idx_data)
+    elif isinstance(first, (int, np.integer)):
+        if first < 0:
+            raise NotImplementedError("negative positions in a ragged array update are not supported")
+        _check_in_range(x, np.full(lanes, int(first)))
+    elif first != slice(None):
+        raise NotImplementedError("slices of a ragged axis in an index update are not supported")
+    out = P.index_update(Batched(x.data), value, *arrays, index=index, mode=mode)
+    return Ragged(out.data, x.lengths)
+
+
+RAGGED_RULES[P.index_update] = _index_update

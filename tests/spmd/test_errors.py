@@ -153,7 +153,7 @@ def needs_int(x):
 
 
 def needs_shape(n):
-    return np.zeros(n)
+    return np.eye(n)
 
 
 def needs_key(x):
@@ -165,7 +165,7 @@ def needs_bool(x):
 
 
 @pytest.mark.parametrize("fn,text,arg", [
-    (needs_int, "return int(x)", X), (needs_shape, "np.zeros(n)", np.array([1, 2])),
+    (needs_int, "return int(x)", X), (needs_shape, "np.eye(n)", np.array([1, 2])),
     (needs_key, "[x]", X), (needs_bool, "return bool(", X),
 ])
 def test_varying_value_where_python_needs_one(fn, text, arg):

@@ -1,0 +1,63 @@
+"""Smoke tests of the benchmark scripts: they run in --quick mode and write sane JSON.
+
+No timing assertions: only that each script exits 0 and reports positive numbers.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCHMARKS = ROOT / "benchmarks"
+
+
+def _run(script: str, tmp_path: Path) -> dict:
+    out = tmp_path / "x.json"
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / script), "--quick", "--json", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout}\n{proc.stderr}"
+    assert "|" in proc.stdout  # printed a markdown table
+    data = json.loads(out.read_text())
+    assert data["config"]["quick"] is True
+    assert data["environment"]["python"]
+    assert data["results"]
+    return data
+
+
+def _positive_stats(entry: dict, key: str):
+    stats = entry[key]
+    assert set(stats) >= {"median", "min"}, (key, stats)
+    for v in stats.values():
+        assert isinstance(v, float) and v > 0, (key, stats)
+
+
+def test_spmd_overhead_quick(tmp_path):
+    data = _run("spmd_overhead.py", tmp_path)
+    assert data["benchmark"] == "spmd_overhead"
+    assert {r["mode"] for r in data["results"]} == {"fwd+bwd", "fwd"}
+    for r in data["results"]:
+        assert isinstance(r["batch"], int) and r["batch"] > 0
+        for key in ("spmd_ms", "hand_ms", "ratio_spmd_over_hand"):
+            _positive_stats(r, key)
+        assert 0 <= r["max_relative_error"] <= 1e-4
+
+
+def test_transform_time_quick(tmp_path):
+    data = _run("transform_time.py", tmp_path)
+    assert data["benchmark"] == "transform_time"
+    names = [r["function"] for r in data["results"]]
+    assert len(names) == len(set(names)) and "tozero" in names
+    for r in data["results"]:
+        assert isinstance(r["blocks"], int) and r["blocks"] >= 1
+        for key in ("lower_ms", "total_transform_ms", "cached_call_us", "native_call_us",
+                    "ratio_cached_over_native"):
+            _positive_stats(r, key)
+        assert "rest_ms" in r
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-q"]))
