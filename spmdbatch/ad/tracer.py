@@ -94,3 +94,7 @@ register_value_type(Tracer, 1, trace_apply)
 def stop_gradient_value(x):
     """The raw value behind a tracer; anything else unchanged."""
     return x.value if type(x) is Tracer else x
+
+from ..runtime.pytree import register_leaf_type  # noqa: E402
+
+register_leaf_type(Tracer)

@@ -207,6 +207,9 @@ def _broadcast_one_lane(value, n):
 
 def lane_count(*values) -> int:
     """The number of lanes of the first varying value found (in containers too)."""
+    for value in values:                 # plain batched arguments first: no tree walks
+        if type(value) is Batched:
+            return value.data.shape[0]
     for value in values:
         n = _lanes_of(value)
         if n is not None:

@@ -118,3 +118,8 @@ class Batched(ArrayMethods):
 
 def is_batched(value) -> bool:
     return type(value) is Batched
+
+
+from .pytree import register_leaf_type  # noqa: E402
+
+register_leaf_type(Batched)

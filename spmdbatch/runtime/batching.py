@@ -348,6 +348,9 @@ def _dims_before(items, stop):
 
 def _getitem_rule(args, index):
     x, *arrays = args
+    fast = _getitem_fast(x, arrays, index)
+    if fast is not None:
+        return fast
     plan = _IndexPlan(x, arrays, index)
     data = x.data if type(x) is Batched else x
     out = P.getitem(data, *plan.arrays, index=plan.template)
@@ -356,6 +359,27 @@ def _getitem_rule(args, index):
 
 
 defbatch(P.getitem, _getitem_rule)
+
+_BASIC = (int, np.integer, slice)
+
+
+def _getitem_fast(x, arrays, index):
+    """The common gathers without building an index plan (None when not applicable)."""
+    if not arrays:                                   # x[i], x[a:b], x[i, :] on a batched x
+        if type(x) is Batched and all(isinstance(i, _BASIC) for i in index):
+            return Batched(P.getitem(x.data, index=(slice(None),) + index))
+        return None
+    if len(index) != 1 or len(arrays) != 1:
+        return None
+    k = arrays[0]
+    if type(k) is not Batched or k.data.dtype.kind not in "iu":
+        return None
+    if type(x) is Batched:
+        if k.data.ndim != 1:
+            return None
+        lanes = lane_arange(k.data.shape[0], x.xp)   # h[k]: one position per lane
+        return Batched(P.getitem(x.data, lanes, k.data, index=(P.ARRAY_SLOT, P.ARRAY_SLOT)))
+    return Batched(P.getitem(x, k.data, index=(P.ARRAY_SLOT,)))   # E[word]: rows of a uniform table
 
 
 def _index_update_rule(args, index, mode):

@@ -14,6 +14,8 @@ import collections
 import dataclasses
 from typing import Any, Callable
 
+import numpy as np
+
 _NODE_TYPES: dict[type, tuple[Callable, Callable]] = {}
 
 
@@ -58,9 +60,20 @@ def _unflatten_dataclass(aux, children):
     return obj
 
 
+_LEAF_TYPES = {float, int, bool, complex, str, bytes, np.ndarray, np.float32, np.float64,
+               np.int64, np.int32, np.bool_}
+
+
+def register_leaf_type(cls: type) -> None:
+    """Declare `cls` a leaf type (a fast path: leaves are the common case)."""
+    _LEAF_TYPES.add(cls)
+
+
 def _node_kind(tree):
     """(flatten_fn, unflatten_fn) for a container, or None for a leaf."""
     cls = type(tree)
+    if cls in _LEAF_TYPES:
+        return None
     if cls in _NODE_TYPES:
         return _NODE_TYPES[cls]
     if cls is tuple or cls is list:

@@ -139,8 +139,10 @@ def _elementwise(prim):
                 if lengths is not None and not np.array_equal(lengths, a.lengths):
                     raise ValueError(f"{prim.name}: ragged operands with different lengths in some example")
                 lengths = a.lengths
+        width = max(a.padded_length for a in args if type(a) is Ragged)
+        operands = [Batched(_pad_to(a.data, width)) if type(a) is Ragged else a for a in args]
         with np.errstate(all="ignore"):  # padding positions may compute anything; they are masked
-            out = prim(*[_plain(a) for a in args], **params)
+            out = prim(*operands, **params)
         return Ragged(out.data, lengths)
     return rule
 
