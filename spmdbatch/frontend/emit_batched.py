@@ -26,6 +26,7 @@ emitted inline (no scheduling needed: no lanes can join there).
 """
 from __future__ import annotations
 
+from . import ir
 from .emit_plain import PlainEmitter, Writer
 from .ir import Var
 from .liveness import analyze as analyze_liveness
@@ -80,6 +81,13 @@ class BatchedEmitter(PlainEmitter):
 
     def expr_GetIter(self, e):
         return f"{self.h('get_iter')}({self.op(e.x)})"
+
+    def stmt_Assign(self, s):
+        e = s.value
+        if isinstance(e, ir.BinOp) and e.op.endswith("=") and e.op not in ("==", "!=", "<=", ">="):
+            self.w.line(f"{self.v(s.target)} = {self.h('inplace')}({e.op!r}, {self.op(e.a)}, {self.op(e.b)})")
+            return
+        super().stmt_Assign(s)
 
     def stmt_StoreSubscr(self, s):
         call = f"{self.h('setitem')}({self.op(s.obj)}, {self.op(s.index)}, {self.op(s.value)})"

@@ -17,7 +17,7 @@ same way as `f` (same global, closure variable, local, or attribute of the same 
 and nothing it uses depends on the group's results. Other statements are moved *after*
 the fused call if they depend on a group result, or *before* it otherwise; only
 assignments of call-free expressions (and unpacking) may move, and a statement may not
-move before one whose variables it redefines. The scan stops at any other statement. The
+move before a statement or call whose variables it redefines. The scan stops at any other statement. The
 runtime checks that the callees are really the same function; if not, the calls run one
 after the other, in their original order.
 """
@@ -107,6 +107,7 @@ def _fuse_from(stmts, start, origins):
     if key is None:
         return None
     group = [first]
+    group_uses = set(first.uses())    # variables the group's calls read
     depends = {first.target}          # variables derived from the group's results
     before, after = [], []            # statements moved before / after the fused call
     after_names: set = set()
@@ -119,6 +120,7 @@ def _fuse_from(stmts, start, origins):
         if call is not None and not uses & depends and _callee_key(call, local_origins) == key \
                 and s.target not in after_names and s.target not in uses:
             group.append(s)
+            group_uses |= uses
             depends.add(s.target)
             j += 1
             continue
@@ -130,7 +132,8 @@ def _fuse_from(stmts, start, origins):
             after_names |= uses | defs
             depends |= defs
         else:
-            if defs & after_names or defs & depends:
+            # moving s before the fused call must not change what the calls read
+            if defs & after_names or defs & depends or defs & group_uses:
                 break
             before.append(s)
             if isinstance(s, Assign):

@@ -31,6 +31,7 @@ BATCH_HELPERS = {
     "lane_count": lanes.lane_count, "store_attr": calls.store_attr, "del_attr": calls.del_attr,
     "store_global": calls.store_global, "del_global": calls.del_global,
     "store_nonlocal": calls.store_nonlocal, "call_fused": calls.call_fused,
+    "inplace": calls.inplace,
 }
 
 _LINE_COMMENT = re.compile(r"^\s*# (\d+): ")

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import builtins
+import operator
 import sys
 import types
 
@@ -267,6 +268,31 @@ def setitem(obj, index, value):
                           "assignment out of the data-dependent branch.")
     obj[index] = value
     return obj
+
+
+_INPLACE = {"+=": (operator.iadd, operator.add), "-=": (operator.isub, operator.sub),
+            "*=": (operator.imul, operator.mul), "/=": (operator.itruediv, operator.truediv),
+            "//=": (operator.ifloordiv, operator.floordiv), "%=": (operator.imod, operator.mod),
+            "**=": (operator.ipow, operator.pow), "@=": (operator.imatmul, operator.matmul),
+            "&=": (operator.iand, operator.and_), "|=": (operator.ior, operator.or_),
+            "^=": (operator.ixor, operator.xor), "<<=": (operator.ilshift, operator.lshift),
+            ">>=": (operator.irshift, operator.rshift)}
+
+
+def inplace(op, a, b):
+    """`a op= b` in a batch program: arrays get a new value instead of being mutated.
+
+    An array may be shared by lane groups that took different branches (uniform values
+    are not copied when lanes split), so mutating it in place would leak one group's
+    update into the others; and a varying right side cannot be written into a uniform array.
+    """
+    in_place, functional = _INPLACE[op]
+    if hasattr(a, "shape") and hasattr(a, "dtype"):
+        return functional(a, b)
+    if STATE.partial and isinstance(a, (list, dict, set, bytearray)):
+        _refuse_divergent(f"in-place update ({op}) of a {type(a).__name__}",
+                          "Use an array, or build a new list instead of extending a shared one.")
+    return in_place(a, b)
 
 
 def logical_not(value):

@@ -126,7 +126,7 @@ class Frame:
             lanes, n, env = groups[0]
         else:
             lanes, n, env = self._merge(block, groups)
-        STATE.partial = self.base_partial or lanes is not None
+        STATE.partial = self.base_partial or n != self.n   # (a permutation of all lanes is complete)
         STATE.lanes = lanes
         return block, lanes, n, env
 
@@ -170,7 +170,7 @@ class Frame:
         indices of the outermost @spmd call) when only some examples raise it."""
         if isinstance(exc, type):
             exc = exc()
-        if lanes is None and not self.base_partial:
+        if n == self.n and not self.base_partial:
             raise exc
         which = self.batch_indices(np.arange(n) if lanes is None else lanes)
         filename, lineno = user_frame(2)

@@ -78,7 +78,7 @@ class Gen:
 
     # --- expressions ----------------------------------------------------------------------
     def int_expr(self, sc, depth=1):
-        kinds = ["var", "const"]
+        kinds = ["var", "const", "var"]
         if depth > 0:
             kinds += ["add", "mod", "mul"]
         k = self.choice(kinds)
@@ -95,10 +95,11 @@ class Gen:
 
     def float_expr(self, sc, depth=2):
         """A float expression; bounded when its variables are (see module docstring)."""
-        kinds = ["var", "const"]
+        kinds = ["var", "const", "var"]
         if depth > 0:
-            kinds += ["bin", "tanh", "sum", "index", "ifexp", "div", "helper", "intmix", "where",
-                      "or"]
+            kinds += ["bin", "tanh", "ifexp", "div", "helper", "intmix", "where", "or"]
+            if sc.vecs:
+                kinds += ["sum", "index"]
             if not self.smooth:
                 kinds += ["abs", "maximum", "clip", "minmax"]
         k = self.choice(kinds)
@@ -126,7 +127,9 @@ class Gen:
         if k == "intmix":
             return f"({self.int_expr(sc, 1)} * {self.choice(('0.5', '0.25', '-0.5'))})"
         if k == "where":
-            return f"np.where({self.cond_simple(sc, d)}, {self.float_expr(sc, d)}, {self.float_expr(sc, d)})"
+            # + 0.0: a 0-d array from np.where would be updated in place by `+=` (aliasing)
+            return (f"(np.where({self.cond_simple(sc, d)}, {self.float_expr(sc, d)}, "
+                    f"{self.float_expr(sc, d)}) + 0.0)")
         if k == "or":
             # truth value of a float (0.0 is false): only exercised outside smooth mode
             if self.smooth:
@@ -188,7 +191,7 @@ class Gen:
         return e
 
     def cond_simple(self, sc, depth=1):
-        k = self.choice(["gt", "lt", "cmp", "parity", "intcmp", "elem", "anyall"])
+        k = self.choice(["gt", "lt", "cmp", "parity", "intcmp"] + (["elem", "anyall"] if sc.vecs else []))
         if k == "gt":
             return f"{self.float_expr(sc, min(depth, 1))} > {self.choice(THRESHOLDS)}"
         if k == "lt":
@@ -252,7 +255,7 @@ class Gen:
         return f
 
     def block(self, sc, indent, depth, min_stmts=1):
-        n = self.draw(st.integers(min_stmts, 3 if depth > 0 else 2))
+        n = self.draw(st.integers(min_stmts, 5 if depth > 2 else 3 if depth > 0 else 2))
         start = len(self.lines)
         for _ in range(n):
             if self.stmt(sc, indent, depth):
@@ -262,12 +265,16 @@ class Gen:
 
     def stmt(self, sc, indent, depth):
         """Emit one statement; True when it ends the block (return/break/continue)."""
-        kinds = ["assign", "augassign", "ifexp", "swap", "int"]
+        kinds = ["assign", "augassign", "ifexp", "swap"]
+        if sc.iwrite:
+            kinds += ["int"]
         if sc.vwrite:
             kinds += ["vassign", "vaug", "setitem"]
         kinds += ["temp", "pack"]
         if depth > 0:
-            kinds += ["if", "if", "while", "for", "for"]
+            kinds += ["if", "if", "while", "while", "for", "for", "for"]
+        if self.helpers or self.recursive:
+            kinds += ["call"]
         kinds += ["guarded_exit"]
         if sc.in_loop:
             kinds += ["guarded_exit"]
@@ -294,6 +301,8 @@ class Gen:
                 self.emit(indent, f"{a}, {b} = {b}, {a}")
             else:
                 self.emit(indent, f"{self.choice(sc.fwrite)} = {self.choice(sc.floats)}")
+        elif k == "call":
+            self.emit(indent, f"{self.choice(sc.fwrite)} = {self.call_expr(sc, 1)}")
         elif k == "int":
             var = self.choice(sc.iwrite)
             self.emit(indent, self.choice((f"{var} += 1", f"{var} = ({var} + {self.int_expr(sc, 1)}) % 5")))
@@ -338,7 +347,8 @@ class Gen:
                 self.block(sc.child(), indent + 1, depth - 1)
         elif k == "while":
             c = self.fresh("c")
-            bound = self.choice(("n", "3", "(n + 1)", "2"))
+            top = sc.ints[0]   # n in f, m in helpers
+            bound = self.choice((top, "3", f"({top} + 1)", "2"))
             self.emit(indent, f"{c} = 0")
             cond = self.cond(sc, 1)
             if self.coin(70):
@@ -352,7 +362,8 @@ class Gen:
             self.block(body, indent + 1, depth - 1, min_stmts=0)
         elif k == "for":
             i = self.fresh("i")
-            rng = self.choice(("range(n)", "range(3)", "range(1, n)",
+            top = sc.ints[0]
+            rng = self.choice((f"range({top})", "range(3)", f"range(1, {top})",
                                f"range({self.int_expr(sc, 1)} % 4)"))
             self.emit(indent, f"for {i} in {rng}:")
             body = sc.child(in_loop=True)
@@ -418,8 +429,9 @@ class Gen:
     def helper(self, name):
         self.emit(0, f"def {name}(a, b, m):")
         self.emit(1, "t = a * 0.5")
-        sc = Scope(["a", "b", "t"], ["m"], ["q"], ["a", "b", "t"], ["q"], [], ret_kind="f")
-        self.emit(1, f"q = np.tanh(np.array([a, b, {self.choice(FLOAT_CONSTS)}]))")
+        self.emit(1, "j = 0")
+        sc = Scope(["a", "b", "t"], ["m", "j"], ["q"], ["a", "b", "t"], ["q"], ["j"], ret_kind="f")
+        self.emit(1, f"q = np.tanh(np.stack([a, b, {self.choice(FLOAT_CONSTS)}]))")
         self.block(sc, 1, self.draw(st.integers(0, 2)))
         self.emit(1, f"return {self.ret_expr(sc)}")
         self.emit(0, "")
@@ -444,7 +456,7 @@ class Gen:
         self.emit(1, "k = 0")
         self.emit(1, f"w = {self.choice(('v * 1.0', 'np.tanh(v + x)', 'v.copy()'))}")
         self.emit(1, "u = np.tanh(v - x)")
-        self.block(sc, 1, 3, min_stmts=1)
+        self.block(sc, 1, 3, min_stmts=2)
         self.emit(1, f"return {self.ret_expr(sc)}")
         return Program("\n".join(self.lines) + "\n", returns_tuple, self.smooth)
 

@@ -471,3 +471,31 @@ def test_ragged_index_out_of_range_names_lanes():
 def test_ragged_unsupported_op_is_named():
     with pytest.raises(NotImplementedError, match="reshape"):
         sb.spmd(lambda v: v.reshape(-1, 1).sum())(SEQS)
+
+
+def inplace_on_shared_uniform_array(x, v):
+    w = np.zeros(3)
+    acc = [0.0]
+    if x > 0:
+        w += v          # only these lanes' w changes
+    else:
+        w -= 1.0
+    w *= 2
+    acc += [1.0]        # list augmented assignment under uniform control stays in place
+    return w, len(acc)
+
+
+def test_augmented_assignment_never_leaks_between_lane_groups():
+    check_batched(inplace_on_shared_uniform_array, X, V)
+
+
+def swap_between_calls(x, v):
+    z = np.tanh(x)
+    x, y = x * 0.5, x
+    u = np.tanh(v - x)
+    return z + u.sum() + y
+
+
+def test_fusion_keeps_argument_values():
+    check_batched(swap_between_calls, X, V)
+    check_batched_grad(lambda p, x, v: swap_between_calls(x * p, v), 1.5, X, V)
