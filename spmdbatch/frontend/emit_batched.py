@@ -46,6 +46,9 @@ class BatchedEmitter(PlainEmitter):
         # Closure cells travel with the lanes too (a lambda reading a varying local must
         # see its own group's lanes), so every block's environment ends with them.
         self.cells = list(fn.cellvars) + [n for n in fn.freevars if n not in fn.cellvars]
+        # Without branches and loops, lanes never diverge: the program is straight-line code
+        # (no scheduler), like the plain function with batched statements.
+        self.straight = all(type(b.term).__name__ in ("Jump", "Return", "Raise") for b in fn.blocks.values())
         self.preds_of = fn.predecessors()
 
     # --- names of the scheduler's variables --------------------------------------------------
@@ -137,11 +140,15 @@ class BatchedEmitter(PlainEmitter):
         return (src, target) in self.sched.back_edges
 
     def inlinable(self, src, target) -> bool:
+        if self.straight:
+            return super().inlinable(src, target)
         return (self.preds_of[target] == [src] and target != self.fn.entry
                 and not self._is_back(src, target)
                 and [t for t, _ in self.fn.blocks[src].term.successors()].count(target) == 1)
 
     def edge(self, src, target, args):
+        if self.straight:
+            return super().edge(src, target, args)
         if self.inlinable(src, target):
             params = self.fn.blocks[target].params
             pairs = [(self.v(p), self.op(a)) for p, a in zip(params, args)
@@ -174,6 +181,9 @@ class BatchedEmitter(PlainEmitter):
                      t_override={t.item_target: item})
 
     def term_Return(self, bid, t):
+        if self.straight:
+            self.w.line(f"return {self.op(t.value)}")
+            return
         self.w.line(f"{self.F}.ret({self.L}, {self.N}, {self.op(t.value)})")
 
     def term_Raise(self, bid, t):
@@ -186,10 +196,15 @@ class BatchedEmitter(PlainEmitter):
             self.w.line(f"{exc_var} = {exc}")
             self.w.line(f"{exc_var}.__cause__ = {self.op(t.cause)}")
             exc = exc_var
+        if self.straight:
+            self.w.line(f"{self.h('raise_all_lanes')}({exc})")
+            return
         self.w.line(f"{self.F}.raise_in_lanes({exc}, {self.L}, {self.N})")
 
     # --- whole function --------------------------------------------------------------------------
     def body(self):
+        if self.straight:
+            return self.straight_body()
         fn, sched = self.fn, self.sched
         self.emitted = set()
         arms = []
@@ -230,14 +245,26 @@ class BatchedEmitter(PlainEmitter):
         out.append(f"        return {F}.result()")
         return out
 
+    def straight_body(self):
+        """Straight-line batch program: the plain emitter's body with batched statements."""
+        lines = PlainEmitter.body(self)
+        head = [f"{self.h('count_call')}({self.fn.qualname!r}, {', '.join(self.v(a) for a in self.fn.argnames)})"]
+        return head + lines
+
     def closure_params(self):
+        if self.straight:
+            return super().closure_params()
         return [self.names.helper("fv_" + n) for n in self.fn.freevars]
 
     def extra_factory_params(self):
+        if self.straight:
+            return []
         return [self.names.helper("loop_end"), self.names.helper("env_names")]
 
     def factory_extras(self):
         """Values of the extra factory parameters (after the plain emitter's)."""
+        if self.straight:
+            return []
         names = [None] * len(self.sched.order)
         for bid, pos in self.sched.position.items():
             names[pos] = tuple(self.env[bid]) + tuple(self.cells)

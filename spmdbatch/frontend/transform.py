@@ -31,7 +31,8 @@ BATCH_HELPERS = {
     "lane_count": lanes.lane_count, "store_attr": calls.store_attr, "del_attr": calls.del_attr,
     "store_global": calls.store_global, "del_global": calls.del_global,
     "store_nonlocal": calls.store_nonlocal, "call_fused": calls.call_fused,
-    "inplace": calls.inplace,
+    "inplace": calls.inplace, "raise_all_lanes": frame.raise_all_lanes,
+    "count_call": frame.count_call,
 }
 
 _LINE_COMMENT = re.compile(r"^\s*# (\d+): ")

@@ -48,6 +48,31 @@ def _mask_of(cond: Batched):
     return data
 
 
+def raise_all_lanes(exc):
+    """`raise exc` in straight-line code: every lane of the call raises it; that is only some
+    examples of the batch when the call was made under a varying condition."""
+    if isinstance(exc, type):
+        exc = exc()
+    frame = STATE.frame
+    if not STATE.partial or frame is None:
+        raise exc
+    lanes = STATE.lanes if STATE.lanes is not None else np.arange(frame.n)
+    which = frame.batch_indices(lanes)
+    filename, lineno = user_frame(2)
+    raise LaneError(f"{type(exc).__name__}{': ' + str(exc) if str(exc) else ''} (raised in "
+                    f"examples {which} of the batch only)", which, filename, lineno) from exc
+
+
+def count_call(function, *args):
+    """Count a straight-line batch program's call in `spmdbatch.stats()` (when open)."""
+    if STATS.active is not None:
+        from .lanes import lane_count
+        n = lane_count(*args)
+        frame = STATE.frame
+        skipped = 0 if frame is None or STATE.lanes is None else frame.n - len(STATE.lanes)
+        STATS.record_call(function, n, skipped)
+
+
 class Frame:
     """Waiting lane groups of one batched call (see module docstring)."""
 
