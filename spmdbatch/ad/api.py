@@ -13,6 +13,7 @@ import numpy as np
 
 from ..runtime import pytree
 from ..runtime.backend import is_floating, namespace
+from .sparse import densify
 from .tape import Tape
 from .tracer import STATE, Tracer
 
@@ -56,7 +57,7 @@ def _gradient_tree(leaves, nodes, treedef, leaf_grads):
     """Assemble the gradient pytree, zeros where no gradient flowed."""
     out = []
     for leaf, node in zip(leaves, nodes):
-        g = leaf_grads.get(node) if node is not None else None
+        g = densify(leaf_grads.get(node)) if node is not None else None
         if isinstance(leaf, float):
             out.append(0.0 if g is None else float(g))
             continue

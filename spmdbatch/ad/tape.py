@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..runtime.backend import namespace
+from .sparse import SparseRows
 
 
 class Tape:
@@ -43,6 +44,8 @@ class Tape:
                 if entry is None:
                     leaf_grads[idx] = g
                     continue
+                if type(g) is SparseRows:    # rules take dense cotangents
+                    g = g.dense()
                 prim, raw, params, ans, parents = entry
                 rules = prim.vjp
                 for pos, parent in parents:
@@ -64,8 +67,8 @@ class Tape:
 
 def unbroadcast(c, x):
     """Sum cotangent `c` down to the shape of operand `x` (undoing numpy broadcasting)."""
-    shape = np.shape(x)
-    cshape = np.shape(c)
+    shape = x.shape if type(x) is np.ndarray else np.shape(x)
+    cshape = c.shape if type(c) is np.ndarray else np.shape(c)
     if cshape == shape:
         return c
     lead = len(cshape) - len(shape)

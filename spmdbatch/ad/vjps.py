@@ -18,6 +18,7 @@ import numpy as np
 
 from ..runtime import primitives as P
 from ..runtime.backend import namespace
+from .sparse import SparseRows
 from .tape import unbroadcast
 
 LN2 = math.log(2.0)
@@ -161,6 +162,8 @@ def _matmul_vjp_b(g, ans, a, b):
 
 
 defvjp(P.matmul, _matmul_vjp_a, _matmul_vjp_b)
+defvjp(P.matmul_t, lambda g, ans, x, w: g @ w,
+       lambda g, ans, x, w: g.reshape(-1, g.shape[-1]).T @ x.reshape(-1, x.shape[-1]))
 
 
 def _einsum_vjp(pos, g, ans, *operands, spec):
@@ -204,6 +207,11 @@ defvjp_variadic(P.concatenate, _concatenate_vjp)
 
 # --- indexing -----------------------------------------------------------------------------
 def _getitem_vjp(g, ans, x, *arrays, index):
+    if index == (P.ARRAY_SLOT,) and arrays[0].dtype.kind in "iu" and np.ndim(x) >= 1:
+        # a row gather (E[word]): a sparse cotangent, densified once where needed
+        idx = arrays[0]
+        return SparseRows.rows(np.shape(x), idx.reshape(-1), g.reshape((-1,) + np.shape(x)[1:]),
+                               unique=False)
     xp = namespace(g)
     out = xp.zeros(np.shape(x), dtype=g.dtype)
     full = P.fill_index(index, arrays)
@@ -243,9 +251,8 @@ defvjp(P.index_update, _index_update_vjp_x, _index_update_vjp_value)
 
 
 def _take_lanes_vjp(g, ans, x, lanes):
-    out = namespace(g).zeros(np.shape(x), dtype=g.dtype)
-    out[lanes] = g  # lane indices never repeat: a plain scatter is exact
-    return out
+    # lane indices never repeat: the parts scatter with a plain (fast) add
+    return SparseRows.rows(np.shape(x), lanes, g, unique=True)
 
 
 defvjp(P.take_lanes, _take_lanes_vjp)

@@ -167,11 +167,14 @@ _SPECIAL = {
 
 
 def _any_varying(args, kwargs) -> bool:
+    for a in args:                    # plain batched values first: no container walks
+        if type(a) is Batched:
+            return True
     for a in args:
-        if type(a) is Batched or is_varying(a):
+        if is_varying(a):
             return True
     for a in kwargs.values():
-        if type(a) is Batched or is_varying(a):
+        if is_varying(a):
             return True
     return False
 

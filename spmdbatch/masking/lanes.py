@@ -19,6 +19,7 @@ import numpy as np
 from ..errors import VaryingValueError
 from ..runtime import primitives as P
 from ..runtime import pytree
+from ..ad.tracer import Tracer
 from ..runtime.batched import Batched
 from ..runtime.mapped import LaneMapped, as_mapped, mappable
 
@@ -37,10 +38,21 @@ _CONTAINERS = (tuple, list, dict)
 _SCALARS = (int, float, bool, complex, str, bytes, type(None), np.integer, np.floating, np.bool_)
 
 
+_PLAIN_LEAVES = (float, int, bool, str, np.ndarray, type(None), np.float32, np.float64, np.int64)
+
+
 def is_varying(value, _seen=None) -> bool:
     """True if `value` holds per-lane data anywhere (containers, closure cells included)."""
     kind = type(value)
-    if kind is Batched or hasattr(value, "_spmd_take_lanes"):
+    if kind is Batched:
+        return True
+    if kind in _PLAIN_LEAVES or kind is Tracer:
+        return False
+    if kind is tuple or kind is list:
+        return any(is_varying(v, _seen) for v in value)
+    if kind is dict:
+        return any(is_varying(v, _seen) for v in value.values())
+    if hasattr(value, "_spmd_take_lanes"):
         return True
     if kind is CellType or kind is FunctionType:
         _seen = set() if _seen is None else _seen
@@ -93,6 +105,14 @@ def take(value, idx, memo=None):
         new = _rebuild_function(value, cells)
         memo[id(value)] = new
         return new
+    if kind is tuple or kind is list:       # (environments are tuples: the common case)
+        items = [take(v, idx, memo) for v in value]
+        return value if all(a is b for a, b in zip(items, value)) else kind(items)
+    if kind is dict:
+        items = {k: take(v, idx, memo) for k, v in value.items()}
+        return value if all(items[k] is v for k, v in value.items()) else items
+    if kind in _PLAIN_LEAVES or kind is Tracer:
+        return value
     if (isinstance(value, _CONTAINERS) or _is_struct(value)) and is_varying(value):
         leaves, treedef = pytree.flatten(value)
         return treedef.unflatten([take(leaf, idx, memo) for leaf in leaves])

@@ -6,6 +6,8 @@ then `xp.zeros(...)`, so a CuPy input keeps the whole computation on the GPU.
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 DEFAULT_FLOAT = np.float32
@@ -35,6 +37,8 @@ def _is_cupy_array(value) -> bool:
 
 def namespace(*values):
     """The array module (numpy or cupy) of the given raw values."""
+    if "cupy" not in sys.modules:       # CuPy never imported: every array is numpy's
+        return np
     for value in values:
         if _is_cupy_array(value):
             return cupy_module()

@@ -187,13 +187,14 @@ def _matmul_rule(args):
         return Batched(P.matmul(a, bd))
     if rb == 1:            # (..., m, n) @ (n,): x @ W.T for the common W @ x
         if ra == 2:
-            return Batched(P.matmul(bd, P.transpose(a, axes=(1, 0))))
+            return Batched(P.matmul_t(bd, a))
         col = _with_rank(P.reshape(bd, shape=bd.shape + (1,)), ra)
         return Batched(_squeeze_at(P.matmul(a, col), -1))
     return Batched(P.matmul(a, _with_rank(bd, max(ra, rb))))
 
 
 defbatch(P.matmul, _matmul_rule)
+defbatch(P.matmul_t, lambda args: P.matmul(args[0], np.swapaxes(args[1], -1, -2)))
 
 
 def _einsum_rule(args, spec):

@@ -28,17 +28,24 @@ class LaneMapped(ArrayMethods):
     """Varying raw data: lane i is ``base[index[i]]`` (ragged when `lengths` is given: lane i
     then has length ``lengths[index[i]]`` along its first axis)."""
 
-    __slots__ = ("base", "index", "lengths")
+    __slots__ = ("base", "index", "lengths", "_lane_lengths")
 
     def __init__(self, base, index, lengths=None):
         self.base = base
         self.index = index
         self.lengths = lengths
+        self._lane_lengths = None
+
+    def lane_lengths(self):
+        """Each lane's own length (ragged only), computed once."""
+        if self._lane_lengths is None:
+            self._lane_lengths = self.lengths[self.index]
+        return self._lane_lengths
 
     @property
     def shape(self):
         if self.lengths is not None:
-            return (Batched(self.lengths[self.index]),) + tuple(self.base.shape[2:])
+            return (Batched(self.lane_lengths()),) + tuple(self.base.shape[2:])
         return self.base.shape[1:]
 
     ndim = property(lambda self: self.base.ndim - 1)
@@ -121,7 +128,9 @@ def _mapped_apply(prim, args, params):
 
 
 def _check_positions(x, k):
-    lengths = x.lengths[x.index]
+    lengths = x.lane_lengths()
+    if (k < lengths).all() and (k >= 0).all():
+        return
     bad = np.flatnonzero((k >= lengths) | (k < 0))
     if bad.size:
         from ..errors import LaneError

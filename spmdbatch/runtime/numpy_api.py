@@ -372,21 +372,20 @@ def vstack(tup, dtype=None, casting=None):
 
 @implements(np.split, np.array_split)
 def split(ary, indices_or_sections, axis=0):
+    nd = np.ndim(ary)
+    axis = axis % nd
     n = ary.shape[axis]
     if isinstance(indices_or_sections, (int, np.integer)):
         sections = int(indices_or_sections)
         base, extra = divmod(n, sections)
-        sizes = [base + 1] * extra + [base] * (sections - extra)
-        bounds = np.cumsum([0] + sizes).tolist()
+        bounds = [0]
+        for i in range(sections):
+            bounds.append(bounds[-1] + base + (1 if i < extra else 0))
     else:
         bounds = [0] + [int(i) for i in indices_or_sections] + [n]
-    nd = np.ndim(ary)
-    pieces = []
-    for start, stop in zip(bounds[:-1], bounds[1:]):
-        index = [slice(None)] * nd
-        index[axis] = slice(start, stop)
-        pieces.append(ary[tuple(index)])
-    return pieces
+    lead = (slice(None),) * axis
+    return [P.getitem(ary, index=lead + (slice(start, stop),))
+            for start, stop in zip(bounds[:-1], bounds[1:])]
 
 
 @implements(np.flip)

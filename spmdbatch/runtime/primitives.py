@@ -163,7 +163,13 @@ def _einsum(*operands, spec):
     return np.einsum(spec, *operands)
 
 
+def _matmul_t(x, w):
+    return x @ w.T
+
+
 matmul = primitive("matmul", _matmul)
+matmul_t = primitive("matmul_t", _matmul_t)
+"""``x @ w.T`` in one step: the batched form of the per-example ``W @ x``."""
 einsum = primitive("einsum", _einsum)
 
 

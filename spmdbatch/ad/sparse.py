@@ -1,0 +1,60 @@
+"""`SparseRows`: a cotangent that is zero except on some rows of axis 0.
+
+The gradient of a row gather (``E[word]``, ``h[lanes]``) is zero outside the gathered rows.
+Building it densely costs a zero array of the whole table for every gather: for an
+embedding table read at every level of a tree, that is most of the backward pass. A
+`SparseRows` keeps the (row indices, row values) parts instead; adding cotangents
+concatenates parts, and the dense array is built once, where a rule or a leaf needs it.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..runtime.backend import namespace
+
+
+class SparseRows:
+    """Sum over parts of ``values`` scattered (added) at ``indices`` of a zero array."""
+
+    __slots__ = ("shape", "dtype", "parts")
+    __array_ufunc__ = None   # ndarray + SparseRows defers to SparseRows.__radd__
+
+    def __init__(self, shape, dtype, parts):
+        self.shape = tuple(shape)
+        self.dtype = dtype
+        self.parts = parts      # list of (indices, values, unique_indices)
+
+    @classmethod
+    def rows(cls, shape, indices, values, unique):
+        return cls(shape, values.dtype, [(indices, values, unique)])
+
+    def dense(self):
+        values = self.parts[0][1]
+        xp = namespace(values)
+        out = xp.zeros(self.shape, dtype=np.result_type(*[v.dtype for _, v, _ in self.parts]))
+        self._add_into(out)
+        return out
+
+    def _add_into(self, out):
+        xp = namespace(out)
+        for indices, values, unique in self.parts:
+            if unique:
+                out[indices] += values
+            else:
+                xp.add.at(out, indices, values)
+        return out
+
+    def __add__(self, other):
+        if type(other) is SparseRows:
+            return SparseRows(self.shape, self.dtype, self.parts + other.parts)
+        out = namespace(other).array(other, dtype=np.result_type(other, self.dtype), copy=True)
+        if out.shape != self.shape:
+            out = namespace(other).array(np.broadcast_to(out, self.shape))
+        return self._add_into(out)
+
+    __radd__ = __add__
+
+
+def densify(g):
+    """A dense cotangent (SparseRows become arrays; anything else is returned as is)."""
+    return g.dense() if type(g) is SparseRows else g
