@@ -73,19 +73,23 @@ def trace_apply(prim, args, params):
     tape = STATE.tape
     raw = []
     parents = []
-    for pos, a in enumerate(args):
+    pos = 0
+    for a in args:
         if type(a) is Tracer:
             raw.append(a.value)
             if a.tape is tape and tape is not None:
                 parents.append((pos, a.node))
         else:
             raw.append(a)
+        pos += 1
     ans = prim.impl(*raw, **params)
     if not parents or not prim.differentiable or ans.dtype.kind not in "fc":
         return ans
     if prim.vjp is None:
         raise NotImplementedError(f"primitive {prim.name!r} has no VJP rule; add one in spmdbatch/ad/vjps.py")
-    return Tracer(ans, tape, tape.record(prim, raw, params, ans, tuple(parents)))
+    nodes = tape.nodes
+    nodes.append((prim, raw, params, ans, parents))
+    return Tracer(ans, tape, len(nodes) - 1)
 
 
 register_value_type(Tracer, 1, trace_apply)

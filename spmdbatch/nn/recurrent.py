@@ -15,10 +15,12 @@ from . import init as _init
 from .module import Module
 
 
-def _weights(rng, gates, input_size, hidden_size, init, recurrent_init, dtype, recurrent_in=None):
+def _weights(rng, gates, input_size, hidden_size, init, recurrent_init, dtype, gates_recurrent=None,
+             recurrent_in=None):
     rng = _init.as_rng(rng)
     W = _init.get(init)(rng, (gates * hidden_size, input_size), dtype)
-    U = _init.get(recurrent_init)(rng, (gates * hidden_size, recurrent_in or hidden_size), dtype)
+    U = _init.get(recurrent_init)(rng, ((gates_recurrent or gates) * hidden_size, recurrent_in or hidden_size),
+                                  dtype)
     return rng, W, U
 
 
@@ -125,8 +127,8 @@ class BinaryTreeLSTMCell(Module):
 
     def __init__(self, input_size: int, hidden_size: int, *, rng=None, init="glorot_uniform",
                  recurrent_init="glorot_uniform", forget_bias: float = 1.0, dtype=None):
-        rng, self.W, self.U = _weights(rng, 3, input_size, hidden_size, init, "zeros", dtype)
-        self.U = _init.get(recurrent_init)(rng, (5 * hidden_size, 2 * hidden_size), dtype)
+        rng, self.W, self.U = _weights(rng, 3, input_size, hidden_size, init, recurrent_init, dtype,
+                                       gates_recurrent=5, recurrent_in=2 * hidden_size)
         self.b_leaf = np.zeros(3 * hidden_size, dtype=self.W.dtype)
         b = np.zeros(5 * hidden_size, dtype=self.W.dtype)
         b[hidden_size:3 * hidden_size] = forget_bias

@@ -11,7 +11,10 @@ import numpy as np
 
 from . import numpy_api as api
 from . import primitives as P
+from .dispatch import bind
 from .numpy_api import FUNCTIONS, unsupported
+
+_NO_PARAMS: dict = {}
 
 _REDUCE_METHODS = {np.add: api.sum, np.maximum: api.amax, np.minimum: api.amin,
                    np.logical_and: np.all, np.logical_or: np.any}
@@ -29,7 +32,7 @@ class ArrayMethods:
         if method == "__call__" and not kwargs:
             prim = P.UFUNC_PRIMITIVES.get(ufunc)
             if prim is not None:
-                return prim(*inputs)
+                return bind(prim, inputs, _NO_PARAMS)
         if method == "__call__" and ufunc is np.matmul and not kwargs:
             return P.matmul(*inputs)
         if method == "reduce" and ufunc in _REDUCE_METHODS and len(inputs) == 1:
@@ -53,39 +56,39 @@ class ArrayMethods:
         return impl(*args, **kwargs)
 
     # --- arithmetic ----------------------------------------------------------------------
-    def __add__(self, other): return P.add(self, other)
-    def __radd__(self, other): return P.add(other, self)
-    def __sub__(self, other): return P.subtract(self, other)
-    def __rsub__(self, other): return P.subtract(other, self)
-    def __mul__(self, other): return P.multiply(self, other)
-    def __rmul__(self, other): return P.multiply(other, self)
-    def __truediv__(self, other): return P.divide(self, other)
-    def __rtruediv__(self, other): return P.divide(other, self)
-    def __pow__(self, other): return P.power(self, other)
-    def __rpow__(self, other): return P.power(other, self)
-    def __matmul__(self, other): return P.matmul(self, other)
-    def __rmatmul__(self, other): return P.matmul(other, self)
-    def __floordiv__(self, other): return P.floor_divide(self, other)
-    def __rfloordiv__(self, other): return P.floor_divide(other, self)
-    def __mod__(self, other): return P.remainder(self, other)
-    def __rmod__(self, other): return P.remainder(other, self)
-    def __neg__(self): return P.negative(self)
+    def __add__(self, other): return bind(P.add, (self, other), _NO_PARAMS)
+    def __radd__(self, other): return bind(P.add, (other, self), _NO_PARAMS)
+    def __sub__(self, other): return bind(P.subtract, (self, other), _NO_PARAMS)
+    def __rsub__(self, other): return bind(P.subtract, (other, self), _NO_PARAMS)
+    def __mul__(self, other): return bind(P.multiply, (self, other), _NO_PARAMS)
+    def __rmul__(self, other): return bind(P.multiply, (other, self), _NO_PARAMS)
+    def __truediv__(self, other): return bind(P.divide, (self, other), _NO_PARAMS)
+    def __rtruediv__(self, other): return bind(P.divide, (other, self), _NO_PARAMS)
+    def __pow__(self, other): return bind(P.power, (self, other), _NO_PARAMS)
+    def __rpow__(self, other): return bind(P.power, (other, self), _NO_PARAMS)
+    def __matmul__(self, other): return bind(P.matmul, (self, other), _NO_PARAMS)
+    def __rmatmul__(self, other): return bind(P.matmul, (other, self), _NO_PARAMS)
+    def __floordiv__(self, other): return bind(P.floor_divide, (self, other), _NO_PARAMS)
+    def __rfloordiv__(self, other): return bind(P.floor_divide, (other, self), _NO_PARAMS)
+    def __mod__(self, other): return bind(P.remainder, (self, other), _NO_PARAMS)
+    def __rmod__(self, other): return bind(P.remainder, (other, self), _NO_PARAMS)
+    def __neg__(self): return bind(P.negative, (self,), _NO_PARAMS)
     def __pos__(self): return self
     def __abs__(self): return P.absolute(self)
 
     # --- comparisons and logic (no gradient) ------------------------------------------------
-    def __lt__(self, other): return P.less(self, other)
-    def __le__(self, other): return P.less_equal(self, other)
-    def __gt__(self, other): return P.greater(self, other)
-    def __ge__(self, other): return P.greater_equal(self, other)
-    def __eq__(self, other): return P.equal(self, other)  # type: ignore[override]
-    def __ne__(self, other): return P.not_equal(self, other)  # type: ignore[override]
-    def __and__(self, other): return P.bitwise_and(self, other)
-    def __rand__(self, other): return P.bitwise_and(other, self)
-    def __or__(self, other): return P.bitwise_or(self, other)
-    def __ror__(self, other): return P.bitwise_or(other, self)
-    def __xor__(self, other): return P.bitwise_xor(self, other)
-    def __rxor__(self, other): return P.bitwise_xor(other, self)
+    def __lt__(self, other): return bind(P.less, (self, other), _NO_PARAMS)
+    def __le__(self, other): return bind(P.less_equal, (self, other), _NO_PARAMS)
+    def __gt__(self, other): return bind(P.greater, (self, other), _NO_PARAMS)
+    def __ge__(self, other): return bind(P.greater_equal, (self, other), _NO_PARAMS)
+    def __eq__(self, other): return bind(P.equal, (self, other), _NO_PARAMS)  # type: ignore[override]
+    def __ne__(self, other): return bind(P.not_equal, (self, other), _NO_PARAMS)  # type: ignore[override]
+    def __and__(self, other): return bind(P.bitwise_and, (self, other), _NO_PARAMS)
+    def __rand__(self, other): return bind(P.bitwise_and, (other, self), _NO_PARAMS)
+    def __or__(self, other): return bind(P.bitwise_or, (self, other), _NO_PARAMS)
+    def __ror__(self, other): return bind(P.bitwise_or, (other, self), _NO_PARAMS)
+    def __xor__(self, other): return bind(P.bitwise_xor, (self, other), _NO_PARAMS)
+    def __rxor__(self, other): return bind(P.bitwise_xor, (other, self), _NO_PARAMS)
     def __invert__(self): return P.invert(self)
 
     # --- indexing ---------------------------------------------------------------------------

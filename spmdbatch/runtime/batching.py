@@ -15,7 +15,7 @@ import numpy as np
 
 from . import primitives as P
 from .batched import Batched
-from .dispatch import register_value_type
+from .dispatch import bind, register_value_type
 
 _ARANGE_CACHE: dict = {}
 
@@ -86,9 +86,22 @@ def lane_arange(lanes: int, xp=np):
 def elementwise(prim):
     """Rule for elementwise primitives: align per-example ranks, then apply to the data."""
     def rule(args, **params):
+        if len(args) == 2:                      # the common binary case, without generators
+            a, b = args
+            if type(a) is Batched:
+                if type(b) is Batched:
+                    da, db = a.data, b.data
+                    if da.ndim == db.ndim:
+                        return Batched(bind(prim, (da, db), params))
+                elif _ndim(b) < a.data.ndim:
+                    return Batched(bind(prim, (a.data, b), params))
+            elif _ndim(a) < b.data.ndim:
+                return Batched(bind(prim, (a, b.data), params))
+        elif len(args) == 1:
+            return Batched(bind(prim, (args[0].data,), params))
         rank = max(_ndim(a) for a in args)
-        return Batched(prim(*[_with_rank(a.data, rank) if type(a) is Batched else a for a in args],
-                            **params))
+        return Batched(bind(prim, tuple(_with_rank(a.data, rank) if type(a) is Batched else a
+                                        for a in args), params))
     return rule
 
 
