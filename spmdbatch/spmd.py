@@ -127,8 +127,11 @@ def _stack_examples(examples, where, sizes):
 
 def _stack_leaf(values, where):
     first = values[0]
-    if hasattr(first, "tape"):  # traced per-example values
-        return np.stack(values)
+    if hasattr(first, "tape") or any(hasattr(v, "tape") for v in values):   # traced values
+        shapes = {tuple(np.shape(v)) for v in values}
+        if len(shapes) == 1:
+            return np.stack(values)
+        return _stack_traced_ragged(values, where)
     arrays = [np.asarray(v) for v in values]
     ranks = {a.ndim for a in arrays}
     kinds = {a.dtype.kind for a in arrays}
@@ -145,6 +148,24 @@ def _stack_leaf(values, where):
             raise BatchSizeError(f"{where}: per-example values differ in shape")
         return from_examples(arrays)
     return np.stack(arrays)
+
+
+def _stack_traced_ragged(values, where):
+    """Traced per-example arrays of different lengths -> a Ragged (padded, differentiable)."""
+    ranks = {np.ndim(v) for v in values}
+    rest = {tuple(np.shape(v))[1:] for v in values}
+    if len(ranks) > 1 or 0 in ranks or len(rest) > 1:
+        raise BatchSizeError(f"{where}: per-example arrays must have the same rank and differ only "
+                             f"in their first axis")
+    lengths = np.array([np.shape(v)[0] for v in values], dtype=np.intp)
+    width = int(lengths.max())
+    padded = []
+    for v, n in zip(values, lengths):
+        if n < width:
+            zeros = np.zeros((width - n,) + tuple(np.shape(v))[1:], dtype=v.dtype)
+            v = np.concatenate([v, zeros])
+        padded.append(v)
+    return Ragged(np.stack(padded), lengths)
 
 
 def _unwrap(value, batch):

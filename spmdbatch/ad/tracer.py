@@ -48,10 +48,16 @@ class Tracer(ArrayMethods):
 
     # concrete views of the value (Python control flow on traced values is allowed)
     def __bool__(self): return bool(self.value)
-    def __float__(self): return float(self.value)
+    def __float__(self):
+        raise TypeError(
+            "float() of a traced value would drop its gradient (numpy also calls it when a traced "
+            "scalar is written into an array element). Use spmdbatch.index_update(a, i, x) to build "
+            "arrays, or x.item() when no gradient is wanted.")
     def __int__(self): return int(self.value)
     def __index__(self): return int(self.value)
-    def __complex__(self): return complex(self.value)
+    def __complex__(self):
+        raise TypeError("complex() of a traced value would drop its gradient; use x.item() "
+                        "when no gradient is wanted")
     def item(self, *args): return self.value.item(*args)
     def tolist(self): return self.value.tolist()
 

@@ -136,9 +136,11 @@ def _creator(fill):
                             "first", filename, lineno, "Only the first axis may have a per-example length.")
         if fill == "full":
             fill_value, args = (args[0], args[1:]) if args else (kwargs.pop("fill_value"), args)
+            default_dtype = np.asarray(fill_value).dtype      # as numpy.full does
         else:
             fill_value = 0 if fill is None else fill
-        dtype = args[0] if args else kwargs.get("dtype", float)
+            default_dtype = float
+        dtype = args[0] if args else kwargs.get("dtype", default_dtype)
         lengths = np.asarray(getattr(dims[0].data, "value", dims[0].data)).astype(np.intp)
         width = int(lengths.max()) if lengths.size else 0
         data = np.full((len(lengths), width) + tuple(int(d) for d in dims[1:]), fill_value, dtype=dtype)
@@ -204,6 +206,11 @@ def call(fn, *args, **kwargs):
         filename, lineno = user_frame()
         raise SpmdError("calling a varying value (each example would call a different function)",
                         filename, lineno, "Call a uniform function, or branch on the example's data.")
+    else:
+        method = getattr(kind, "__call__", None)      # a callable object of a user class
+        if type(method) is types.FunctionType and is_user_function(method) and \
+                (_any_varying(args, kwargs) or is_varying(fn)):
+            return _TRANSFORMER(method)(fn, *args, **kwargs)
     return fn(*args, **kwargs)
 
 
@@ -244,8 +251,8 @@ def call_fused(funcs, args, kwargs):
 
 def getitem(obj, index):
     """`obj[index]`: arrays indexed by varying indices gather through the batching rules."""
-    if type(obj) is np.ndarray and (type(index) is Batched or
-                                     (type(index) is tuple and any(type(i) is Batched for i in index))):
+    if type(obj) is np.ndarray and (isinstance(index, (Batched, LaneMapped)) or (type(index) is tuple and any(
+            isinstance(i, (Batched, LaneMapped)) for i in index))):
         template, arrays = P.split_index(index)
         return P.getitem(obj, *arrays, index=template)
     return obj[index]

@@ -246,6 +246,14 @@ def _check_in_range(x, index_data):
 
 def _getitem(args, index):
     x, *arrays = args
+    if type(x) is not Ragged:
+        # a regular array gathered with a ragged index (table[ids]): the result is ragged
+        if index == (P.ARRAY_SLOT,) and type(arrays[0]) is Ragged:
+            ids = arrays[0]
+            out = P.getitem(x, Batched(ids.data), index=index)
+            return Ragged(out.data, ids.lengths)
+        raise NotImplementedError("indexing with a ragged index array is supported only as "
+                                  "table[ids] (one index array)")
     first = index[0] if index else slice(None)
     rest = index[1:]
     if first is Ellipsis:

@@ -499,3 +499,38 @@ def swap_between_calls(x, v):
 def test_fusion_keeps_argument_values():
     check_batched(swap_between_calls, X, V)
     check_batched_grad(lambda p, x, v: swap_between_calls(x * p, v), 1.5, X, V)
+
+
+class Doubler:
+    def __call__(self, x):
+        return x * 2 if x > 0 else -x
+
+
+DOUBLER = Doubler()
+
+
+def test_callable_objects_are_batched():
+    check_batched(lambda x: DOUBLER(x), X)
+
+
+def test_traced_ragged_lists_and_ragged_index_gathers():
+    g = sb.grad(lambda L: sb.spmd(lambda v: (v * v).sum())(L).sum())([np.ones(3), np.full(2, 2.0)])
+    np.testing.assert_allclose(g[0], 2 * np.ones(3))
+    np.testing.assert_allclose(g[1], 4 * np.ones(2))
+    table = np.arange(20.0).reshape(10, 2)
+    check_batched(lambda ids: table[ids].sum(0), [np.array([1, 2]), np.array([3]), np.array([0, 9, 9])])
+
+
+def test_full_with_varying_length_keeps_numpy_dtype():
+    out = sb.spmd(lambda n: np.full(n, 7))(np.array([2, 3]))
+    assert [o.dtype.kind for o in out] == ["i", "i"] and [len(o) for o in out] == [2, 3]
+
+
+def test_float_of_a_traced_value_is_refused():
+    def f(x):
+        a = np.zeros(3)
+        a[0] = x[0] * 2       # would silently drop the gradient
+        return a.sum()
+    with pytest.raises((TypeError, ValueError)) as err:
+        sb.grad(f)(np.ones(2))
+    assert "gradient" in str(err.value) + str(err.value.__cause__)
