@@ -37,6 +37,10 @@ class Tracer(ArrayMethods):
     dtype = property(lambda self: self.value.dtype)
     xp = property(lambda self: namespace(self.value))
 
+    def copy(self):
+        """A distinct tracer of the same value (item assignment on it leaves the original)."""
+        return Tracer(self.value, self.tape, self.node)
+
     def __setitem__(self, index, value):
         # numpy-style in-place update: this tracer now stands for the updated array.
         from ..runtime.array_methods import index_update

@@ -30,6 +30,7 @@ from . import ir
 from .emit_plain import PlainEmitter, Writer
 from .ir import Var
 from .liveness import analyze as analyze_liveness
+from .liveness import live_params
 from .schedule import schedule
 
 
@@ -41,7 +42,8 @@ class BatchedEmitter(PlainEmitter):
         self.sched = schedule(fn)
         self.live = analyze_liveness(fn)
         self.uniformity = uniformity
-        self.env = {b: list(fn.blocks[b].params) + sorted(self.live.live_in[b] - set(fn.blocks[b].params))
+        # a block's environment: its live params (stack values), then its live-in locals
+        self.env = {b: live_params(fn, self.live, b) + sorted(self.live.live_in[b] - set(fn.blocks[b].params))
                     for b in self.sched.order}
         # Closure cells travel with the lanes too (a lambda reading a varying local must
         # see its own group's lanes), so every block's environment ends with them.

@@ -227,7 +227,7 @@ def call_fused(funcs, args, kwargs):
     call the same batched function, else one after the other."""
     fn = funcs[0]
     if not all(_same_function(fn, f) for f in funcs[1:]) or \
-            not any(_any_varying(a, k) for a, k in zip(args, kwargs)) or \
+            not all(_any_varying(a, k) for a, k in zip(args, kwargs)) or \
             any(set(k) != set(kwargs[0]) for k in kwargs[1:]) or \
             any(len(a) != len(args[0]) for a in args[1:]):
         return tuple(call(f, *a, **k) for f, a, k in zip(funcs, args, kwargs))

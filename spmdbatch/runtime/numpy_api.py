@@ -430,7 +430,7 @@ def clip(a, a_min=None, a_max=None, out=None, **kwargs):
 
 @implements(np.copy)
 def copy(a, order="K", subok=False):
-    return a
+    return a.copy()
 
 
 # --- values without gradient --------------------------------------------------------------

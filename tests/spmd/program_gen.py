@@ -63,6 +63,7 @@ class Gen:
         self.counter = 0
         self.helpers: list[str] = []      # callable helper names (signature (a, b, m) -> float)
         self.recursive = None             # name of the recursive helper, if any
+        self.tuple_helpers: list[str] = []  # helpers (a, q) -> (float, vector)
         self.lines: list[str] = []
 
     # --- drawing --------------------------------------------------------------------------
@@ -275,6 +276,8 @@ class Gen:
             kinds += ["if", "if", "while", "while", "for", "for", "for"]
         if self.helpers or self.recursive:
             kinds += ["call"]
+        if self.tuple_helpers and sc.vwrite:
+            kinds += ["tcall"]
         kinds += ["guarded_exit"]
         if sc.in_loop:
             kinds += ["guarded_exit"]
@@ -351,24 +354,41 @@ class Gen:
             bound = self.choice((top, "3", f"({top} + 1)", "2"))
             self.emit(indent, f"{c} = 0")
             cond = self.cond(sc, 1)
-            if self.coin(70):
-                head = f"{c} < {bound} and {cond}"
+            form = self.choice(("and", "and", "rev", "true"))
+            if form == "and":
+                self.emit(indent, f"while {c} < {bound} and {cond}:")
+            elif form == "rev":
+                self.emit(indent, f"while {cond} and {c} < {bound}:")
             else:
-                head = f"{cond} and {c} < {bound}"
-            self.emit(indent, f"while {head}:")
+                self.emit(indent, "while True:")
             self.emit(indent + 1, f"{c} += 1")
+            if form == "true":
+                self.emit(indent + 1, f"if {c} > {bound} or not ({cond}):")
+                self.emit(indent + 2, "break")
             body = sc.child(in_loop=True)
             body.ints.append(c)
             self.block(body, indent + 1, depth - 1, min_stmts=0)
+            self.loop_else(sc, indent, depth)
         elif k == "for":
             i = self.fresh("i")
             top = sc.ints[0]
-            rng = self.choice((f"range({top})", "range(3)", f"range(1, {top})",
-                               f"range({self.int_expr(sc, 1)} % 4)"))
-            self.emit(indent, f"for {i} in {rng}:")
             body = sc.child(in_loop=True)
-            body.ints.append(i)
+            if self.coin(15):
+                # iterate over the elements of a vector (uniform length 3); a fresh one, as
+                # the body may update the variable in place
+                self.emit(indent, f"for {i} in {self.fresh_vec_expr(sc, 1)}:")
+                body.floats.append(i)
+            else:
+                rng = self.choice((f"range({top})", "range(3)", f"range(1, {top})",
+                                   f"range({self.int_expr(sc, 1)} % 4)"))
+                self.emit(indent, f"for {i} in {rng}:")
+                body.ints.append(i)
             self.block(body, indent + 1, depth - 1)
+            self.loop_else(sc, indent, depth)
+        elif k == "tcall":
+            a, b = self.choice(sc.fwrite), self.choice(sc.vwrite)
+            self.emit(indent, f"{a}, {b} = {self.choice(self.tuple_helpers)}({self.float_expr(sc, 1)}, "
+                              f"{self.fresh_vec_expr(sc, 1)})")
         elif k == "guarded_exit":
             exits = ["return"]
             if sc.in_loop:
@@ -384,6 +404,11 @@ class Gen:
         else:
             raise AssertionError(k)
         return False
+
+    def loop_else(self, sc, indent, depth):
+        if self.coin(20):
+            self.emit(indent, "else:")
+            self.block(sc.child(), indent + 1, depth - 1)
 
     # --- functions ------------------------------------------------------------------------
     def recursive_helper(self):
@@ -438,6 +463,17 @@ class Gen:
         self.emit(0, "")
         self.helpers.append(name)
 
+    def tuple_helper(self, name):
+        self.emit(0, f"def {name}(a, q):")
+        self.emit(1, "t = q.sum() * 0.5")
+        self.emit(1, "j = 0")
+        sc = Scope(["a", "t"], ["j"], ["q"], ["a", "t"], ["q"], ["j"], ret_kind="fv")
+        self.block(sc, 1, self.draw(st.integers(0, 2)))
+        self.emit(1, f"return {self.ret_expr(sc)}")
+        self.emit(0, "")
+        self.emit(0, "")
+        self.tuple_helpers.append(name)
+
     def program(self) -> Program:
         self.emit(0, "import numpy as np")
         self.emit(0, "")
@@ -446,6 +482,8 @@ class Gen:
             self.recursive_helper()
         for j in range(self.draw(st.integers(0, 2))):
             self.helper(f"h{j}")
+        if self.coin(30):
+            self.tuple_helper("g0")
         returns_tuple = (not self.smooth) and self.coin(25)
         ret_kind = "fv" if returns_tuple else "f"
         sc = Scope(["x", "y", "z"], ["n", "k"], ["v", "w", "u"], ["x", "y", "z"], ["w", "u"], ["k"],
