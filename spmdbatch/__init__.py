@@ -8,6 +8,7 @@ from .errors import (BatchSizeError, DivergentSideEffect, LaneError, SpmdError,
                      UnsupportedConstruct, VaryingValueError)
 from .runtime import DEFAULT_FLOAT, get_backend, namespace, tree_map
 from .runtime.array_methods import at, index_update
+from .runtime.device import to_device
 from .runtime.primitives import log_softmax, logsumexp, sigmoid, softmax
 from .runtime import batching as _batching  # noqa: F401  (registers the batching rules)
 from .runtime import ragged as _ragged  # noqa: F401  (registers the ragged rules)
@@ -21,5 +22,5 @@ __all__ = [
     "sigmoid", "logsumexp", "softmax", "log_softmax", "index_update", "at",
     "SpmdError", "UnsupportedConstruct", "VaryingValueError", "BatchSizeError", "LaneError",
     "DivergentSideEffect",
-    "DEFAULT_FLOAT", "get_backend", "namespace", "tree_map",
+    "DEFAULT_FLOAT", "get_backend", "namespace", "tree_map", "to_device",
 ]

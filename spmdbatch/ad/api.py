@@ -13,7 +13,7 @@ import numpy as np
 
 from ..runtime import pytree
 from ..runtime.backend import is_floating, namespace
-from .sparse import densify
+from .sparse import SparseRows, densify
 from .tape import Tape
 from .tracer import STATE, Tracer
 
@@ -53,11 +53,16 @@ def _trace_leaves(tape, tree):
     return treedef.unflatten(traced), leaves, nodes, treedef
 
 
-def _gradient_tree(leaves, nodes, treedef, leaf_grads):
-    """Assemble the gradient pytree, zeros where no gradient flowed."""
+def _gradient_tree(leaves, nodes, treedef, leaf_grads, sparse=False):
+    """Assemble the gradient pytree, zeros where no gradient flowed (row-sparse gradients
+    stay `SparseRows` when `sparse`)."""
     out = []
     for leaf, node in zip(leaves, nodes):
-        g = densify(leaf_grads.get(node)) if node is not None else None
+        g = leaf_grads.get(node) if node is not None else None
+        if type(g) is SparseRows and sparse and not isinstance(leaf, float):
+            out.append(g)
+            continue
+        g = densify(g)
         if isinstance(leaf, float):
             out.append(0.0 if g is None else float(g))
             continue
@@ -89,11 +94,14 @@ def _scalar_output(out, fname):
     return None  # the output does not depend on the arguments
 
 
-def value_and_grad(f: Callable, argnums=0, has_aux: bool = False) -> Callable:
+def value_and_grad(f: Callable, argnums=0, has_aux: bool = False, sparse: bool = False) -> Callable:
     """A function returning ``(f(*args), gradient of f w.r.t. args[argnums])``.
 
     With `argnums` a tuple, the gradient is a tuple. With `has_aux`, `f` returns
-    ``(value, aux)`` and the result is ``((value, aux), gradient)``.
+    ``(value, aux)`` and the result is ``((value, aux), gradient)``. With `sparse`, the
+    gradient of a leaf that is only read by row gathers (an embedding table) is a
+    `SparseRows` (rows and values; ``.dense()`` gives the array), which `nn` optimisers
+    apply to those rows only.
     """
     fname = getattr(f, "__name__", repr(f))
 
@@ -119,7 +127,7 @@ def value_and_grad(f: Callable, argnums=0, has_aux: bool = False) -> Callable:
         else:
             leaf_grads, value = {}, out
         del tape
-        grads = tuple(_gradient_tree(*records[n], leaf_grads) for n in nums)
+        grads = tuple(_gradient_tree(*records[n], leaf_grads, sparse) for n in nums)
         grads = grads[0] if isinstance(argnums, int) else grads
         value = _strip(value)
         return ((value, _strip(aux)) if has_aux else value), grads

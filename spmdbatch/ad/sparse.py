@@ -28,6 +28,16 @@ class SparseRows:
     def rows(cls, shape, indices, values, unique):
         return cls(shape, values.dtype, [(indices, values, unique)])
 
+    def coalesce(self):
+        """(unique rows, summed values): the gradient restricted to the rows it touches."""
+        xp = namespace(self.parts[0][1])
+        indices = xp.concatenate([xp.asarray(i).reshape(-1) for i, _, _ in self.parts])
+        values = xp.concatenate([v.reshape((-1,) + self.shape[1:]) for _, v, _ in self.parts])
+        rows, inverse = xp.unique(indices, return_inverse=True)
+        summed = xp.zeros((len(rows),) + self.shape[1:], dtype=values.dtype)
+        xp.add.at(summed, inverse.reshape(-1), values)
+        return rows, summed
+
     def dense(self):
         values = self.parts[0][1]
         xp = namespace(values)

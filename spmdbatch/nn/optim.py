@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ..ad.sparse import SparseRows, densify
 from ..runtime import pytree
 from ..runtime.backend import is_floating, namespace
 from .module import named_leaves
@@ -81,6 +82,9 @@ class Optimizer:
 
     SLOTS: tuple = ()
     DEFAULTS: dict = {}
+    ROW_SPARSE = False
+    """True when a step leaves rows with zero gradient unchanged (without weight decay), so a
+    row-sparse gradient (`value_and_grad(..., sparse=True)`) updates only its rows."""
 
     def __init__(self, lr, *, weight_decay: float = 0.0, clip_norm: float | None = None,
                  groups: dict | None = None, **hyper):
@@ -173,7 +177,7 @@ class Optimizer:
                                  f"was the state made by init() for these params?")
             slot_leaves[s] = leaves
         if self.clip_norm is not None:
-            grads, _ = clip_by_global_norm(grads, self.clip_norm)
+            grads, _ = clip_by_global_norm(pytree.tree_map(densify, grads), self.clip_norm)
             g_leaves = pytree.leaves(grads)
         hps = self.leaf_hyper(params)
         t = state.step + 1
@@ -186,6 +190,17 @@ class Optimizer:
                 continue
             p_raw = getattr(p, "value", p)
             g_raw = getattr(g, "value", g)
+            if type(g_raw) is SparseRows:
+                hp = dict(hp)
+                if callable(hp["lr"]):
+                    hp["lr"] = float(hp["lr"](state.step))
+                if self.ROW_SPARSE and not hp["weight_decay"] and self.clip_norm is None:
+                    out, slots = self._sparse_step(p_raw, g_raw, {s: slot_leaves[s][i] for s in self.SLOTS}, hp, t)
+                    new_p.append(out)
+                    for s in self.SLOTS:
+                        new_slots[s].append(slots[s])
+                    continue
+                g_raw = g_raw.dense()
             if np.shape(g_raw) != np.shape(p_raw):
                 raise ValueError(f"gradient of shape {np.shape(g_raw)} for a parameter of shape "
                                  f"{np.shape(p_raw)} (leaf {i})")
@@ -204,6 +219,19 @@ class Optimizer:
 
     def _step(self, p, g, slots, hp, t):
         raise NotImplementedError
+
+    def _sparse_step(self, p, g, slots, hp, t):
+        """`_step` on the rows a SparseRows gradient touches; other rows are unchanged."""
+        rows, values = g.coalesce()
+        new_rows, new_slot_rows = self._step(p[rows], values, {s: v[rows] for s, v in slots.items()}, hp, t)
+        out = p.copy()
+        out[rows] = new_rows
+        new_slots = {}
+        for s, v in slots.items():
+            v = v.copy()
+            v[rows] = new_slot_rows[s]
+            new_slots[s] = v
+        return out, new_slots
 
 
 class SGD(Optimizer):
@@ -230,6 +258,8 @@ class SGD(Optimizer):
 
 class Adagrad(Optimizer):
     """Adagrad: g += wd p; G += g²; p -= lr g / (sqrt(G) + eps)."""
+
+    ROW_SPARSE = True
 
     SLOTS = ("sum_sq",)
     DEFAULTS = {"eps": 1e-10, "initial_accumulator": 0.0}

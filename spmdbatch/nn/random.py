@@ -94,3 +94,18 @@ def normal(key, shape=(), dtype=np.float64):
 def bernoulli(key, p, shape=()):
     """Booleans that are True with probability `p`."""
     return uniform(key, shape) < p
+
+
+@native
+def uniform_many(keys, shape=(), dtype=np.float64):
+    """``np.stack([uniform(k, shape) for k in keys])`` in one vectorized step.
+
+    For hand-batched code that needs the same numbers per-example code draws with
+    `uniform` (one key per row).
+    """
+    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    keys = np.asarray(keys).astype(np.uint64).reshape(-1, 1)
+    counter = np.arange(1, math.prod(shape) + 1, dtype=np.uint64)[None, :]
+    bits = _mix(np.multiply(counter, _U64(_GOLDEN)) + _mix(keys))
+    u = np.right_shift(bits, _U64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
+    return u.reshape((keys.shape[0],) + shape).astype(dtype)
