@@ -72,7 +72,7 @@ def node_scores(model, plan, states):
     drop = model.drop
     if drop.training and drop.rate > 0:
         keep = nn.random.uniform_many(plan.node_keys, states.shape[1:]) >= drop.rate
-        states = np.where(keep, states * (1.0 / (1.0 - drop.rate)), 0.0 * states)
+        states = states * (keep * (1.0 / (1.0 - drop.rate))).astype(states.dtype)
     return model.classify(states)
 
 

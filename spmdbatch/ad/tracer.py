@@ -25,12 +25,21 @@ STATE = _State()
 class Tracer(ArrayMethods):
     """A raw array value plus its node on a tape."""
 
-    __slots__ = ("value", "tape", "node")
+    __slots__ = ("value", "tape", "node", "_transposed")
 
     def __init__(self, value, tape, node):
         self.value = value
         self.tape = tape
         self.node = node
+        self._transposed = None
+
+    @property
+    def T(self):
+        """The transpose, recorded once per tracer (parameters are transposed at every use)."""
+        t = self._transposed
+        if t is None:
+            t = self._transposed = ArrayMethods.T.fget(self)
+        return t
 
     shape = property(lambda self: self.value.shape)
     ndim = property(lambda self: self.value.ndim)
@@ -45,6 +54,7 @@ class Tracer(ArrayMethods):
         # numpy-style in-place update: this tracer now stands for the updated array.
         from ..runtime.array_methods import index_update
         updated = index_update(self, index, value, mode="set")
+        self._transposed = None
         if type(updated) is Tracer:
             self.value, self.tape, self.node = updated.value, updated.tape, updated.node
         else:

@@ -124,7 +124,8 @@ class Dropout(Module):
                              "drop(x, key) (an int per example, see spmdbatch.nn.random), or "
                              "use model.eval() to turn dropout off")
         keep = _random.uniform(key, np.shape(x)) >= self.rate
-        return np.where(keep, x * (1.0 / (1.0 - self.rate)), 0.0 * x)
+        # one multiply by a raw (untraced) mask: kept entries scaled, the others zero
+        return x * (keep * (1.0 / (1.0 - self.rate))).astype(x.dtype)
 
 
 class Chain(Module):

@@ -17,6 +17,10 @@ _REDUCTIONS = ("mean", "sum", "none")
 @native
 def _pick(v, label):
     """v[..., label] for an integer label (or an array of labels, one per row of v)."""
+    if np.ndim(v) == 1 and np.ndim(label) == 0:
+        return v[label]                                   # one gather
+    if np.ndim(v) == 2 and np.ndim(label) == 1:
+        return v[np.arange(v.shape[0]), label]
     onehot = np.arange(v.shape[-1]) == np.expand_dims(label, -1)
     return np.where(onehot, v, 0.0 * v).sum(axis=-1)
 
