@@ -61,3 +61,16 @@ def test_transform_time_quick(tmp_path):
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+@pytest.mark.parametrize("script,key", [("tree_recursion.py", "rows"), ("treelstm.py", "rows")])
+def test_tree_benchmarks_quick(tmp_path, script, key):
+    out = tmp_path / "t.json"
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / script), "--quick", "--json", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout}\n{proc.stderr}"
+    rows = json.loads(out.read_text())[key]
+    assert rows
+    for row in rows:
+        rates = [v for k, v in row.items() if k.endswith("trees_per_s")]
+        assert rates and all(v > 0 for v in rates)
