@@ -43,12 +43,19 @@ def set_transformer(transformer) -> None:
     _TRANSFORMER = transformer
 
 
+_USER_FUNCTION: dict = {}
+
+
 def is_user_function(fn) -> bool:
     """True for Python functions that should be rewritten rather than run natively."""
-    module = getattr(fn, "__module__", None) or ""
-    if module.startswith(_NATIVE_MODULE_PREFIXES) or module.split(".")[0] in _STDLIB:
-        return False
-    return not getattr(fn, "_spmd_native", False)
+    answer = _USER_FUNCTION.get(fn)
+    if answer is None:
+        module = getattr(fn, "__module__", None) or ""
+        answer = not (module.startswith(_NATIVE_MODULE_PREFIXES) or module.split(".")[0] in _STDLIB
+                      or getattr(fn, "_spmd_native", False))
+        if len(_USER_FUNCTION) < 100_000:
+            _USER_FUNCTION[fn] = answer
+    return answer
 
 
 def native(fn):

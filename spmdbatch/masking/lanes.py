@@ -54,6 +54,8 @@ def is_varying(value, _seen=None) -> bool:
         return any(is_varying(v, _seen) for v in value.values())
     if hasattr(value, "_spmd_take_lanes"):
         return True
+    if hasattr(kind, "__dataclass_fields__") and hasattr(value, "__dict__"):
+        return any(is_varying(v, _seen) for v in vars(value).values())   # modules: no tree walk
     if kind is CellType or kind is FunctionType:
         _seen = set() if _seen is None else _seen
         if id(value) in _seen:

@@ -123,7 +123,7 @@ class Dropout(Module):
             raise ValueError("Dropout in training mode needs a per-example key: call it as "
                              "drop(x, key) (an int per example, see spmdbatch.nn.random), or "
                              "use model.eval() to turn dropout off")
-        keep = _random.uniform(key, np.shape(x)) >= self.rate
+        keep = _random.keep_mask(key, np.shape(x), self.rate)
         # one multiply by a raw (untraced) mask: kept entries scaled, the others zero
         return x * (keep * (1.0 / (1.0 - self.rate))).astype(x.dtype)
 

@@ -97,6 +97,16 @@ def bernoulli(key, p, shape=()):
 
 
 @native
+def keep_mask(key, shape, rate):
+    """``uniform(key, shape) >= rate`` (a dropout mask). With a varying key inside @spmd it is
+    computed for all examples at once in plain numpy (the same numbers, one step)."""
+    from ..runtime.batched import Batched
+    if type(key) is Batched and type(key.data) is np.ndarray:
+        return Batched(uniform_many(key.data, shape) >= rate)
+    return uniform(key, shape) >= rate
+
+
+@native
 def uniform_many(keys, shape=(), dtype=np.float64):
     """``np.stack([uniform(k, shape) for k in keys])`` in one vectorized step.
 
