@@ -126,6 +126,28 @@ def spmd_loss(p, trees):
     return sb.spmd(tree_loss, in_axes=(None, 0))(p, trees).sum()
 
 
+def tree_loss_postorder(p, tree):
+    """The same model as a loop over the nodes in post-order (children before parents)."""
+    n = len(tree.word)
+    hidden = p["S"].shape[1]
+    hs = np.zeros((n, hidden), dtype=p["S"].dtype)
+    cs = np.zeros((n, hidden), dtype=p["S"].dtype)
+    loss = 0.0
+    for k in range(n):
+        if tree.left[k] < 0:
+            h, c = leaf_cell(p, p["E"][tree.word[k]])
+        else:
+            h, c = node_cell(p, hs[tree.left[k]], cs[tree.left[k]], hs[tree.right[k]], cs[tree.right[k]])
+        hs[k] = h
+        cs[k] = c
+        loss = loss + node_loss(p, h, tree.label[k])
+    return loss
+
+
+def spmd_postorder_loss(p, trees):
+    return sb.spmd(tree_loss_postorder, in_axes=(None, 0))(p, trees).sum()
+
+
 def per_example_loss(p, trees):
     total = 0.0
     for t in trees:
@@ -204,6 +226,8 @@ def main(argv=None):
     ap.add_argument("--embedding", type=int, default=300)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--per-example", action="store_true", help="also time one tree at a time")
+    ap.add_argument("--postorder", action="store_true",
+                    help="also time the post-order loop formulation under @spmd")
     ap.add_argument("--quick", action="store_true", help="a tiny configuration for smoke tests")
     ap.add_argument("--json", default="benchmarks/results/tree_recursion.json")
     args = ap.parse_args(argv)
@@ -218,6 +242,7 @@ def main(argv=None):
     spmd_vg = sb.value_and_grad(spmd_loss)
     hand_vg = sb.value_and_grad(hand_batched_loss)
     per_vg = sb.value_and_grad(per_example_loss)
+    post_vg = sb.value_and_grad(spmd_postorder_loss)
     rows = []
     for bsz in [int(b) for b in args.batch_sizes.split(",")]:
         batches = [trees[i:i + bsz] for i in range(0, len(trees), bsz)]
@@ -230,7 +255,10 @@ def main(argv=None):
         with sb.stats() as st:
             spmd_vg(p, batches[0])
         calls = st.calls_by_function.get("encode", 0)
-        times = {"spmd": [], "hand-batched": [], "per-example": []}
+        times = {"spmd": [], "hand-batched": [], "per-example": [], "post-order": []}
+        if args.postorder:
+            lp, gp = post_vg(p, batches[0])
+            assert np.isclose(lp, l1, rtol=1e-4), (lp, l1)
         for _ in range(args.repeat):
             for name, run in (("spmd", lambda: [spmd_vg(p, b) for b in batches]),
                               ("hand-batched", lambda: [hand_vg(p, pl) for pl in plans])):
@@ -241,6 +269,10 @@ def main(argv=None):
                 t0 = time.perf_counter()
                 [per_vg(p, b) for b in batches]
                 times["per-example"].append(time.perf_counter() - t0)
+            if args.postorder:
+                t0 = time.perf_counter()
+                [post_vg(p, b) for b in batches]
+                times["post-order"].append(time.perf_counter() - t0)
         row = {"batch": bsz, "trees": len(trees), "encode_calls_first_batch": calls,
                "max_depth_first_batch": max(depth(t) for t in batches[0])}
         for name, ts in times.items():
@@ -252,14 +284,17 @@ def main(argv=None):
     print(f"Tree-LSTM forward+backward, hidden {args.hidden}, embedding {args.embedding}, "
           f"{'SST train' if args.data else 'SST-like random trees'} ({len(trees)} trees), float32\n")
     print("| batch | encode calls (max depth) | spmd trees/s | hand-batched trees/s | spmd/hand speed |"
-          + (" per-example trees/s |" if args.per_example else ""))
-    print("|---|---|---|---|---|" + ("---|" if args.per_example else ""))
+          + (" per-example trees/s |" if args.per_example else "")
+          + (" post-order loop trees/s |" if args.postorder else ""))
+    print("|---|---|---|---|---|" + ("---|" if args.per_example else "") + ("---|" if args.postorder else ""))
     for r in rows:
         line = (f"| {r['batch']} | {r['encode_calls_first_batch']} ({r['max_depth_first_batch']}) | "
                 f"{r['spmd_trees_per_s']:.0f} | {r['hand-batched_trees_per_s']:.0f} | "
                 f"{r['spmd_over_hand_speed']:.2f} |")
         if args.per_example:
             line += f" {r['per-example_trees_per_s']:.0f} |"
+        if args.postorder:
+            line += f" {r['post-order_trees_per_s']:.0f} |"
         print(line)
     os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
     with open(args.json, "w") as fh:
