@@ -7,7 +7,6 @@ integer results return raw arrays. Tracers of a finished tape act as constants.
 """
 from __future__ import annotations
 
-import numpy as np
 
 from ..runtime.array_methods import ArrayMethods
 from ..runtime.backend import namespace
@@ -113,11 +112,6 @@ def trace_apply(prim, args, params):
 
 
 register_value_type(Tracer, 1, trace_apply)
-
-
-def stop_gradient_value(x):
-    """The raw value behind a tracer; anything else unchanged."""
-    return x.value if type(x) is Tracer else x
 
 from ..runtime.pytree import register_leaf_type  # noqa: E402
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 

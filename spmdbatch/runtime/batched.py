@@ -116,10 +116,6 @@ class Batched(ArrayMethods):
         return f"Batched(lanes={self.data.shape[0]}, shape={self.shape}, dtype={self.dtype})"
 
 
-def is_batched(value) -> bool:
-    return type(value) is Batched
-
-
 from .pytree import register_leaf_type  # noqa: E402
 
 register_leaf_type(Batched)

@@ -14,7 +14,6 @@ import math
 import numpy as np
 
 from . import primitives as P
-from .backend import namespace
 
 FUNCTIONS: dict = {}
 
@@ -53,10 +52,6 @@ def normalize_axis(axis, ndim: int):
             raise np.exceptions.AxisError(a, ndim)
         out.append(a % ndim if ndim else 0)
     return tuple(sorted(out))
-
-
-def _xp(value):
-    return getattr(value, "xp", None) or namespace(value)
 
 
 # --- reductions ---------------------------------------------------------------------------
