@@ -148,6 +148,11 @@ def merge(values, counts, name: str = "a value", disjoint: bool = True):
     a varying object held by all of them is repeated for each group.
     """
     first = values[0]
+    kind = type(first)
+    if (kind is tuple or kind is list) and all(type(v) is kind and len(v) == len(first) for v in values):
+        # tuples of results: merge position by position (no tree walk)
+        items = [merge([v[i] for v in values], counts, name, disjoint) for i in range(len(first))]
+        return kind(items)
     if all(_same(first, v) for v in values[1:]) and (disjoint or not is_varying(first)):
         return first
     if type(first) is Batched and mappable(first) and all(v is first for v in values[1:]):
@@ -232,7 +237,15 @@ def lane_count(*values) -> int:
     for value in values:                 # plain batched arguments first: no tree walks
         if type(value) is Batched:
             return value.data.shape[0]
+    modules = []
     for value in values:
+        if hasattr(type(value), "__dataclass_fields__"):
+            modules.append(value)        # parameter containers: usually uniform, look last
+            continue
+        n = _lanes_of(value)
+        if n is not None:
+            return n
+    for value in modules:
         n = _lanes_of(value)
         if n is not None:
             return n
