@@ -37,28 +37,22 @@ class TreeLSTM(nn.Module):
         self.classify = nn.Linear(hidden, num_classes, rng=rng, dtype=dtype)
 
 
-def node_output(model, h, label, key):
-    """Loss and correctness of one node's prediction (label -1: no loss, not counted)."""
+def node_loss(model, h, label, key):
+    """Cross-entropy of one node's prediction (0 for a node without a label, label -1)."""
     scores = model.classify(model.drop(h, key))
-    labelled = label >= 0
-    loss = np.where(labelled, nn.softmax_cross_entropy(scores, np.maximum(label, 0)), 0.0)
-    correct = labelled & (np.argmax(scores) == label)
-    return loss, correct.astype(np.int64), labelled.astype(np.int64)
+    return np.where(label >= 0, nn.softmax_cross_entropy(scores, np.maximum(label, 0)), 0.0)
 
 
 def encode(model, tree, k, key):
-    """(h, c, loss, correct, labelled) of the subtree rooted at node k."""
+    """(h, c, summed loss) of the subtree rooted at node k."""
     node_key = key * MAX_NODES + k
     if tree.left[k] < 0:
         h, c = model.cell(model.embed(tree.word[k]))
-        loss, correct, labelled = node_output(model, h, tree.label[k], node_key)
-        return h, c, loss, correct, labelled
-    hl, cl, loss_l, correct_l, count_l = encode(model, tree, tree.left[k], key)
-    hr, cr, loss_r, correct_r, count_r = encode(model, tree, tree.right[k], key)
+        return h, c, node_loss(model, h, tree.label[k], node_key)
+    hl, cl, loss_l = encode(model, tree, tree.left[k], key)
+    hr, cr, loss_r = encode(model, tree, tree.right[k], key)
     h, c = model.cell((hl, cl), (hr, cr))
-    loss, correct, labelled = node_output(model, h, tree.label[k], node_key)
-    return (h, c, loss_l + loss_r + loss, correct_l + correct_r + correct,
-            count_l + count_r + labelled)
+    return h, c, loss_l + loss_r + node_loss(model, h, tree.label[k], node_key)
 
 
 def tree_loss(model, tree, key):
@@ -66,11 +60,32 @@ def tree_loss(model, tree, key):
     return encode(model, tree, len(tree.word) - 1, key)[2]
 
 
+def node_result(model, h, label):
+    """(loss, correct, labelled) of one node, dropout off (for evaluation)."""
+    scores = model.classify(h)
+    labelled = label >= 0
+    loss = np.where(labelled, nn.softmax_cross_entropy(scores, np.maximum(label, 0)), 0.0)
+    correct = labelled & (np.argmax(scores) == label)
+    return loss, correct.astype(np.int64), labelled.astype(np.int64)
+
+
+def evaluate_subtree(model, tree, k):
+    """(h, c, loss, correct, labelled) summed over the subtree rooted at node k."""
+    if tree.left[k] < 0:
+        h, c = model.cell(model.embed(tree.word[k]))
+        return (h, c) + node_result(model, h, tree.label[k])
+    hl, cl, loss_l, correct_l, count_l = evaluate_subtree(model, tree, tree.left[k])
+    hr, cr, loss_r, correct_r, count_r = evaluate_subtree(model, tree, tree.right[k])
+    h, c = model.cell((hl, cl), (hr, cr))
+    loss, correct, count = node_result(model, h, tree.label[k])
+    return h, c, loss_l + loss_r + loss, correct_l + correct_r + correct, count_l + count_r + count
+
+
 def tree_metrics(model, tree):
-    """(loss, correct nodes, labelled nodes, root correct) of one tree, dropout off."""
+    """(loss, correct nodes, labelled nodes, root correct) of one tree."""
     root = len(tree.word) - 1
-    h, c, loss, correct, count = encode(model, tree, root, 0)
-    _, root_correct, _ = node_output(model, h, tree.label[root], 0)
+    h, c, loss, correct, count = evaluate_subtree(model, tree, root)
+    _, root_correct, _ = node_result(model, h, tree.label[root])
     return loss, correct, count, root_correct
 
 
