@@ -148,13 +148,13 @@ def merge(values, counts, name: str = "a value", disjoint: bool = True):
     a varying object held by all of them is repeated for each group.
     """
     first = values[0]
+    if all(_same(first, v) for v in values[1:]) and (disjoint or not is_varying(first)):
+        return first                       # (the same object stays the same object)
     kind = type(first)
     if (kind is tuple or kind is list) and all(type(v) is kind and len(v) == len(first) for v in values):
         # tuples of results: merge position by position (no tree walk)
         items = [merge([v[i] for v in values], counts, name, disjoint) for i in range(len(first))]
         return kind(items)
-    if all(_same(first, v) for v in values[1:]) and (disjoint or not is_varying(first)):
-        return first
     if type(first) is Batched and mappable(first) and all(v is first for v in values[1:]):
         values = [as_mapped(first)] * len(values)   # one lane's data for several groups: map it
     defined = [v for v in values if v is not UNDEFINED]

@@ -534,3 +534,18 @@ def test_float_of_a_traced_value_is_refused():
     with pytest.raises((TypeError, ValueError)) as err:
         sb.grad(f)(np.ones(2))
     assert "gradient" in str(err.value) + str(err.value.__cause__)
+
+
+def shared_list_after_join(x):
+    log = []
+    holder = [log]           # a second reference to the same list
+    if x > 0:
+        y = x * 2
+    else:
+        y = -x
+    log.append(1.0)          # uniform control: appends to the one shared list
+    return y + len(holder[0])
+
+
+def test_uniform_list_keeps_its_identity_across_joins():
+    check_batched(shared_list_after_join, X)
