@@ -22,6 +22,7 @@ from ..runtime import pytree
 from ..ad.tracer import Tracer
 from ..runtime.batched import Batched
 from ..runtime.mapped import LaneMapped, as_mapped, mappable
+from ..runtime.ragged import Ragged
 
 
 class _Undefined:
@@ -157,6 +158,9 @@ def merge(values, counts, name: str = "a value", disjoint: bool = True):
         return kind(items)
     if type(first) is Batched and mappable(first) and all(v is first for v in values[1:]):
         values = [as_mapped(first)] * len(values)   # one lane's data for several groups: map it
+    elif type(first) is Ragged and type(first.data) is np.ndarray and all(v is first for v in values[1:]):
+        mapped = LaneMapped(first.data, np.arange(first.data.shape[0]), first.lengths)
+        values = [mapped] * len(values)             # the same for ragged per-lane data
     defined = [v for v in values if v is not UNDEFINED]
     if len(defined) < len(values):
         # Lanes where the variable is unbound never read it (else Python would have raised):

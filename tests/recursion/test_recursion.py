@@ -181,3 +181,19 @@ def test_tree_arrays_follow_lanes_by_index_map():
 
     check_batched(probe, forest(6, [10, 4, 1, 7]), [9 * 2 - 2, 3 * 2 - 2, 0, 6 * 2 - 2])
     assert LaneMapped.__name__ in seen
+
+
+def test_ragged_tree_arrays_are_not_copied_by_fused_calls(monkeypatch):
+    from spmdbatch.runtime import ragged
+    copies = []
+    original = ragged.Ragged._spmd_merge_lanes
+    monkeypatch.setattr(ragged.Ragged, "_spmd_merge_lanes",
+                        lambda self, others, counts: copies.append(1) or original(self, others, counts))
+
+    def count(tree, k):
+        if tree.left[k] < 0:
+            return 1
+        return count(tree, tree.left[k]) + count(tree, tree.right[k])
+    trees = forest(7, [12, 15, 20])
+    check_batched(count, trees, [len(t.word) - 1 for t in trees])
+    assert copies == []
