@@ -22,6 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import spmdbatch as sb  # noqa: E402
+from examples.treelstm import handbatched  # noqa: E402
 
 
 class Tree(NamedTuple):
@@ -156,38 +157,9 @@ def per_example_loss(p, trees):
 
 
 # --- hand-batched by height ---------------------------------------------------------------------------
-class HeightPlan(NamedTuple):
-    """Index arrays that group a minibatch's nodes by height (leaves first)."""
-    leaf_words: np.ndarray
-    levels: list            # per height >= 1: (left positions, right positions) in the state order
-    labels: np.ndarray      # labels in state order
-
-
 def plan_by_height(trees):
-    heights, offsets = [], []
-    total = 0
-    for t in trees:
-        h = np.zeros(len(t.word), dtype=int)
-        for k in range(len(t.word)):
-            if t.left[k] >= 0:
-                h[k] = 1 + max(h[t.left[k]], h[t.right[k]])
-        heights.append(h)
-        offsets.append(total)
-        total += len(t.word)
-    gid_height = np.concatenate(heights)
-    gid_left = np.concatenate([np.where(t.left >= 0, t.left + o, -1) for t, o in zip(trees, offsets)])
-    gid_right = np.concatenate([np.where(t.right >= 0, t.right + o, -1) for t, o in zip(trees, offsets)])
-    words = np.concatenate([t.word for t in trees])
-    labels = np.concatenate([t.label for t in trees])
-    order = np.argsort(gid_height, kind="stable")           # state order: by height
-    position = np.empty(total, dtype=int)
-    position[order] = np.arange(total)
-    levels = []
-    for h in range(1, gid_height.max() + 1):
-        nodes = order[gid_height[order] == h]
-        levels.append((position[gid_left[nodes]], position[gid_right[nodes]]))
-    leaves = order[gid_height[order] == 0]
-    return HeightPlan(words[leaves], levels, labels[order])
+    """Nodes grouped by height: the example's hand-batched planner (dropout keys unused here)."""
+    return handbatched.plan_by_height(trees, np.zeros(len(trees), dtype=np.int64))
 
 
 def hand_batched_loss(p, plan):

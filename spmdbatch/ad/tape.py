@@ -14,8 +14,9 @@ from .sparse import SparseRows
 
 
 class Tape:
-    """Entries ``(primitive, raw_operands, params, result, parents)``; parents are
-    ``(operand_position, parent_node)`` pairs for the operands that are traced."""
+    """Entries ``(primitive, raw_operands, params, result, parents)``, appended to `nodes` by
+    `tracer.trace_apply` (inline: it is the hot path); parents are ``(operand_position,
+    parent_node)`` pairs for the operands that are traced."""
 
     __slots__ = ("nodes", "__weakref__")
 
@@ -26,9 +27,6 @@ class Tape:
         self.nodes.append(None)
         return len(self.nodes) - 1
 
-    def record(self, prim, raw, params, ans, parents) -> int:
-        self.nodes.append((prim, raw, params, ans, parents))
-        return len(self.nodes) - 1
 
     def backward(self, seeds: dict[int, object]) -> dict[int, object]:
         """Cotangents of the leaves, given cotangents `seeds` of some nodes."""
