@@ -27,10 +27,12 @@ emitted inline (no scheduling needed: no lanes can join there).
 from __future__ import annotations
 
 from . import ir
+from .fusion import FusedCall
 from .emit_plain import PlainEmitter, Writer
 from .ir import Var
 from .liveness import analyze as analyze_liveness
 from .liveness import live_params
+from .recursion import Recurse
 from .schedule import schedule
 
 
@@ -52,6 +54,12 @@ class BatchedEmitter(PlainEmitter):
         # (no scheduler), like the plain function with batched statements.
         self.straight = all(type(b.term).__name__ in ("Jump", "Return", "Raise") for b in fn.blocks.values())
         self.preds_of = fn.predecessors()
+        # A continuation block (frontend/recursion.py) receives the recursive calls' results
+        # last, after its other live-in variables.
+        self.recursion_sites = {b: blk.term for b, blk in fn.blocks.items() if isinstance(blk.term, Recurse)}
+        for t in self.recursion_sites.values():
+            targets = t.defs()
+            self.env[t.cont] = [n for n in self.env[t.cont] if n not in targets] + targets
 
     # --- names of the scheduler's variables --------------------------------------------------
     @property
@@ -144,7 +152,7 @@ class BatchedEmitter(PlainEmitter):
     def inlinable(self, src, target) -> bool:
         if self.straight:
             return super().inlinable(src, target)
-        return (self.preds_of[target] == [src] and target != self.fn.entry
+        return (self.preds_of[target] == [src] and src not in self.recursion_sites and target != self.fn.entry
                 and not self._is_back(src, target)
                 and [t for t, _ in self.fn.blocks[src].term.successors()].count(target) == 1)
 
@@ -181,6 +189,19 @@ class BatchedEmitter(PlainEmitter):
         # the loop variable takes the new item only in lanes that go on looping
         self._branch(bid, more, t.body, t.body_args, t.exit, t.exit_args,
                      t_override={t.item_target: item})
+
+    def term_Recurse(self, bid, t):
+        """A self-recursive call: the frame parks the lanes at the continuation (the callee
+        lanes join this frame) or, for any other callee, calls it and jumps there."""
+        targets, funcs, args, kwargs = t.calls()
+        calls = "(" + "".join(self.op(f) + ", " for f in funcs) + ")"
+        arg_lists = "(" + "".join("(" + "".join(self.op(a) + ", " for a in al) + "), " for al in args) + ")"
+        kw = "(" + "".join("{" + ", ".join(f"{k!r}: {self.op(v)}" for k, v in d.items()) + "}, "
+                           for d in kwargs) + ")"
+        env = "(" + "".join(self.v(n) + ", " for n in self.env[t.cont] if n not in targets) + ")"
+        self.w.line(f"{self.F}.recurse({self.sched.position[t.cont]}, {self.L}, {self.N}, {calls}, "
+                    f"{arg_lists}, {kw}, {env}, {len(targets) > 1 or isinstance(t.call, FusedCall)}, "
+                    f"{self.names.helper('recursion')})")
 
     def term_Return(self, bid, t):
         if self.straight:
@@ -261,7 +282,7 @@ class BatchedEmitter(PlainEmitter):
     def extra_factory_params(self):
         if self.straight:
             return []
-        return [self.names.helper("loop_end"), self.names.helper("env_names")]
+        return [self.names.helper("loop_end"), self.names.helper("env_names"), self.names.helper("recursion")]
 
     def factory_extras(self):
         """Values of the extra factory parameters (after the plain emitter's)."""
@@ -270,5 +291,15 @@ class BatchedEmitter(PlainEmitter):
         names = [None] * len(self.sched.order)
         for bid, pos in self.sched.position.items():
             names[pos] = tuple(self.env[bid]) + tuple(self.cells)
-        return [tuple(self.sched.loop_end), tuple(names)]
+        return [tuple(self.sched.loop_end), tuple(names), self.recursion_spec()]
+
+    def recursion_spec(self):
+        """What `Frame.recurse` needs to start callee lanes: (the function's code object, the
+        entry block's number, the argument index of each entry environment slot)."""
+        if not self.recursion_sites:
+            return None
+        entry_env = self.env[self.fn.entry]
+        argnames = list(self.fn.argnames)
+        return (self.fn.code, self.sched.position[self.fn.entry],
+                tuple(argnames.index(n) for n in entry_env))
 

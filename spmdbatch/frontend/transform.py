@@ -22,6 +22,7 @@ from .emit_batched import BatchedEmitter
 from .emit_plain import _HELPERS as PLAIN_HELPERS
 from .fusion import fuse_calls
 from .lower import lower_function
+from .recursion import split_recursive_calls
 
 BATCH_HELPERS = {
     **PLAIN_HELPERS,
@@ -44,6 +45,7 @@ class CompiledProgram:
     def __init__(self, fn):
         self.fn_ir = lower_function(fn)
         self.fusions = fuse_calls(self.fn_ir)
+        self.recursion_sites = split_recursive_calls(self.fn_ir)
         self.emitter = BatchedEmitter(self.fn_ir)
         self.source = self.emitter.source()
         code = _compile_with_user_lines(self.source, self.fn_ir.filename, self.fn_ir.firstlineno)

@@ -138,6 +138,8 @@ def analyze(fn: FunctionIR, varying_args) -> UniformityInfo:
             t = blk.term
             if isinstance(t, ForIter) and vary([t.iterator]):
                 V.add(t.item_target)
+            elif t.defs() and vary(t.operands()):      # a recursive call site
+                V.update(t.defs())
             for target, args in t.successors():
                 params = fn.blocks[target].params
                 for p, a in zip(params, args):

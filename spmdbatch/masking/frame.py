@@ -18,11 +18,13 @@ A group is ``(lanes, count, env)``: `lanes` are the group's positions in the cal
 """
 from __future__ import annotations
 
+from types import FunctionType
+
 import numpy as np
 
 from ..errors import LaneError
 from ..runtime.batched import Batched, user_frame
-from .lanes import merge, take
+from .lanes import is_varying, merge, take
 from .stats import STATS
 
 
@@ -77,7 +79,7 @@ class Frame:
     """Waiting lane groups of one batched call (see module docstring)."""
 
     __slots__ = ("loop_end", "names", "fwd", "back", "returns", "n", "base_partial", "parent",
-                 "parent_lanes")
+                 "parent_lanes", "recursion")
 
     def __init__(self, loop_end, n: int, names=None, function: str = "?"):
         self.loop_end = loop_end   # loop_end[b]: last block of the loop headed by b, or -1
@@ -89,6 +91,7 @@ class Frame:
         self.base_partial = STATE.partial
         self.parent = STATE.frame          # the calling frame, and the lanes of its group that
         self.parent_lanes = STATE.lanes    # make this call's batch (None: all of them)
+        self.recursion = None              # a _Recursion once a recursive call started lanes
         STATE.frame = self
         if STATS.active is not None:
             skipped = 0 if self.parent is None or self.parent_lanes is None else \
@@ -130,12 +133,66 @@ class Frame:
             (self.jump_back if f_back else self.jump)(f_block, f_lanes, n - k, take(f_env, f_idx, {}))
 
     def ret(self, lanes, n, value):
-        self.returns.append((lanes, n, value))
+        rec = self.recursion
+        if rec is None:
+            self.returns.append((lanes, n, value))
+            return
+        ids = np.arange(n) if lanes is None else lanes
+        callee = ids >= self.n
+        k = int(np.count_nonzero(callee))
+        if k == 0:
+            self.returns.append((lanes, n, value))
+        elif k == n:
+            rec.returned(ids, n, value)
+        else:
+            own = np.flatnonzero(~callee)
+            self.returns.append((ids[own], n - k, take(value, own, {})))
+            theirs = np.flatnonzero(callee)
+            rec.returned(ids[theirs], k, take(value, theirs, {}))
+
+    # --- recursion scheduled by height (frontend/recursion.py) ---------------------------------
+    def recurse(self, cont, lanes, n, funcs, args, kwargs, env, fused, spec):
+        """Calls of the function to itself from the running group: the callee lanes join this
+        frame at the entry block and the group waits at block `cont` for their results. Calls
+        of any other function run now (as ordinary batched calls) and the group goes on."""
+        code, entry, entry_args = spec
+        if n == 0 or any(kwargs) or not all(type(f) is FunctionType and f.__code__ is code
+                                            for f in funcs):
+            from .calls import call, call_fused
+            if fused:
+                results = call_fused(funcs, args, kwargs)
+            else:
+                results = (call(funcs[0], *args[0], **kwargs[0]),)
+            self.jump(cont, lanes, n, env + tuple(results))
+            return
+        rec = self.recursion
+        if rec is None:
+            rec = self.recursion = _Recursion(self.n)
+        m = len(funcs)
+        if m > 1:
+            STATS.record_fused(m)
+        ids = np.arange(self.n) if lanes is None else lanes
+        callees = rec.start(ids, m)
+        arity = len(args[0])
+        merged = [merge([a[i] for a in args], [n] * m, f"argument {i}", disjoint=False)
+                  for i in range(arity)] if m > 1 else list(args[0])
+        if STATS.active is not None:
+            STATS.record_call(code.co_qualname if hasattr(code, "co_qualname") else code.co_name,
+                              m * n, 0)
+        self.jump(entry, callees.reshape(-1), m * n, tuple(merged[i] for i in entry_args))
+        rec.park(cont, ids, env, callees)
+
+    def _resume_parked(self):
+        """Move every parked lane whose callees have all returned to its continuation."""
+        for cont, lanes, n, env in self.recursion.resume():
+            self.jump(cont, lanes, n, env)
 
     # --- choosing the next block ----------------------------------------------------------------
     def pop(self):
         """The next ``(block, lanes, n, env)`` to run, or ``(-1, None, 0, None)`` when done."""
         fwd, back = self.fwd, self.back
+        if not fwd and not back and self.recursion is not None and self.recursion.parked:
+            self._resume_parked()
         if not back:
             if not fwd:
                 STATE.partial = self.base_partial
@@ -151,7 +208,8 @@ class Frame:
             lanes, n, env = groups[0]
         else:
             lanes, n, env = self._merge(block, groups)
-        STATE.partial = self.base_partial or n != self.n   # (a permutation of all lanes is complete)
+        # (a permutation of all lanes is complete; once callee lanes joined, no group is)
+        STATE.partial = self.base_partial or n != self.n or self.recursion is not None
         STATE.lanes = lanes
         return block, lanes, n, env
 
@@ -195,7 +253,7 @@ class Frame:
         indices of the outermost @spmd call) when only some examples raise it."""
         if isinstance(exc, type):
             exc = exc()
-        if n == self.n and not self.base_partial:
+        if n == self.n and not self.base_partial and self.recursion is None:
             raise exc
         which = self.batch_indices(np.arange(n) if lanes is None else lanes)
         filename, lineno = user_frame(2)
@@ -207,7 +265,119 @@ class Frame:
         idx = np.asarray(local)
         frame = self
         while frame is not None:
+            if frame.recursion is not None:
+                idx = frame.recursion.origin[idx]
             if frame.parent_lanes is not None:
                 idx = frame.parent_lanes[idx]
             frame = frame.parent
         return [int(i) for i in idx]
+
+
+class _Recursion:
+    """The recursive calls of one frame: callee lanes, parked callers and returned values.
+
+    Lanes ``0..n-1`` are the frame's own (its caller's); each recursive call numbers its
+    callee lanes next. `origin` maps every lane to the frame's own lane it descends from
+    (errors name batch examples through it). Returned values are kept in one lane-major
+    `store` (row `row_of[lane]`), grown by concatenation when parked lanes resume. A parked
+    group keeps its environment whole; `pending` marks its lanes still waiting.
+    """
+
+    __slots__ = ("n", "total", "origin", "parked", "pool", "store", "stored", "row_of")
+
+    def __init__(self, n):
+        self.n = n
+        self.total = n
+        self.origin = np.arange(n)
+        self.parked = []          # [cont, lanes, env, varying slots, callees (calls x lanes), pending]
+        self.pool = []            # returned (lanes, n, value) not yet in the store
+        self.store = None
+        self.stored = 0
+        self.row_of = np.full(n, -1)
+
+    def start(self, lanes, m):
+        """Number the callee lanes of `m` calls made by `lanes`: an (m, len(lanes)) array."""
+        k = len(lanes)
+        callees = np.arange(self.total, self.total + m * k).reshape(m, k)
+        self.total += m * k
+        self.origin = np.concatenate([self.origin, np.tile(self.origin[lanes], m)])
+        self.row_of = np.concatenate([self.row_of, np.full(m * k, -1)])
+        return callees
+
+    def park(self, cont, lanes, env, callees):
+        varying = tuple(is_varying(v) for v in env)
+        self.parked.append([cont, lanes, env, varying, callees, np.ones(len(lanes), dtype=bool)])
+
+    def returned(self, lanes, n, value):
+        self.pool.append((lanes, n, value))
+
+    def _fill_store(self):
+        pool = self.pool
+        values = ([self.store] if self.store is not None else []) + [p[2] for p in pool]
+        counts = ([self.stored] if self.store is not None else []) + [p[1] for p in pool]
+        self.store = values[0] if len(values) == 1 else merge(values, counts, "the return value")
+        row = self.stored
+        for lanes, n, _ in pool:
+            self.row_of[lanes] = np.arange(row, row + n)
+            row += n
+        self.stored = row
+        self.pool = []
+
+    def _consolidate(self):
+        """Merge the parked groups of each continuation into one (they arrive one per
+        recursion depth), so each resume takes every environment slot once."""
+        by_cont: dict = {}
+        for group in self.parked:
+            by_cont.setdefault(group[0], []).append(group)
+        if len(by_cont) == len(self.parked):
+            return
+        merged = []
+        for cont, groups in by_cont.items():
+            if len(groups) == 1:
+                merged.append(groups[0])
+                continue
+            counts = [len(g[1]) for g in groups]
+            env = tuple(merge([g[2][i] for g in groups], counts, "a variable")
+                        for i in range(len(groups[0][2])))
+            merged.append([cont, np.concatenate([g[1] for g in groups]), env,
+                           tuple(is_varying(v) for v in env),
+                           np.concatenate([g[4] for g in groups], axis=1),
+                           np.concatenate([g[5] for g in groups])])
+        self.parked = merged
+
+    def resume(self):
+        """(cont, lanes, n, env + results) of the parked lanes whose callees all returned: one
+        group per continuation block, each result gathered from the store in one step."""
+        if self.pool:
+            self._fill_store()
+        done = self.row_of >= 0
+        pieces: dict = {}
+        self._consolidate()
+        for group in self.parked:
+            cont, lanes, env, varying, callees, pending = group
+            ready = done[callees].all(axis=0) & pending
+            idx = np.flatnonzero(ready)
+            if not len(idx):
+                continue
+            pending[idx] = False
+            if len(idx) < len(lanes):
+                memo: dict = {}
+                env = tuple(take(v, idx, memo) if var else v for v, var in zip(env, varying))
+                lanes, callees = lanes[idx], callees[:, idx]
+            pieces.setdefault(cont, []).append((lanes, len(idx), env, callees))
+        self.parked = [g for g in self.parked if g[5].any()]
+        if not pieces:
+            raise AssertionError("recursive calls are waiting but no lane can run")
+        out = []
+        for cont, parts in pieces.items():
+            if len(parts) == 1:
+                lanes, k, env, callees = parts[0]
+            else:
+                counts = [p[1] for p in parts]
+                lanes, k = np.concatenate([p[0] for p in parts]), sum(counts)
+                env = tuple(merge([p[2][i] for p in parts], counts, "a variable")
+                            for i in range(len(parts[0][2])))
+                callees = np.concatenate([p[3] for p in parts], axis=1)
+            results = tuple(take(self.store, self.row_of[c], {}) for c in callees)
+            out.append((cont, lanes, k, env + results))
+        return out

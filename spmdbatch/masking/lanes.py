@@ -49,7 +49,7 @@ def is_varying(value, _seen=None) -> bool:
         return True
     if kind in _PLAIN_LEAVES or kind is Tracer:
         return False
-    if kind is tuple or kind is list:
+    if kind is tuple or kind is list or (isinstance(value, tuple) and hasattr(kind, "_fields")):
         return any(is_varying(v, _seen) for v in value)
     if kind is dict:
         return any(is_varying(v, _seen) for v in value.values())
@@ -116,6 +116,9 @@ def take(value, idx, memo=None):
         return value if all(items[k] is v for k, v in value.items()) else items
     if kind in _PLAIN_LEAVES or kind is Tracer:
         return value
+    if isinstance(value, tuple) and hasattr(kind, "_fields"):    # NamedTuple: no tree walk
+        items = [take(v, idx, memo) for v in value]
+        return value if all(a is b for a, b in zip(items, value)) else kind(*items)
     if (isinstance(value, _CONTAINERS) or _is_struct(value)) and is_varying(value):
         leaves, treedef = pytree.flatten(value)
         return treedef.unflatten([take(leaf, idx, memo) for leaf in leaves])
