@@ -137,18 +137,8 @@ class Frame:
         if rec is None:
             self.returns.append((lanes, n, value))
             return
-        ids = np.arange(n) if lanes is None else lanes
-        callee = ids >= self.n
-        k = int(np.count_nonzero(callee))
-        if k == 0:
-            self.returns.append((lanes, n, value))
-        elif k == n:
-            rec.returned(ids, n, value)
-        else:
-            own = np.flatnonzero(~callee)
-            self.returns.append((ids[own], n - k, take(value, own, {})))
-            theirs = np.flatnonzero(callee)
-            rec.returned(ids[theirs], k, take(value, theirs, {}))
+        # own lanes and callee lanes alike: `result` gathers the own lanes from the store
+        rec.returned(np.arange(n) if lanes is None else lanes, n, value)
 
     # --- recursion scheduled by height (frontend/recursion.py) ---------------------------------
     def recurse(self, cont, lanes, n, funcs, args, kwargs, env, fused, spec):
@@ -236,6 +226,8 @@ class Frame:
     def result(self):
         """The returned value of every lane, in the call's lane order."""
         returns = self.returns
+        if self.recursion is not None:
+            return self.recursion.result(returns)
         if len(returns) == 1 and returns[0][0] is None:
             return returns[0][2]
         if not returns:
@@ -344,6 +336,20 @@ class _Recursion:
                            np.concatenate([g[4] for g in groups], axis=1),
                            np.concatenate([g[5] for g in groups])])
         self.parked = merged
+
+    def result(self, returns):
+        """The returned values of the frame's own lanes (plus `returns`, made before the
+        first recursive call), in lane order."""
+        for lanes, n, value in returns:
+            self.returned(np.arange(n) if lanes is None else lanes, n, value)
+        if self.pool:
+            self._fill_store()
+        rows = self.row_of[:self.n]
+        if rows.min(initial=0) < 0:
+            raise AssertionError("batched call finished without a return")
+        if np.array_equal(rows, np.arange(self.stored)):
+            return self.store
+        return take(self.store, rows, {})
 
     def resume(self):
         """(cont, lanes, n, env + results) of the parked lanes whose callees all returned: one
