@@ -39,8 +39,9 @@ from .schedule import schedule
 class BatchedEmitter(PlainEmitter):
     """PlainEmitter with batched statements and scheduler-based control flow."""
 
-    def __init__(self, fn, uniformity=None):
+    def __init__(self, fn, uniformity=None, sums=()):
         super().__init__(fn)
+        self.sums = tuple(sums)     # return positions summed over the recursion (reduction.py)
         self.sched = schedule(fn)
         self.live = analyze_liveness(fn)
         self.uniformity = uniformity
@@ -116,6 +117,14 @@ class BatchedEmitter(PlainEmitter):
                                for kw in s.kwargs) + ")"
         targets = "".join(self.v(t) + ", " for t in s.targets)
         self.w.line(f"{targets}= {self.h('call_fused')}({funcs}, {args}, {kwargs})")
+
+    def stmt_Accumulate(self, s):
+        self.w.line(f"{self.F}.accumulate({s.position}, {self.L}, {self.N}, {self.op(s.value)})")
+
+    def stmt_DeferredCall(self, s):
+        args = "(" + "".join(self.op(a) + ", " for a in s.args) + ")"
+        kwargs = "{" + ", ".join(f"{k!r}: {self.op(v)}" for k, v in s.kwargs.items()) + "}"
+        self.w.line(f"{self.F}.defer({s.position}, {self.L}, {self.N}, {self.op(s.func)}, {args}, {kwargs})")
 
     def stmt_StoreAttr(self, s):
         self.w.line(f"{self.h('store_attr')}({self.op(s.obj)}, {s.name!r}, {self.op(s.value)})")
@@ -256,6 +265,8 @@ class BatchedEmitter(PlainEmitter):
         out.append(f"{F} = {self.h('Frame')}({self.names.helper('loop_end')}, "
                    f"{self.h('lane_count')}({', '.join(args)}), {self.names.helper('env_names')}, "
                    f"{fn.qualname!r})")
+        if self.sums:
+            out.append(f"{F}.sums = {self.sums!r}")
         entry_env = "(" + "".join(n + ", " for n in [self.v(n) for n in self.env[fn.entry]]
                                   + [self.cell(c) for c in self.cells]) + ")"
         out.append(f"{F}.jump({sched.position[fn.entry]}, None, {F}.n, {entry_env})")

@@ -23,6 +23,7 @@ from .emit_plain import _HELPERS as PLAIN_HELPERS
 from .fusion import fuse_calls
 from .lower import lower_function
 from .recursion import split_recursive_calls
+from .reduction import recognize_sums
 
 BATCH_HELPERS = {
     **PLAIN_HELPERS,
@@ -46,7 +47,8 @@ class CompiledProgram:
         self.fn_ir = lower_function(fn)
         self.fusions = fuse_calls(self.fn_ir)
         self.recursion_sites = split_recursive_calls(self.fn_ir)
-        self.emitter = BatchedEmitter(self.fn_ir)
+        self.sum_positions = recognize_sums(self.fn_ir)
+        self.emitter = BatchedEmitter(self.fn_ir, sums=self.sum_positions)
         self.source = self.emitter.source()
         code = _compile_with_user_lines(self.source, self.fn_ir.filename, self.fn_ir.firstlineno)
         namespace: dict = {}

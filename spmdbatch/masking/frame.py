@@ -22,7 +22,8 @@ from types import FunctionType
 
 import numpy as np
 
-from ..errors import LaneError
+from ..errors import LaneError, SpmdError
+from ..runtime import primitives as P
 from ..runtime.batched import Batched, user_frame
 from .lanes import is_varying, merge, take
 from .stats import STATS
@@ -79,7 +80,7 @@ class Frame:
     """Waiting lane groups of one batched call (see module docstring)."""
 
     __slots__ = ("loop_end", "names", "fwd", "back", "returns", "n", "base_partial", "parent",
-                 "parent_lanes", "recursion")
+                 "parent_lanes", "recursion", "sums", "stash")
 
     def __init__(self, loop_end, n: int, names=None, function: str = "?"):
         self.loop_end = loop_end   # loop_end[b]: last block of the loop headed by b, or -1
@@ -92,6 +93,8 @@ class Frame:
         self.parent = STATE.frame          # the calling frame, and the lanes of its group that
         self.parent_lanes = STATE.lanes    # make this call's batch (None: all of them)
         self.recursion = None              # a _Recursion once a recursive call started lanes
+        self.sums = ()                     # return positions summed over the recursion
+        self.stash: dict = {}              # position -> recorded terms (frontend/reduction.py)
         STATE.frame = self
         if STATS.active is not None:
             skipped = 0 if self.parent is None or self.parent_lanes is None else \
@@ -153,6 +156,8 @@ class Frame:
                 results = call_fused(funcs, args, kwargs)
             else:
                 results = (call(funcs[0], *args[0], **kwargs[0]),)
+            if self.sums and n:
+                results = tuple(self._record_sums_of(r, lanes, n) for r in results)
             self.jump(cont, lanes, n, env + tuple(results))
             return
         rec = self.recursion
@@ -171,6 +176,76 @@ class Frame:
                               m * n, 0)
         self.jump(entry, callees.reshape(-1), m * n, tuple(merged[i] for i in entry_args))
         rec.park(cont, ids, env, callees)
+
+    # --- sums over the recursion (frontend/reduction.py) ------------------------------------------
+    def accumulate(self, position, lanes, n, value):
+        """Record `value` as a term of sum `position` for the running lanes."""
+        if n:
+            self.stash.setdefault(position, []).append((lanes, n, value, None))
+
+    def defer(self, position, lanes, n, fn, args, kwargs):
+        """Record the term ``fn(*args, **kwargs)``, to be called when the batched call ends."""
+        if n:
+            self.stash.setdefault(position, []).append((lanes, n, None, (fn, args, kwargs)))
+
+    def _record_sums_of(self, result, lanes, n):
+        """A complete result (of a call that ran as an ordinary batched call): its sums become
+        terms of the calling lanes, as the continuation no longer adds them."""
+        if type(result) is not tuple or len(result) <= max(self.sums):
+            filename, lineno = user_frame(3)
+            raise SpmdError("a recursive call site returned a value that is not a tuple of the "
+                            "function's own shape", filename, lineno,
+                            "Do not rebind the function's global name while it runs.")
+        items = list(result)
+        for p in self.sums:
+            self.accumulate(p, lanes, n, items[p])
+            items[p] = None
+        return tuple(items)
+
+    def _total(self, position):
+        """Sum `position` of every own lane: deferred calls run once over all their lanes."""
+        from ..runtime.array_methods import index_update
+        from ..runtime.backend import namespace
+        from .calls import call, _same_function
+        parts, pending = [], []
+        for lanes, n, value, deferred in self.stash.pop(position, []):
+            ids = np.arange(n) if lanes is None else lanes
+            if deferred is None:
+                parts.append((ids, n, value))
+                continue
+            for group in pending:
+                if _same_function(group[0], deferred[0]) and len(group[1][0][3][1]) == len(deferred[1]) \
+                        and set(group[1][0][3][2]) == set(deferred[2]):
+                    group[1].append((ids, n, value, deferred))
+                    break
+            else:
+                pending.append((deferred[0], [(ids, n, value, deferred)]))
+        saved = STATE.frame, STATE.lanes, STATE.partial
+        try:
+            for fn, entries in pending:
+                counts = [e[1] for e in entries]
+                ids = np.concatenate([e[0] for e in entries])
+                args = [merge([e[3][1][i] for e in entries], counts, f"argument {i}", disjoint=False)
+                        for i in range(len(entries[0][3][1]))]
+                kwargs = {k: merge([e[3][2][k] for e in entries], counts, f"argument {k!r}", disjoint=False)
+                          for k in entries[0][3][2]}
+                STATE.frame, STATE.lanes, STATE.partial = self, ids, True
+                parts.append((ids, len(ids), call(fn, *args, **kwargs)))
+        finally:
+            STATE.frame, STATE.lanes, STATE.partial = saved
+        if not parts:
+            return Batched(np.zeros(self.n))
+        # Python numbers take the arrays' type, as in `loss_l + loss_r + 0.0` (weak scalars)
+        dtype = np.result_type(*[v if isinstance(v, (bool, int, float, complex)) else v.dtype
+                                 for _, _, v in parts])
+        datas = [_term_data(np.asarray(v, dtype=dtype) if isinstance(v, (bool, int, float, complex))
+                            else v, n) for _, n, v in parts]
+        ids = np.concatenate([p[0] for p in parts])
+        own = self.recursion.origin[ids] if self.recursion is not None else ids
+        data = datas[0] if len(datas) == 1 else P.concatenate(*datas, axis=0)
+        xp = namespace(getattr(data, "value", data))
+        total = xp.zeros((self.n,) + tuple(data.shape[1:]), dtype=data.dtype)
+        return Batched(index_update(total, own, data, mode="add"))
 
     def _resume_parked(self):
         """Move every parked lane whose callees have all returned to its continuation."""
@@ -225,6 +300,15 @@ class Frame:
     # --- results ------------------------------------------------------------------------------
     def result(self):
         """The returned value of every lane, in the call's lane order."""
+        value = self._returned()
+        if self.sums:
+            items = list(value)
+            for p in self.sums:
+                items[p] = self._total(p)
+            value = tuple(items)
+        return value
+
+    def _returned(self):
         returns = self.returns
         if self.recursion is not None:
             return self.recursion.result(returns)
@@ -263,6 +347,28 @@ class Frame:
                 idx = frame.parent_lanes[idx]
             frame = frame.parent
         return [int(i) for i in idx]
+
+
+def _term_data(value, n):
+    """Lane-major data of a recorded term (`n` lanes; a uniform term is repeated)."""
+    if type(value) is Batched:
+        return value.data
+    if hasattr(value, "materialize"):
+        value = value.materialize()
+        if type(value) is Batched:
+            return value.data
+    if hasattr(value, "lengths") or hasattr(value, "_spmd_take_lanes"):
+        filename, lineno = user_frame(3)
+        raise SpmdError(f"a sum over the recursion of {type(value).__name__} values (shapes that "
+                        f"differ between examples)", filename, lineno,
+                        "Sum per-example arrays of one shape, or reduce them to numbers first.")
+    if isinstance(value, (bool, int, float, complex)):
+        value = np.asarray(value)
+    shape = tuple(value.shape)
+    if hasattr(value, "value"):         # a traced uniform term
+        from ..runtime.numpy_api import broadcast_to
+        return broadcast_to(value[None], (n,) + shape)
+    return np.broadcast_to(np.asarray(value)[None], (n,) + shape)
 
 
 class _Recursion:

@@ -1,0 +1,188 @@
+"""Sums over a recursion: a returned total of per-call terms is added up once, at the end.
+
+A recursive tree model often returns, next to its state, a total over the subtree::
+
+    def encode(model, tree, k):
+        if tree.left[k] < 0:
+            h = ...
+            return h, node_loss(model, h, k)                       # the term of a leaf
+        hl, loss_l = encode(model, tree, tree.left[k])
+        hr, loss_r = encode(model, tree, tree.right[k])
+        h = ...
+        return h, loss_l + loss_r + node_loss(model, h, k)         # children's totals + own term
+
+Run as written, every height of the recursion computes its nodes' terms and adds totals.
+Since the total of a call is the sum of the terms of every call below it, the batch program
+instead records each term with the lanes that made it, and the frame adds them up per
+example when the batched call ends (masking/frame.py `Frame.sums`); a term that is a call
+(here `node_loss`) is *deferred*: its arguments are recorded and the function runs once,
+batched over all the lanes of all heights. This is what hand-batched code does (one
+classifier step over all nodes); the sum is the same up to floating-point reassociation.
+
+Definition. Let every `return` of a function with self-recursive call sites (frontend/
+recursion.py) return a tuple display of the same length L, and let each recursive call's
+result be used only by one unpacking into L targets. Component p is a *sum over the
+recursion* when, at every return, component p is a `+` expression tree (in the returning
+block, each intermediate value used once) whose leaves are component p of recursive results
+(or copies of them) and other values, the *terms*; and component p of recursive results is
+used nowhere else. Terms that are calls used only there (no `*args`/`**kwargs`) are
+deferred; other terms are recorded as values.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from . import ir
+from .ir import Assign, Const, FunctionIR, Stmt, Var
+from .recursion import Recurse
+
+_PLUS = ("+", "+=")
+
+
+@dataclass
+class Accumulate(Stmt):
+    """Add ``value`` to sum ``position`` of the running lanes."""
+    position: int
+    value: object
+    lineno: int | None = field(default=None, kw_only=True)
+    OPERANDS = ("value",)
+
+    def __str__(self):
+        return f"sum[{self.position}] += {self.value!r}"
+
+
+@dataclass
+class DeferredCall(Stmt):
+    """Add ``func(*args, **kwargs)`` to sum ``position``, called when the batched call ends."""
+    position: int
+    func: object
+    args: list
+    kwargs: dict
+    lineno: int | None = field(default=None, kw_only=True)
+    OPERANDS = ("func", "args", "kwargs")
+
+    def __str__(self):
+        return f"sum[{self.position}] += deferred {self.func!r}({', '.join(map(repr, self.args))})"
+
+
+def recognize_sums(fn: FunctionIR) -> tuple:
+    """Rewrite every sum over the recursion of `fn` (in place); returns their positions."""
+    sites = [blk.term for blk in fn.blocks.values() if isinstance(blk.term, Recurse)]
+    if not sites:
+        return ()
+    defs, uses = _defs_and_uses(fn)
+    returns = []
+    for bid, blk in fn.blocks.items():
+        t = blk.term
+        if isinstance(t, ir.Return):
+            d = defs.get(t.value.name) if isinstance(t.value, Var) else None
+            if d is None or d[0] != bid or not isinstance(d[1], Assign) or \
+                    not isinstance(d[1].value, ir.BuildTuple) or uses[t.value.name] != 1:
+                return ()
+            returns.append((bid, d[1]))
+    lengths = {len(s.value.items) for _, s in returns}
+    if len(lengths) != 1:
+        return ()
+    length = lengths.pop()
+    unpacks = []
+    for site in sites:
+        for target in site.defs():
+            u = [s for s in _users(fn, target)]
+            if len(u) != 1 or not isinstance(u[0], ir.Unpack) or u[0].star_index is not None \
+                    or len(u[0].targets) != length or uses[target] != 1:
+                return ()
+            unpacks.append(u[0])
+    plans = []
+    for p in range(length):
+        plan = _plan(fn, p, returns, unpacks, defs, uses)
+        if plan is not None:
+            plans.append((p, plan))
+    for p, plan in plans:
+        _rewrite(fn, p, plan)
+    return tuple(p for p, _ in plans)
+
+
+def _defs_and_uses(fn):
+    defs, uses = {}, Counter()
+    for bid, blk in fn.blocks.items():
+        for s in blk.stmts:
+            for d in s.defs():
+                defs[d] = (bid, s)
+            uses.update(s.uses())
+        uses.update(blk.term.used_vars())
+    return defs, uses
+
+
+def _users(fn, name):
+    out = []
+    for blk in fn.blocks.values():
+        out += [s for s in blk.stmts if name in s.uses()]
+        if name in blk.term.used_vars():
+            out.append(blk.term)
+    return out
+
+
+def _plan(fn, p, returns, unpacks, defs, uses):
+    """(chain statements, terms per return) of component p, or None if it is not a sum."""
+    partial = {u.targets[p] for u in unpacks}
+    changed = True
+    while changed:                     # copies of recursive parts are recursive parts
+        changed = False
+        for name, (_, s) in defs.items():
+            if name not in partial and isinstance(s, Assign) and isinstance(s.value, ir.Use) \
+                    and isinstance(s.value.a, Var) and s.value.a.name in partial:
+                partial.add(name)
+                changed = True
+    chain: set = set()
+    terms = []
+    for bid, tuple_stmt in returns:
+        found = []
+
+        def expand(op):
+            if isinstance(op, Var) and op.name in partial:
+                return True
+            if isinstance(op, Var):
+                d = defs.get(op.name)
+                if d is not None and d[0] == bid and isinstance(d[1], Assign) and \
+                        isinstance(d[1].value, ir.BinOp) and d[1].value.op in _PLUS and uses[op.name] == 1:
+                    chain.add(id(d[1]))
+                    return expand(d[1].value.a) and expand(d[1].value.b)
+            found.append(op)
+            return True
+        expand(tuple_stmt.value.items[p])
+        terms.append((bid, tuple_stmt, found))
+    # every use of a recursive part must be a copy or a `+` of a chain
+    for name in partial:
+        for s in _users(fn, name):
+            is_copy = isinstance(s, Assign) and isinstance(s.value, ir.Use) and s.target in partial
+            if not is_copy and id(s) not in chain:
+                return None
+    if any(isinstance(op, Var) and op.name in partial for _, _, found in terms for op in found):
+        return None
+    return chain, terms, defs, uses
+
+
+def _rewrite(fn, p, plan):
+    chain, terms, defs, uses = plan
+    for bid, tuple_stmt, found in terms:
+        blk = fn.blocks[bid]
+        stmts = [s for s in blk.stmts if id(s) not in chain]
+        extra = []
+        for op in found:
+            d = defs.get(op.name) if isinstance(op, Var) else None
+            call = d[1] if d is not None and d[0] == bid else None
+            at = next((i for i, s in enumerate(stmts) if s is call), None)
+            if at is not None and isinstance(call, Assign) and \
+                    isinstance(call.value, ir.Call) and call.value.star_args is None and \
+                    call.value.star_kwargs is None and uses[op.name] == 1:
+                stmts[at] = DeferredCall(p, call.value.func, list(call.value.args),
+                                                        dict(call.value.kwargs), lineno=call.lineno)
+            else:
+                extra.append(Accumulate(p, op, lineno=tuple_stmt.lineno))
+        at = next(i for i, s in enumerate(stmts) if s is tuple_stmt)
+        stmts[at:at] = extra
+        items = list(tuple_stmt.value.items)
+        items[p] = Const(None)
+        tuple_stmt.value = ir.BuildTuple(items)
+        blk.stmts = stmts
