@@ -71,6 +71,7 @@ def recognize_sums(fn: FunctionIR) -> tuple:
     sites = [blk.term for blk in fn.blocks.values() if isinstance(blk.term, Recurse)]
     if not sites:
         return ()
+    _spell_out_constant_returns(fn)
     defs, uses = _defs_and_uses(fn)
     returns = []
     for bid, blk in fn.blocks.items():
@@ -101,6 +102,17 @@ def recognize_sums(fn: FunctionIR) -> tuple:
     for p, plan in plans:
         _rewrite(fn, p, plan)
     return tuple(p for p, _ in plans)
+
+
+def _spell_out_constant_returns(fn):
+    """``return (1, 0.0)`` arrives as one constant: make it a tuple display of constants."""
+    for bid, blk in fn.blocks.items():
+        t = blk.term
+        if isinstance(t, ir.Return) and isinstance(t.value, Const) and type(t.value.value) is tuple:
+            name = f"$return{bid}"
+            blk.stmts.append(Assign(name, ir.BuildTuple([Const(v) for v in t.value.value]),
+                                    lineno=t.lineno))
+            t.value = Var(name)
 
 
 def _defs_and_uses(fn):
