@@ -159,6 +159,9 @@ def merge(values, counts, name: str = "a value", disjoint: bool = True):
         # tuples of results: merge position by position (no tree walk)
         items = [merge([v[i] for v in values], counts, name, disjoint) for i in range(len(first))]
         return kind(items)
+    if isinstance(first, tuple) and hasattr(kind, "_fields") and all(type(v) is kind for v in values):
+        # NamedTuples (per-example records such as trees): field by field
+        return kind(*[merge([v[i] for v in values], counts, name, disjoint) for i in range(len(first))])
     if type(first) is Batched and mappable(first) and all(v is first for v in values[1:]):
         values = [as_mapped(first)] * len(values)   # one lane's data for several groups: map it
     elif type(first) is Ragged and type(first.data) is np.ndarray and all(v is first for v in values[1:]):
@@ -173,6 +176,7 @@ def merge(values, counts, name: str = "a value", disjoint: bool = True):
         if all(_same(values[0], v) for v in values[1:]):
             return values[0]
     if any(type(v) is LaneMapped for v in values):
+        values = _as_mapped_like(values)
         if all(type(v) is LaneMapped for v in values):
             return values[0]._spmd_merge_lanes(values[1:], counts)
         values = [v.materialize() if type(v) is LaneMapped else v for v in values]
@@ -202,6 +206,20 @@ def merge(values, counts, name: str = "a value", disjoint: bool = True):
     raise VaryingValueError(
         f"{name} holds different non-array objects ({', '.join(kinds)}) in different examples "
         f"where control flow joins", hint="Only numbers and arrays can differ between examples.")
+
+
+def _as_mapped_like(values):
+    """Values that are a LaneMapped's own base data (the lanes it was mapped from) viewed
+    through the identity map, so merging them with it maps instead of copying."""
+    lm = next(v for v in values if type(v) is LaneMapped)
+    out = []
+    for v in values:
+        kind = type(v)
+        if (kind is Batched and lm.lengths is None or kind is Ragged and v.lengths is lm.lengths) \
+                and v.data is lm.base:
+            v = LaneMapped(lm.base, np.arange(lm.base.shape[0]), lm.lengths)
+        out.append(v)
+    return out
 
 
 def _merge_cells(cells, counts, name):
