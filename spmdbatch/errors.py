@@ -43,6 +43,12 @@ class VaryingValueError(SpmdError):
     """A varying (per-example) value was used where Python needs one concrete value."""
 
 
+class UnmergeableGroups(VaryingValueError):
+    """Lane groups meeting at one point hold values that cannot become one batched value
+    (different non-array objects, loops at different positions). The scheduler then runs the
+    groups separately; where they must become one value (a return), the message says why."""
+
+
 class BatchSizeError(SpmdError):
     """Batched arguments disagree on the batch size, or a ragged list is inconsistent."""
 

@@ -256,3 +256,15 @@ def _take_lanes_vjp(g, ans, x, lanes):
 
 
 defvjp(P.take_lanes, _take_lanes_vjp)
+
+
+def _gather_lanes_vjp(pos, g, ans, *sources, parts):
+    x = sources[pos]
+    out_pos, rows = parts[pos]
+    values = g[out_pos]
+    if values.dtype != x.dtype:
+        values = values.astype(x.dtype)
+    return SparseRows.rows(np.shape(x), rows, values, unique=True)
+
+
+defvjp_variadic(P.gather_lanes, _gather_lanes_vjp)

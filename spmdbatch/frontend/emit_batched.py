@@ -210,7 +210,7 @@ class BatchedEmitter(PlainEmitter):
         env = "(" + "".join(self.v(n) + ", " for n in self.env[t.cont] if n not in targets) + ")"
         self.w.line(f"{self.F}.recurse({self.sched.position[t.cont]}, {self.L}, {self.N}, {calls}, "
                     f"{arg_lists}, {kw}, {env}, {len(targets) > 1 or isinstance(t.call, FusedCall)}, "
-                    f"{self.names.helper('recursion')})")
+                    f"{self.names.helper('recursion')}, {self.names.helper('g')})")
 
     def term_Return(self, bid, t):
         if self.straight:
@@ -312,5 +312,5 @@ class BatchedEmitter(PlainEmitter):
         entry_env = self.env[self.fn.entry]
         argnames = list(self.fn.argnames)
         return (self.fn.code, self.sched.position[self.fn.entry],
-                tuple(argnames.index(n) for n in entry_env))
+                tuple(argnames.index(n) if n in argnames else -1 for n in entry_env))
 

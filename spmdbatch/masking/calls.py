@@ -252,7 +252,13 @@ def call_fused(funcs, args, kwargs):
     merged_kw = {key: merge([k[key] for k in kwargs], counts, f"argument {key!r}", disjoint=False)
                  for key in kwargs[0]}
     STATS.record_fused(len(funcs))
-    result = _TRANSFORMER(target)(*self_arg, *merged, **merged_kw)
+    saved = STATE.lanes
+    # lane i of the fused call is lane i % n of the caller (errors name the right examples)
+    STATE.lanes = np.tile(np.arange(n) if saved is None else saved, len(funcs))
+    try:
+        result = _TRANSFORMER(target)(*self_arg, *merged, **merged_kw)
+    finally:
+        STATE.lanes = saved
     return tuple(take(result, np.arange(i * n, (i + 1) * n), {}) for i in range(len(funcs)))
 
 

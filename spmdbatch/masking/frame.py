@@ -18,14 +18,15 @@ A group is ``(lanes, count, env)``: `lanes` are the group's positions in the cal
 """
 from __future__ import annotations
 
+import copy
 from types import FunctionType
 
 import numpy as np
 
-from ..errors import LaneError, SpmdError
+from ..errors import LaneError, SpmdError, UnmergeableGroups
 from ..runtime import primitives as P
 from ..runtime.batched import Batched, user_frame
-from .lanes import is_varying, merge, take
+from .lanes import UNDEFINED, _lane_data, fresh, is_varying, merge, take
 from .stats import STATS
 
 
@@ -72,7 +73,7 @@ def count_call(function, *args):
         from .lanes import lane_count
         n = lane_count(*args)
         frame = STATE.frame
-        skipped = 0 if frame is None or STATE.lanes is None else frame.n - len(STATE.lanes)
+        skipped = 0 if frame is None or STATE.lanes is None else max(0, frame.n - len(STATE.lanes))
         STATS.record_call(function, n, skipped)
 
 
@@ -98,7 +99,7 @@ class Frame:
         STATE.frame = self
         if STATS.active is not None:
             skipped = 0 if self.parent is None or self.parent_lanes is None else \
-                self.parent.n - len(self.parent_lanes)
+                max(0, self.parent.n - len(self.parent_lanes))
             STATS.record_call(function, n, skipped)
 
     # --- moving groups ----------------------------------------------------------------------
@@ -144,13 +145,13 @@ class Frame:
         rec.returned(np.arange(n) if lanes is None else lanes, n, value)
 
     # --- recursion scheduled by height (frontend/recursion.py) ---------------------------------
-    def recurse(self, cont, lanes, n, funcs, args, kwargs, env, fused, spec):
+    def recurse(self, cont, lanes, n, funcs, args, kwargs, env, fused, spec, globals_):
         """Calls of the function to itself from the running group: the callee lanes join this
         frame at the entry block and the group waits at block `cont` for their results. Calls
         of any other function run now (as ordinary batched calls) and the group goes on."""
         code, entry, entry_args = spec
         if n == 0 or any(kwargs) or not all(type(f) is FunctionType and f.__code__ is code
-                                            for f in funcs):
+                                            and f.__globals__ is globals_ for f in funcs):
             from .calls import call, call_fused
             if fused:
                 results = call_fused(funcs, args, kwargs)
@@ -169,12 +170,15 @@ class Frame:
         ids = np.arange(self.n) if lanes is None else lanes
         callees = rec.start(ids, m)
         arity = len(args[0])
+        # (one call: the callee lanes get their own copies of the caller's varying objects,
+        # since one object in two groups of the frame would read as uniform)
         merged = [merge([a[i] for a in args], [n] * m, f"argument {i}", disjoint=False)
-                  for i in range(arity)] if m > 1 else list(args[0])
+                  for i in range(arity)] if m > 1 else [fresh(a) for a in args[0]]
         if STATS.active is not None:
             STATS.record_call(code.co_qualname if hasattr(code, "co_qualname") else code.co_name,
                               m * n, 0)
-        self.jump(entry, callees.reshape(-1), m * n, tuple(merged[i] for i in entry_args))
+        self.jump(entry, callees.reshape(-1), m * n,
+                  tuple(merged[i] if i >= 0 else UNDEFINED for i in entry_args))
         rec.park(cont, ids, env, callees)
 
     # --- sums over the recursion (frontend/reduction.py) ------------------------------------------
@@ -272,7 +276,12 @@ class Frame:
         if len(groups) == 1:
             lanes, n, env = groups[0]
         else:
-            lanes, n, env = self._merge(block, groups)
+            try:
+                lanes, n, env = self._merge(block, groups)
+            except UnmergeableGroups:
+                # (different loop iterators, say): run one group now, the others after it
+                (lanes, n, env), rest = groups[0], groups[1:]
+                fwd.setdefault(block, []).extend(rest)
         # (a permutation of all lanes is complete; once callee lanes joined, no group is)
         STATE.partial = self.base_partial or n != self.n or self.recursion is not None
         STATE.lanes = lanes
@@ -329,8 +338,10 @@ class Frame:
         indices of the outermost @spmd call) when only some examples raise it."""
         if isinstance(exc, type):
             exc = exc()
-        if n == self.n and not self.base_partial and self.recursion is None:
-            raise exc
+        if not self.base_partial and (
+                n == self.n if self.recursion is None else
+                len(np.unique(self.recursion.origin[np.arange(n) if lanes is None else lanes])) == self.n):
+            raise exc                         # every example raises it
         which = self.batch_indices(np.arange(n) if lanes is None else lanes)
         filename, lineno = user_frame(2)
         raise LaneError(f"{type(exc).__name__}{': ' + str(exc) if str(exc) else ''} (raised in "
@@ -346,7 +357,7 @@ class Frame:
             if frame.parent_lanes is not None:
                 idx = frame.parent_lanes[idx]
             frame = frame.parent
-        return [int(i) for i in idx]
+        return sorted({int(i) for i in np.asarray(idx).reshape(-1)})
 
 
 def _term_data(value, n):
@@ -376,21 +387,21 @@ class _Recursion:
 
     Lanes ``0..n-1`` are the frame's own (its caller's); each recursive call numbers its
     callee lanes next. `origin` maps every lane to the frame's own lane it descends from
-    (errors name batch examples through it). Returned values are kept in one lane-major
-    `store` (row `row_of[lane]`), grown by concatenation when parked lanes resume. A parked
-    group keeps its environment whole; `pending` marks its lanes still waiting.
+    (errors name batch examples through it). Each group's returned value is kept as it came
+    (a *chunk*); lane i returned row `row_of[i]` of chunk `chunk_of[i]`. Parked lanes get their
+    callees' results gathered from the chunks in one step per value (no growing copies).
+    A parked group keeps its environment whole; `pending` marks its lanes still waiting.
     """
 
-    __slots__ = ("n", "total", "origin", "parked", "pool", "store", "stored", "row_of")
+    __slots__ = ("n", "total", "origin", "parked", "chunks", "chunk_of", "row_of")
 
     def __init__(self, n):
         self.n = n
         self.total = n
         self.origin = np.arange(n)
         self.parked = []          # [cont, lanes, env, varying slots, callees (calls x lanes), pending]
-        self.pool = []            # returned (lanes, n, value) not yet in the store
-        self.store = None
-        self.stored = 0
+        self.chunks = []          # (value, lane count) of every returning group
+        self.chunk_of = np.full(n, -1)
         self.row_of = np.full(n, -1)
 
     def start(self, lanes, m):
@@ -399,27 +410,44 @@ class _Recursion:
         callees = np.arange(self.total, self.total + m * k).reshape(m, k)
         self.total += m * k
         self.origin = np.concatenate([self.origin, np.tile(self.origin[lanes], m)])
+        self.chunk_of = np.concatenate([self.chunk_of, np.full(m * k, -1)])
         self.row_of = np.concatenate([self.row_of, np.full(m * k, -1)])
         return callees
 
     def park(self, cont, lanes, env, callees):
         varying = tuple(is_varying(v) for v in env)
+        env = _own_iterators(env, varying)
         self.parked.append([cont, lanes, env, varying, callees, np.ones(len(lanes), dtype=bool)])
 
     def returned(self, lanes, n, value):
-        self.pool.append((lanes, n, value))
+        self.chunk_of[lanes] = len(self.chunks)
+        self.row_of[lanes] = np.arange(n)
+        self.chunks.append((value, n))
 
-    def _fill_store(self):
-        pool = self.pool
-        values = ([self.store] if self.store is not None else []) + [p[2] for p in pool]
-        counts = ([self.stored] if self.store is not None else []) + [p[1] for p in pool]
-        self.store = values[0] if len(values) == 1 else merge(values, counts, "the return value")
-        row = self.stored
-        for lanes, n, _ in pool:
-            self.row_of[lanes] = np.arange(row, row + n)
-            row += n
-        self.stored = row
-        self.pool = []
+    def gather(self, ids):
+        """The returned values of lanes `ids`, in that order."""
+        which, rows = self.chunk_of[ids], self.row_of[ids]
+        involved = np.unique(which)
+        if len(involved) == 1:
+            value, n = self.chunks[int(involved[0])]
+            if len(rows) == n and np.array_equal(rows, np.arange(n)):
+                return value
+            return take(value, rows, {})
+        parts = []
+        for c in involved:
+            pos = np.flatnonzero(which == c)
+            parts.append((pos, rows[pos]))
+        return _gather([self.chunks[int(c)][0] for c in involved],
+                       [self.chunks[int(c)][1] for c in involved], parts, len(ids))
+
+    def result(self, returns):
+        """The returned values of the frame's own lanes (plus `returns`, made before the
+        first recursive call), in lane order."""
+        for lanes, n, value in returns:
+            self.returned(np.arange(n) if lanes is None else lanes, n, value)
+        if self.chunk_of[:self.n].min(initial=0) < 0:
+            raise AssertionError("batched call finished without a return")
+        return self.gather(np.arange(self.n))
 
     def _consolidate(self):
         """Merge the parked groups of each continuation into one (they arrive one per
@@ -435,34 +463,22 @@ class _Recursion:
                 merged.append(groups[0])
                 continue
             counts = [len(g[1]) for g in groups]
-            env = tuple(merge([g[2][i] for g in groups], counts, "a variable")
-                        for i in range(len(groups[0][2])))
+            try:
+                env = tuple(merge([g[2][i] for g in groups], counts, "a variable")
+                            for i in range(len(groups[0][2])))
+            except UnmergeableGroups:
+                merged.extend(groups)
+                continue
             merged.append([cont, np.concatenate([g[1] for g in groups]), env,
                            tuple(is_varying(v) for v in env),
                            np.concatenate([g[4] for g in groups], axis=1),
                            np.concatenate([g[5] for g in groups])])
         self.parked = merged
 
-    def result(self, returns):
-        """The returned values of the frame's own lanes (plus `returns`, made before the
-        first recursive call), in lane order."""
-        for lanes, n, value in returns:
-            self.returned(np.arange(n) if lanes is None else lanes, n, value)
-        if self.pool:
-            self._fill_store()
-        rows = self.row_of[:self.n]
-        if rows.min(initial=0) < 0:
-            raise AssertionError("batched call finished without a return")
-        if np.array_equal(rows, np.arange(self.stored)):
-            return self.store
-        return take(self.store, rows, {})
-
     def resume(self):
         """(cont, lanes, n, env + results) of the parked lanes whose callees all returned: one
-        group per continuation block, each result gathered from the store in one step."""
-        if self.pool:
-            self._fill_store()
-        done = self.row_of >= 0
+        group per continuation block, each result gathered in one step."""
+        done = self.chunk_of >= 0
         pieces: dict = {}
         self._consolidate()
         for group in self.parked:
@@ -474,7 +490,8 @@ class _Recursion:
             pending[idx] = False
             if len(idx) < len(lanes):
                 memo: dict = {}
-                env = tuple(take(v, idx, memo) if var else v for v, var in zip(env, varying))
+                env = _own_iterators(tuple(take(v, idx, memo) if var else v
+                                           for v, var in zip(env, varying)), varying)
                 lanes, callees = lanes[idx], callees[:, idx]
             pieces.setdefault(cont, []).append((lanes, len(idx), env, callees))
         self.parked = [g for g in self.parked if g[5].any()]
@@ -482,14 +499,65 @@ class _Recursion:
             raise AssertionError("recursive calls are waiting but no lane can run")
         out = []
         for cont, parts in pieces.items():
-            if len(parts) == 1:
-                lanes, k, env, callees = parts[0]
-            else:
+            if len(parts) > 1:
                 counts = [p[1] for p in parts]
-                lanes, k = np.concatenate([p[0] for p in parts]), sum(counts)
-                env = tuple(merge([p[2][i] for p in parts], counts, "a variable")
-                            for i in range(len(parts[0][2])))
-                callees = np.concatenate([p[3] for p in parts], axis=1)
-            results = tuple(take(self.store, self.row_of[c], {}) for c in callees)
-            out.append((cont, lanes, k, env + results))
+                try:
+                    env = tuple(merge([p[2][i] for p in parts], counts, "a variable")
+                                for i in range(len(parts[0][2])))
+                    parts = [(np.concatenate([p[0] for p in parts]), sum(counts), env,
+                              np.concatenate([p[3] for p in parts], axis=1))]
+                except UnmergeableGroups:
+                    pass                        # the groups go on separately
+            for lanes, k, env, callees in parts:
+                results = tuple(self.gather(c) for c in callees)
+                out.append((cont, lanes, k, env + results))
         return out
+
+
+def _own_iterators(env, varying):
+    """`env` with a copy of every native iterator (a `for` loop over a uniform sequence).
+
+    Groups of lanes normally advance such an iterator together (a loop's lanes meet at its
+    header), but parked lanes resume at other times than the rest of their group, so they
+    must not share its position."""
+    if not any(hasattr(type(v), "__next__") for v, var in zip(env, varying) if not var):
+        return env
+    copies: dict = {}
+    out = []
+    for v, var in zip(env, varying):
+        if not var and hasattr(type(v), "__next__"):
+            if id(v) not in copies:
+                try:
+                    copies[id(v)] = copy.copy(v)
+                except TypeError:
+                    filename, lineno = user_frame(4)
+                    raise SpmdError(f"a recursive call inside a loop over a {type(v).__name__}",
+                                    filename, lineno,
+                                    "Loop over a list, tuple or range (their position can be "
+                                    "copied for lanes that resume at different times).") from None
+            v = copies[id(v)]
+        out.append(v)
+    return tuple(out)
+
+
+def _gather(values, counts, parts, size):
+    """Rows ``parts[i] = (output positions, rows)`` of lane groups `values` (pytrees of one
+    structure): arrays in one `gather_lanes` step, other per-lane values by merge and take."""
+    first = values[0]
+    if all(v is first for v in values[1:]) and not is_varying(first):
+        return first
+    kind = type(first)
+    if (kind is tuple or kind is list) and all(type(v) is kind and len(v) == len(first) for v in values):
+        return kind(_gather([v[i] for v in values], counts, parts, size) for i in range(len(first)))
+    if any(type(v) is Batched for v in values) and \
+            all(type(v) is Batched or isinstance(v, (bool, int, float, complex, np.generic, np.ndarray))
+                for v in values):
+        datas = [_lane_data(v, n) for v, n in zip(values, counts)]
+        return Batched(P.gather_lanes(*datas, parts=tuple(parts)))
+    merged = merge(values, counts, "the return value")
+    order = np.empty(size, dtype=np.intp)
+    offset = 0
+    for (pos, rows), n in zip(parts, counts):
+        order[pos] = offset + rows
+        offset += n
+    return take(merged, order, {})

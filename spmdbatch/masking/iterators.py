@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import VaryingValueError
+from ..errors import UnmergeableGroups, VaryingValueError
 from ..runtime.batched import Batched, user_frame
 from ..runtime.mapped import LaneMapped
 from ..runtime.ragged import Ragged
@@ -101,7 +101,7 @@ class LaneSequenceIterator:
     def _spmd_merge_lanes(self, others, counts):
         group = [self] + list(others)
         if any(it.position != self.position for it in group):
-            raise AssertionError("lanes of one for loop at different positions")
+            raise UnmergeableGroups("lanes of one for loop at different positions")
         return LaneSequenceIterator(merge([it.items for it in group], counts), self.position)
 
     def next(self):

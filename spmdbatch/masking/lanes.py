@@ -16,7 +16,7 @@ from types import CellType, FunctionType
 
 import numpy as np
 
-from ..errors import VaryingValueError
+from ..errors import UnmergeableGroups, VaryingValueError
 from ..runtime import primitives as P
 from ..runtime import pytree
 from ..ad.tracer import Tracer
@@ -125,6 +125,28 @@ def take(value, idx, memo=None):
     return value
 
 
+def fresh(value):
+    """`value` with new objects wherever it holds per-lane data (the same lanes, the same
+    arrays): a group of new lanes may then hold it without sharing objects with the group
+    it came from."""
+    kind = type(value)
+    if kind is Batched:
+        return Batched(value.data)
+    if kind is Ragged:
+        return Ragged(value.data, value.lengths)
+    if kind is LaneMapped:
+        return LaneMapped(value.base, value.index, value.lengths)
+    if kind in _PLAIN_LEAVES or kind is Tracer or not is_varying(value):
+        return value
+    if kind is tuple or kind is list:
+        return kind(fresh(v) for v in value)
+    if isinstance(value, tuple) and hasattr(kind, "_fields"):
+        return kind(*[fresh(v) for v in value])
+    if kind is dict:
+        return {k: fresh(v) for k, v in value.items()}
+    return take(value, np.arange(lane_count(value)), {})
+
+
 def _rebuild_function(fn, closure):
     new = FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, closure)
     new.__kwdefaults__ = fn.__kwdefaults__
@@ -197,13 +219,13 @@ def merge(values, counts, name: str = "a value", disjoint: bool = True):
         flat = [pytree.flatten(v) for v in values]
         treedef = flat[0][1]
         if any(f[1] != treedef for f in flat[1:]):
-            raise VaryingValueError(
+            raise UnmergeableGroups(
                 f"{name} holds containers of different structure in different examples where "
                 f"control flow joins", hint="Give it the same structure (length, keys) on every path.")
         return treedef.unflatten([merge([f[0][i] for f in flat], counts, name, disjoint)
                                   for i in range(len(flat[0][0]))])
     kinds = sorted({type(v).__name__ for v in values})
-    raise VaryingValueError(
+    raise UnmergeableGroups(
         f"{name} holds different non-array objects ({', '.join(kinds)}) in different examples "
         f"where control flow joins", hint="Only numbers and arrays can differ between examples.")
 

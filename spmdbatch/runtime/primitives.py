@@ -287,3 +287,22 @@ def _take_lanes(x, lanes):
 
 take_lanes = primitive("take_lanes", _take_lanes)
 """``x[lanes]`` along the batch axis, for lane indices without repeats (compaction, merges)."""
+
+
+def _gather_lanes(*sources, parts):
+    """Rows of several lane-major sources: ``out[pos] = sources[i][rows]`` for each
+    ``parts[i] = (pos, rows)`` (positions cover the output exactly once)."""
+    first = sources[0]
+    xp = namespace(first)
+    size = 0
+    for pos, _ in parts:
+        size += len(pos)
+    dtype = xp.result_type(*[s.dtype for s in sources]) if len(sources) > 1 else first.dtype
+    out = xp.empty((size,) + tuple(first.shape[1:]), dtype=dtype)
+    for src, (pos, rows) in zip(sources, parts):
+        out[pos] = src[rows]
+    return out
+
+
+gather_lanes = primitive("gather_lanes", _gather_lanes)
+"""Lanes gathered from several lane-major arrays at once (returns of recursive calls)."""

@@ -517,6 +517,21 @@ def _take_lanes(data):
     return (lambda x: P.take_lanes(x, lanes)), (data.draw(array(shape)),)
 
 
+@case("gather_lanes", "P.gather_lanes: rows of several sources, no repeats within a source")
+def _gather_lanes(data):
+    tail = data.draw(st.sampled_from([(), (2,), (2, 3)]), label="tail")
+    sizes = data.draw(st.lists(st.integers(1, 4), min_size=1, max_size=3), label="sizes")
+    picks = [np.array(data.draw(st.permutations(range(n)))[:data.draw(st.integers(1, n))], dtype=np.intp)
+             for n in sizes]
+    order = np.array(data.draw(st.permutations(range(sum(len(p) for p in picks)))), dtype=np.intp)
+    parts, start = [], 0
+    for rows in picks:
+        parts.append((order[start:start + len(rows)], rows))
+        start += len(rows)
+    sources = tuple(data.draw(array((n,) + tail)) for n in sizes)
+    return (lambda *xs: P.gather_lanes(*xs, parts=tuple(parts))), sources
+
+
 @case("matmul_t", "P.matmul_t: x @ w.T with leading axes on x")
 def _matmul_t(data):
     lead = data.draw(st.sampled_from([(), (2,), (3, 2)]), label="lead")
