@@ -21,6 +21,7 @@ import numpy as np
 from .errors import BatchSizeError
 from .frontend.transform import batched_version, program_of
 from .masking.frame import STATE
+from .masking.lanes import UNIFORM_OBJECTS, forget_uniform_objects
 from .runtime import primitives as P
 from .runtime import pytree
 from .runtime.backend import namespace
@@ -64,10 +65,14 @@ class SpmdFunction:
                     "Every batched argument needs the same leading (batch) axis length.")
         saved = (STATE.partial, STATE.frame, STATE.lanes)
         STATE.partial, STATE.frame, STATE.lanes = False, None, None
+        forget_uniform_objects()
+        UNIFORM_OBJECTS.active += 1
         try:
             out = batched_version(self.fn)(*wrapped, **wrapped_kw)
         finally:
             STATE.partial, STATE.frame, STATE.lanes = saved
+            UNIFORM_OBJECTS.active -= 1
+            forget_uniform_objects()
         return pytree.tree_map(lambda leaf: _unwrap(leaf, batch), out)
 
 

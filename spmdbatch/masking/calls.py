@@ -28,7 +28,7 @@ from ..runtime.ragged import Ragged
 from ..runtime import primitives as P
 from .frame import STATE
 from .iterators import batched_range
-from .lanes import is_varying, lane_count, merge, take
+from .lanes import forget_uniform_objects, is_varying, lane_count, merge, take
 from .stats import STATS
 
 _TRANSFORMER = None   # set by the frontend: transformer(fn, varying_pattern) -> batched function
@@ -87,12 +87,14 @@ def store_attr(obj, name, value):
     if STATE.partial:
         _refuse_divergent(f"assignment to attribute .{name} of a {type(obj).__name__}",
                           "Keep per-example state in local variables and return it.")
+    forget_uniform_objects()
     setattr(obj, name, value)
 
 
 def del_attr(obj, name):
     if STATE.partial:
         _refuse_divergent(f"deletion of attribute .{name}", "Move it out of the data-dependent branch.")
+    forget_uniform_objects()
     delattr(obj, name)
 
 
@@ -166,6 +168,8 @@ def _len(value):
 _SPECIAL = {
     np.zeros: _creator(0), np.ones: _creator(1), np.empty: _creator(None), np.full: _creator("full"),
     builtins.len: _len,
+    builtins.setattr: lambda obj, name, value: store_attr(obj, name, value),
+    builtins.delattr: lambda obj, name: del_attr(obj, name),
     builtins.range: batched_range,
     builtins.min: _extreme(builtins.min, P.minimum),
     builtins.max: _extreme(builtins.max, P.maximum),

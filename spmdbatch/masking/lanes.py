@@ -42,6 +42,21 @@ _SCALARS = (int, float, bool, complex, str, bytes, type(None), np.integer, np.fl
 _PLAIN_LEAVES = (float, int, bool, str, np.ndarray, type(None), np.float32, np.float64, np.int64)
 
 
+class _UniformObjects(dict):
+    """id -> object: parameter containers (dataclass-like objects) found uniform during the
+    running @spmd call, so they are walked once per call. Only filled while an @spmd call
+    runs (`active`); emptied when one starts and ends and when batch code assigns or deletes
+    an attribute (`forget_uniform_objects`)."""
+    active = 0
+
+
+UNIFORM_OBJECTS = _UniformObjects()
+
+
+def forget_uniform_objects():
+    UNIFORM_OBJECTS.clear()
+
+
 def is_varying(value, _seen=None) -> bool:
     """True if `value` holds per-lane data anywhere (containers, closure cells included)."""
     kind = type(value)
@@ -56,7 +71,17 @@ def is_varying(value, _seen=None) -> bool:
     if hasattr(value, "_spmd_take_lanes"):
         return True
     if hasattr(kind, "__dataclass_fields__") and hasattr(value, "__dict__"):
-        return any(is_varying(v, _seen) for v in vars(value).values())   # modules: no tree walk
+        if id(value) in UNIFORM_OBJECTS:
+            return False
+        fields = vars(value).values()
+        if any(is_varying(v, _seen) for v in fields):   # modules: no tree walk
+            return True
+        # only objects of arrays, numbers and such objects are remembered: a list or dict
+        # field could change in place without an attribute assignment
+        if UNIFORM_OBJECTS.active and all(type(v) in _PLAIN_LEAVES or type(v) is Tracer
+                                          or id(v) in UNIFORM_OBJECTS for v in fields):
+            UNIFORM_OBJECTS[id(value)] = value
+        return False
     if kind is CellType or kind is FunctionType:
         _seen = set() if _seen is None else _seen
         if id(value) in _seen:

@@ -298,3 +298,30 @@ def test_repeated_value_and_grad_does_not_grow_memory():
     assert after - before < 1_000_000, f"memory grew by {after - before} bytes"
     assert peak - before < 1_000_000, f"peak memory {peak - before} bytes above the start"
     assert np.isfinite(value) and grads["W"].shape == (4, 3)
+
+
+def _live_tapes():
+    import gc
+    from spmdbatch.ad.tape import Tape
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if type(o) is Tape)
+
+
+def test_finished_differentiation_keeps_no_tape_alive():
+    # module calls inside and outside @spmd must not keep the traced model (and with it the
+    # whole tape) reachable after value_and_grad returns
+    from spmdbatch import nn
+    model = nn.Chain([nn.Linear(3, 4, rng=0), np.tanh, nn.Linear(4, 2, rng=1)])
+    x = np.random.default_rng(0).standard_normal((5, 3))
+
+    def outside(m):
+        return np.sum(m(x))
+
+    def inside(m):
+        return sb.spmd(lambda m, row: m(row), in_axes=(None, 0))(m, x).sum()
+
+    before = _live_tapes()
+    for loss in (outside, inside, outside):
+        for _ in range(3):
+            sb.value_and_grad(loss)(model)
+    assert _live_tapes() == before

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import spmdbatch as sb
+from spmdbatch import nn
 from oracle import check_batched, check_batched_grad
 
 rng = np.random.default_rng(0)
@@ -549,3 +550,29 @@ def shared_list_after_join(x):
 
 def test_uniform_list_keeps_its_identity_across_joins():
     check_batched(shared_list_after_join, X)
+
+
+class _Holder(nn.Module):
+    w: object
+
+    def __init__(self, w):
+        self.w = w
+
+    def scaled(self):
+        if self.w > 1.0:
+            return self.w * 2
+        return self.w
+
+
+def _reassigns_attribute(m, x):
+    a = m.scaled()            # uniform receiver (its uniformity is remembered during the call)
+    m.w = x                   # now it holds a per-example value
+    b = m.scaled()
+    setattr(m, "w", x + 1)
+    return a + b + m.scaled()
+
+
+def test_object_made_varying_by_attribute_assignment_is_seen_as_varying():
+    xs = np.array([0.5, 3.0, 1.5])
+    got = sb.spmd(_reassigns_attribute, in_axes=(None, 0))(_Holder(2.0), xs)
+    np.testing.assert_allclose(got, [_reassigns_attribute(_Holder(2.0), x) for x in xs])
