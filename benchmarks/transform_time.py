@@ -43,6 +43,7 @@ def load_corpus():
         sys.path.insert(0, str(CORPUS_DIR))
     spec = importlib.util.spec_from_file_location("spmd_test_corpus", CORPUS_DIR / "test_corpus.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module        # (dataclasses look their module up while it loads)
     spec.loader.exec_module(module)
     return module
 
