@@ -178,7 +178,13 @@ class BatchedEmitter(PlainEmitter):
             return
         method = "jump_back" if self._is_back(src, target) else "jump"
         pos = self.sched.position[target]
-        self.w.line(f"{self.F}.{method}({pos}, {self.L}, {self.N}, {self._env_tuple(target, args)})")
+        E = self.names.helper("E")
+        self.w.line(f"{E} = {self._env_tuple(target, args)}")
+        # the only group of the call goes on at once (no scheduling, nothing to merge with)
+        self.w.line(f"if not {self.F}.fwd and not {self.F}.back:")
+        self.w.line(f"    {self.names.helper('blk')} = {pos}")
+        self.w.line("    continue")
+        self.w.line(f"{self.F}.{method}({pos}, {self.L}, {self.N}, {E})")
 
     def _branch(self, src, cond, t_target, t_args, f_target, f_args, t_override=None, f_override=None):
         t_pos, f_pos = self.sched.position[t_target], self.sched.position[f_target]
@@ -187,7 +193,16 @@ class BatchedEmitter(PlainEmitter):
         flags = ""
         if self._is_back(src, t_target) or self._is_back(src, f_target):
             flags = f", {self._is_back(src, t_target)}, {self._is_back(src, f_target)}"
-        self.w.line(f"{self.F}.branch({cond}, {self.L}, {self.N}, {t_pos}, {t_env}, {f_pos}, {f_env}{flags})")
+        c, blk, E = self.names.helper("c"), self.names.helper("blk"), self.names.helper("E")
+        self.w.line(f"{c} = {cond}")
+        # a uniform condition and no other waiting group: go on at once, like plain Python
+        self.w.line(f"if type({c}) is not {self.h('Batched')} and not {self.F}.fwd and not {self.F}.back:")
+        self.w.line(f"    if {c}:")
+        self.w.line(f"        {blk}, {E} = {t_pos}, {t_env}")
+        self.w.line("    else:")
+        self.w.line(f"        {blk}, {E} = {f_pos}, {f_env}")
+        self.w.line("    continue")
+        self.w.line(f"{self.F}.branch({c}, {self.L}, {self.N}, {t_pos}, {t_env}, {f_pos}, {f_env}{flags})")
 
     def term_Branch(self, bid, t):
         self._branch(bid, self.op(t.cond), t.true_target, t.true_args, t.false_target, t.false_args)
@@ -270,13 +285,14 @@ class BatchedEmitter(PlainEmitter):
         entry_env = "(" + "".join(n + ", " for n in [self.v(n) for n in self.env[fn.entry]]
                                   + [self.cell(c) for c in self.cells]) + ")"
         out.append(f"{F}.jump({sched.position[fn.entry]}, None, {F}.n, {entry_env})")
+        out.append(f"{blk}, {L}, {N}, {E} = {F}.pop()")
         out.append("while True:")
-        out.append(f"    {blk}, {L}, {N}, {E} = {F}.pop()")
         for i, (pos, lines) in enumerate(arms):
             out.append(f"    {'if' if i == 0 else 'elif'} {blk} == {pos}:")
             out.extend("        " + ln for ln in lines)
         out.append("    else:")
         out.append(f"        return {F}.result()")
+        out.append(f"    {blk}, {L}, {N}, {E} = {F}.pop()")
         return out
 
     def straight_body(self):

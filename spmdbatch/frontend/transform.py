@@ -18,6 +18,7 @@ import weakref
 
 from ..errors import HasExceptionHandling, UnsupportedConstruct, VaryingValueError
 from ..masking import calls, frame, iterators, lanes
+from ..runtime.batched import Batched
 from .emit_batched import BatchedEmitter
 from .emit_plain import _HELPERS as PLAIN_HELPERS
 from .fusion import fuse_calls
@@ -34,7 +35,7 @@ BATCH_HELPERS = {
     "store_global": calls.store_global, "del_global": calls.del_global,
     "store_nonlocal": calls.store_nonlocal, "call_fused": calls.call_fused,
     "inplace": calls.inplace, "raise_all_lanes": frame.raise_all_lanes,
-    "count_call": frame.count_call,
+    "count_call": frame.count_call, "Batched": Batched,
 }
 
 _LINE_COMMENT = re.compile(r"^\s*# (\d+): ")
