@@ -393,26 +393,37 @@ class _Recursion:
     A parked group keeps its environment whole; `pending` marks its lanes still waiting.
     """
 
-    __slots__ = ("n", "total", "origin", "parked", "chunks", "chunk_of", "row_of")
+    __slots__ = ("n", "total", "capacity", "_origin", "parked", "chunks", "_chunk_of", "_row_of")
 
     def __init__(self, n):
         self.n = n
         self.total = n
-        self.origin = np.arange(n)
+        self.capacity = max(4 * n, 64)
+        self._origin = np.zeros(self.capacity, dtype=np.intp)
+        self._origin[:n] = np.arange(n)
         self.parked = []          # [cont, lanes, env, varying slots, callees (calls x lanes), pending]
         self.chunks = []          # (value, lane count) of every returning group
-        self.chunk_of = np.full(n, -1)
-        self.row_of = np.full(n, -1)
+        self._chunk_of = np.full(self.capacity, -1, dtype=np.intp)
+        self._row_of = np.full(self.capacity, -1, dtype=np.intp)
+
+    # per-lane tables (grown by doubling): the example, returning chunk and row of each lane
+    origin = property(lambda self: self._origin[:self.total])
+    chunk_of = property(lambda self: self._chunk_of[:self.total])
+    row_of = property(lambda self: self._row_of[:self.total])
 
     def start(self, lanes, m):
         """Number the callee lanes of `m` calls made by `lanes`: an (m, len(lanes)) array."""
         k = len(lanes)
-        callees = np.arange(self.total, self.total + m * k).reshape(m, k)
-        self.total += m * k
-        self.origin = np.concatenate([self.origin, np.tile(self.origin[lanes], m)])
-        self.chunk_of = np.concatenate([self.chunk_of, np.full(m * k, -1)])
-        self.row_of = np.concatenate([self.row_of, np.full(m * k, -1)])
-        return callees
+        start, end = self.total, self.total + m * k
+        if end > self.capacity:
+            grow = max(end, 2 * self.capacity) - self.capacity
+            self._origin = np.concatenate([self._origin, np.zeros(grow, dtype=np.intp)])
+            self._chunk_of = np.concatenate([self._chunk_of, np.full(grow, -1, dtype=np.intp)])
+            self._row_of = np.concatenate([self._row_of, np.full(grow, -1, dtype=np.intp)])
+            self.capacity += grow
+        self._origin[start:end] = np.tile(self._origin[lanes], m)
+        self.total = end
+        return np.arange(start, end).reshape(m, k)
 
     def park(self, cont, lanes, env, callees):
         varying = tuple(is_varying(v) for v in env)
@@ -420,25 +431,31 @@ class _Recursion:
         self.parked.append([cont, lanes, env, varying, callees, np.ones(len(lanes), dtype=bool)])
 
     def returned(self, lanes, n, value):
-        self.chunk_of[lanes] = len(self.chunks)
-        self.row_of[lanes] = np.arange(n)
+        self._chunk_of[lanes] = len(self.chunks)
+        self._row_of[lanes] = np.arange(n)
         self.chunks.append((value, n))
 
     def gather(self, ids):
         """The returned values of lanes `ids`, in that order."""
         which, rows = self.chunk_of[ids], self.row_of[ids]
-        involved = np.unique(which)
-        if len(involved) == 1:
-            value, n = self.chunks[int(involved[0])]
+        if not len(which) or (which == which[0]).all():
+            value, n = self.chunks[int(which[0])] if len(which) else self.chunks[0]
             if len(rows) == n and np.array_equal(rows, np.arange(n)):
                 return value
             return take(value, rows, {})
-        parts = []
-        for c in involved:
-            pos = np.flatnonzero(which == c)
+        order = np.argsort(which, kind="stable")
+        ordered = which[order]
+        cuts = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
+        starts = [0] + cuts.tolist()
+        ends = cuts.tolist() + [len(order)]
+        parts, values, counts = [], [], []
+        for a, b in zip(starts, ends):
+            pos = order[a:b]
+            value, n = self.chunks[int(ordered[a])]
             parts.append((pos, rows[pos]))
-        return _gather([self.chunks[int(c)][0] for c in involved],
-                       [self.chunks[int(c)][1] for c in involved], parts, len(ids))
+            values.append(value)
+            counts.append(n)
+        return _gather(values, counts, parts, len(ids))
 
     def result(self, returns):
         """The returned values of the frame's own lanes (plus `returns`, made before the

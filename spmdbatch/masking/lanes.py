@@ -60,7 +60,7 @@ def forget_uniform_objects():
 def is_varying(value, _seen=None) -> bool:
     """True if `value` holds per-lane data anywhere (containers, closure cells included)."""
     kind = type(value)
-    if kind is Batched:
+    if kind is Batched or kind is LaneMapped:
         return True
     if kind in _PLAIN_LEAVES or kind is Tracer:
         return False
@@ -115,6 +115,8 @@ def take(value, idx, memo=None):
         if mappable(value):     # large raw per-lane data: map it instead of copying
             return LaneMapped(value.data, idx)
         return Batched(P.take_lanes(value.data, idx))
+    if kind is LaneMapped:
+        return LaneMapped(value.base, value.index[idx], value.lengths)
     hook = getattr(value, "_spmd_take_lanes", None)
     if hook is not None:
         return hook(idx)
@@ -199,9 +201,17 @@ def merge(values, counts, name: str = "a value", disjoint: bool = True):
     a varying object held by all of them is repeated for each group.
     """
     first = values[0]
+    kind = type(first)
+    # the common cases first: lane-mapped data of one base, batched arrays
+    if kind is LaneMapped and all(type(v) is LaneMapped and v.base is first.base for v in values):
+        if disjoint and all(v is first for v in values[1:]):
+            return first
+        return LaneMapped(first.base, np.concatenate([v.index for v in values]), first.lengths)
+    if kind is Batched and all(type(v) is Batched for v in values) and \
+            not all(v is first for v in values[1:]):
+        return Batched(P.concatenate(*[v.data for v in values], axis=0))
     if all(_same(first, v) for v in values[1:]) and (disjoint or not is_varying(first)):
         return first                       # (the same object stays the same object)
-    kind = type(first)
     if (kind is tuple or kind is list) and all(type(v) is kind and len(v) == len(first) for v in values):
         # tuples of results: merge position by position (no tree walk)
         items = [merge([v[i] for v in values], counts, name, disjoint) for i in range(len(first))]
