@@ -2,7 +2,9 @@
 
 Trees/s of a training pass (forward, backward, Adagrad step) over the first N SST training
 trees, float32, hidden 150, embedding 300, for each implementation and batch size, measured
-in one run with the repetitions interleaved; plus peak traced memory of one training step.
+in one run with the repetitions interleaved (the order of the implementations alternates
+between rounds, since which one ran just before changes the memory allocator's state); plus
+peak traced memory of one training step.
 
     python benchmarks/treelstm.py --data ../shared/data/sst
     python benchmarks/treelstm.py --backend cupy --batch-sizes 25,100,512   # on a GPU
@@ -60,7 +62,7 @@ def main(argv=None):
     ap.add_argument("--per-example-trees", type=int, default=100, help="trees per pass for per-example")
     ap.add_argument("--batch-sizes", default="25,100")
     ap.add_argument("--impls", default="spmd,handbatched,per-example")
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=4)
     ap.add_argument("--hidden", type=int, default=150)
     ap.add_argument("--embedding", type=int, default=300)
     ap.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
@@ -95,8 +97,8 @@ def main(argv=None):
             state = opt.init(model)
             step(model, state, trees[:bsz], np.arange(min(bsz, len(trees)), dtype=np.int64))  # warm-up
             memory[impl] = peak_memory_mb(step, model, state, trees[:bsz])
-        for _ in range(args.repeat):           # interleaved: every implementation once per round
-            for impl in impls:
+        for r in range(args.repeat):           # interleaved: every implementation once per round,
+            for impl in (impls if r % 2 == 0 else impls[::-1]):   # in alternating order
                 opt = T.make_optimizer(targs)
                 step, state = training_step(impl, opt), opt.init(model)
                 subset = trees[:counts[impl]]
