@@ -4,7 +4,10 @@
   branches, merge at joins, loop reconvergence, returns);
 - `lanes`: taking and merging lanes of values (compaction);
 - `iterators`: `for` loops over uniform and varying iterables;
-- `calls`: batched calls, recursion, builtins with batched meaning.
+- `calls`: batched calls, builtins with batched meaning;
+- `recursion`: a function's calls to itself, run by height (parked lanes, returned chunks);
+- `sums`: sums over a recursion (recorded terms, deferred calls, per-example totals);
+- `stats`: counting batched calls (`spmdbatch.stats()`).
 """
 from .calls import call, getitem, logical_not, native, set_transformer, setitem
 from .frame import STATE, Frame

@@ -18,15 +18,13 @@ A group is ``(lanes, count, env)``: `lanes` are the group's positions in the cal
 """
 from __future__ import annotations
 
-import copy
 from types import FunctionType
 
 import numpy as np
 
-from ..errors import LaneError, SpmdError, UnmergeableGroups
-from ..runtime import primitives as P
+from ..errors import LaneError, UnmergeableGroups
 from ..runtime.batched import Batched, user_frame
-from .lanes import UNDEFINED, _lane_data, fresh, is_varying, merge, take
+from .lanes import UNDEFINED, fresh, merge, take
 from .stats import STATS
 
 
@@ -93,7 +91,7 @@ class Frame:
         self.base_partial = STATE.partial
         self.parent = STATE.frame          # the calling frame, and the lanes of its group that
         self.parent_lanes = STATE.lanes    # make this call's batch (None: all of them)
-        self.recursion = None              # a _Recursion once a recursive call started lanes
+        self.recursion = None              # a Recursion once a recursive call started lanes
         self.sums = ()                     # return positions summed over the recursion
         self.stash: dict = {}              # position -> recorded terms (frontend/reduction.py)
         STATE.frame = self
@@ -158,12 +156,12 @@ class Frame:
             else:
                 results = (call(funcs[0], *args[0], **kwargs[0]),)
             if self.sums and n:
-                results = tuple(self._record_sums_of(r, lanes, n) for r in results)
+                results = tuple(record_sums_of(self, r, lanes, n) for r in results)
             self.jump(cont, lanes, n, env + tuple(results))
             return
         rec = self.recursion
         if rec is None:
-            rec = self.recursion = _Recursion(self.n)
+            rec = self.recursion = Recursion(self.n)
         m = len(funcs)
         if m > 1:
             STATS.record_fused(m)
@@ -191,65 +189,6 @@ class Frame:
         """Record the term ``fn(*args, **kwargs)``, to be called when the batched call ends."""
         if n:
             self.stash.setdefault(position, []).append((lanes, n, None, (fn, args, kwargs)))
-
-    def _record_sums_of(self, result, lanes, n):
-        """A complete result (of a call that ran as an ordinary batched call): its sums become
-        terms of the calling lanes, as the continuation no longer adds them."""
-        if type(result) is not tuple or len(result) <= max(self.sums):
-            filename, lineno = user_frame(3)
-            raise SpmdError("a recursive call site returned a value that is not a tuple of the "
-                            "function's own shape", filename, lineno,
-                            "Do not rebind the function's global name while it runs.")
-        items = list(result)
-        for p in self.sums:
-            self.accumulate(p, lanes, n, items[p])
-            items[p] = None
-        return tuple(items)
-
-    def _total(self, position):
-        """Sum `position` of every own lane: deferred calls run once over all their lanes."""
-        from ..runtime.array_methods import index_update
-        from ..runtime.backend import namespace
-        from .calls import call, _same_function
-        parts, pending = [], []
-        for lanes, n, value, deferred in self.stash.pop(position, []):
-            ids = np.arange(n) if lanes is None else lanes
-            if deferred is None:
-                parts.append((ids, n, value))
-                continue
-            for group in pending:
-                if _same_function(group[0], deferred[0]) and len(group[1][0][3][1]) == len(deferred[1]) \
-                        and set(group[1][0][3][2]) == set(deferred[2]):
-                    group[1].append((ids, n, value, deferred))
-                    break
-            else:
-                pending.append((deferred[0], [(ids, n, value, deferred)]))
-        saved = STATE.frame, STATE.lanes, STATE.partial
-        try:
-            for fn, entries in pending:
-                counts = [e[1] for e in entries]
-                ids = np.concatenate([e[0] for e in entries])
-                args = [merge([e[3][1][i] for e in entries], counts, f"argument {i}", disjoint=False)
-                        for i in range(len(entries[0][3][1]))]
-                kwargs = {k: merge([e[3][2][k] for e in entries], counts, f"argument {k!r}", disjoint=False)
-                          for k in entries[0][3][2]}
-                STATE.frame, STATE.lanes, STATE.partial = self, ids, True
-                parts.append((ids, len(ids), call(fn, *args, **kwargs)))
-        finally:
-            STATE.frame, STATE.lanes, STATE.partial = saved
-        if not parts:
-            return Batched(np.zeros(self.n))
-        # Python numbers take the arrays' type, as in `loss_l + loss_r + 0.0` (weak scalars)
-        dtype = np.result_type(*[v if isinstance(v, (bool, int, float, complex)) else v.dtype
-                                 for _, _, v in parts])
-        datas = [_term_data(np.asarray(v, dtype=dtype) if isinstance(v, (bool, int, float, complex))
-                            else v, n) for _, n, v in parts]
-        ids = np.concatenate([p[0] for p in parts])
-        own = self.recursion.origin[ids] if self.recursion is not None else ids
-        data = datas[0] if len(datas) == 1 else P.concatenate(*datas, axis=0)
-        xp = namespace(getattr(data, "value", data))
-        total = xp.zeros((self.n,) + tuple(data.shape[1:]), dtype=data.dtype)
-        return Batched(index_update(total, own, data, mode="add"))
 
     def _resume_parked(self):
         """Move every parked lane whose callees have all returned to its continuation."""
@@ -313,7 +252,7 @@ class Frame:
         if self.sums:
             items = list(value)
             for p in self.sums:
-                items[p] = self._total(p)
+                items[p] = total(self, p)
             value = tuple(items)
         return value
 
@@ -360,221 +299,5 @@ class Frame:
         return sorted({int(i) for i in np.asarray(idx).reshape(-1)})
 
 
-def _term_data(value, n):
-    """Lane-major data of a recorded term (`n` lanes; a uniform term is repeated)."""
-    if type(value) is Batched:
-        return value.data
-    if hasattr(value, "materialize"):
-        value = value.materialize()
-        if type(value) is Batched:
-            return value.data
-    if hasattr(value, "lengths") or hasattr(value, "_spmd_take_lanes"):
-        filename, lineno = user_frame(3)
-        raise SpmdError(f"a sum over the recursion of {type(value).__name__} values (shapes that "
-                        f"differ between examples)", filename, lineno,
-                        "Sum per-example arrays of one shape, or reduce them to numbers first.")
-    if isinstance(value, (bool, int, float, complex)):
-        value = np.asarray(value)
-    shape = tuple(value.shape)
-    if hasattr(value, "value"):         # a traced uniform term
-        from ..runtime.numpy_api import broadcast_to
-        return broadcast_to(value[None], (n,) + shape)
-    return np.broadcast_to(np.asarray(value)[None], (n,) + shape)
-
-
-class _Recursion:
-    """The recursive calls of one frame: callee lanes, parked callers and returned values.
-
-    Lanes ``0..n-1`` are the frame's own (its caller's); each recursive call numbers its
-    callee lanes next. `origin` maps every lane to the frame's own lane it descends from
-    (errors name batch examples through it). Each group's returned value is kept as it came
-    (a *chunk*); lane i returned row `row_of[i]` of chunk `chunk_of[i]`. Parked lanes get their
-    callees' results gathered from the chunks in one step per value (no growing copies).
-    A parked group keeps its environment whole; `pending` marks its lanes still waiting.
-    """
-
-    __slots__ = ("n", "total", "capacity", "_origin", "parked", "chunks", "_chunk_of", "_row_of")
-
-    def __init__(self, n):
-        self.n = n
-        self.total = n
-        self.capacity = max(4 * n, 64)
-        self._origin = np.zeros(self.capacity, dtype=np.intp)
-        self._origin[:n] = np.arange(n)
-        self.parked = []          # [cont, lanes, env, varying slots, callees (calls x lanes), pending]
-        self.chunks = []          # (value, lane count) of every returning group
-        self._chunk_of = np.full(self.capacity, -1, dtype=np.intp)
-        self._row_of = np.full(self.capacity, -1, dtype=np.intp)
-
-    # per-lane tables (grown by doubling): the example, returning chunk and row of each lane
-    origin = property(lambda self: self._origin[:self.total])
-    chunk_of = property(lambda self: self._chunk_of[:self.total])
-    row_of = property(lambda self: self._row_of[:self.total])
-
-    def start(self, lanes, m):
-        """Number the callee lanes of `m` calls made by `lanes`: an (m, len(lanes)) array."""
-        k = len(lanes)
-        start, end = self.total, self.total + m * k
-        if end > self.capacity:
-            grow = max(end, 2 * self.capacity) - self.capacity
-            self._origin = np.concatenate([self._origin, np.zeros(grow, dtype=np.intp)])
-            self._chunk_of = np.concatenate([self._chunk_of, np.full(grow, -1, dtype=np.intp)])
-            self._row_of = np.concatenate([self._row_of, np.full(grow, -1, dtype=np.intp)])
-            self.capacity += grow
-        self._origin[start:end] = np.tile(self._origin[lanes], m)
-        self.total = end
-        return np.arange(start, end).reshape(m, k)
-
-    def park(self, cont, lanes, env, callees):
-        varying = tuple(is_varying(v) for v in env)
-        env = _own_iterators(env, varying)
-        self.parked.append([cont, lanes, env, varying, callees, np.ones(len(lanes), dtype=bool)])
-
-    def returned(self, lanes, n, value):
-        self._chunk_of[lanes] = len(self.chunks)
-        self._row_of[lanes] = np.arange(n)
-        self.chunks.append((value, n))
-
-    def gather(self, ids):
-        """The returned values of lanes `ids`, in that order."""
-        which, rows = self.chunk_of[ids], self.row_of[ids]
-        if not len(which) or (which == which[0]).all():
-            value, n = self.chunks[int(which[0])] if len(which) else self.chunks[0]
-            if len(rows) == n and np.array_equal(rows, np.arange(n)):
-                return value
-            return take(value, rows, {})
-        order = np.argsort(which, kind="stable")
-        ordered = which[order]
-        cuts = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
-        starts = [0] + cuts.tolist()
-        ends = cuts.tolist() + [len(order)]
-        parts, values, counts = [], [], []
-        for a, b in zip(starts, ends):
-            pos = order[a:b]
-            value, n = self.chunks[int(ordered[a])]
-            parts.append((pos, rows[pos]))
-            values.append(value)
-            counts.append(n)
-        return _gather(values, counts, parts, len(ids))
-
-    def result(self, returns):
-        """The returned values of the frame's own lanes (plus `returns`, made before the
-        first recursive call), in lane order."""
-        for lanes, n, value in returns:
-            self.returned(np.arange(n) if lanes is None else lanes, n, value)
-        if self.chunk_of[:self.n].min(initial=0) < 0:
-            raise AssertionError("batched call finished without a return")
-        return self.gather(np.arange(self.n))
-
-    def _consolidate(self):
-        """Merge the parked groups of each continuation into one (they arrive one per
-        recursion depth), so each resume takes every environment slot once."""
-        by_cont: dict = {}
-        for group in self.parked:
-            by_cont.setdefault(group[0], []).append(group)
-        if len(by_cont) == len(self.parked):
-            return
-        merged = []
-        for cont, groups in by_cont.items():
-            if len(groups) == 1:
-                merged.append(groups[0])
-                continue
-            counts = [len(g[1]) for g in groups]
-            try:
-                env = tuple(merge([g[2][i] for g in groups], counts, "a variable")
-                            for i in range(len(groups[0][2])))
-            except UnmergeableGroups:
-                merged.extend(groups)
-                continue
-            merged.append([cont, np.concatenate([g[1] for g in groups]), env,
-                           tuple(is_varying(v) for v in env),
-                           np.concatenate([g[4] for g in groups], axis=1),
-                           np.concatenate([g[5] for g in groups])])
-        self.parked = merged
-
-    def resume(self):
-        """(cont, lanes, n, env + results) of the parked lanes whose callees all returned: one
-        group per continuation block, each result gathered in one step."""
-        done = self.chunk_of >= 0
-        pieces: dict = {}
-        self._consolidate()
-        for group in self.parked:
-            cont, lanes, env, varying, callees, pending = group
-            ready = done[callees].all(axis=0) & pending
-            idx = np.flatnonzero(ready)
-            if not len(idx):
-                continue
-            pending[idx] = False
-            if len(idx) < len(lanes):
-                memo: dict = {}
-                env = _own_iterators(tuple(take(v, idx, memo) if var else v
-                                           for v, var in zip(env, varying)), varying)
-                lanes, callees = lanes[idx], callees[:, idx]
-            pieces.setdefault(cont, []).append((lanes, len(idx), env, callees))
-        self.parked = [g for g in self.parked if g[5].any()]
-        if not pieces:
-            raise AssertionError("recursive calls are waiting but no lane can run")
-        out = []
-        for cont, parts in pieces.items():
-            if len(parts) > 1:
-                counts = [p[1] for p in parts]
-                try:
-                    env = tuple(merge([p[2][i] for p in parts], counts, "a variable")
-                                for i in range(len(parts[0][2])))
-                    parts = [(np.concatenate([p[0] for p in parts]), sum(counts), env,
-                              np.concatenate([p[3] for p in parts], axis=1))]
-                except UnmergeableGroups:
-                    pass                        # the groups go on separately
-            for lanes, k, env, callees in parts:
-                results = tuple(self.gather(c) for c in callees)
-                out.append((cont, lanes, k, env + results))
-        return out
-
-
-def _own_iterators(env, varying):
-    """`env` with a copy of every native iterator (a `for` loop over a uniform sequence).
-
-    Groups of lanes normally advance such an iterator together (a loop's lanes meet at its
-    header), but parked lanes resume at other times than the rest of their group, so they
-    must not share its position."""
-    if not any(hasattr(type(v), "__next__") for v, var in zip(env, varying) if not var):
-        return env
-    copies: dict = {}
-    out = []
-    for v, var in zip(env, varying):
-        if not var and hasattr(type(v), "__next__"):
-            if id(v) not in copies:
-                try:
-                    copies[id(v)] = copy.copy(v)
-                except TypeError:
-                    filename, lineno = user_frame(4)
-                    raise SpmdError(f"a recursive call inside a loop over a {type(v).__name__}",
-                                    filename, lineno,
-                                    "Loop over a list, tuple or range (their position can be "
-                                    "copied for lanes that resume at different times).") from None
-            v = copies[id(v)]
-        out.append(v)
-    return tuple(out)
-
-
-def _gather(values, counts, parts, size):
-    """Rows ``parts[i] = (output positions, rows)`` of lane groups `values` (pytrees of one
-    structure): arrays in one `gather_lanes` step, other per-lane values by merge and take."""
-    first = values[0]
-    if all(v is first for v in values[1:]) and not is_varying(first):
-        return first
-    kind = type(first)
-    if (kind is tuple or kind is list) and all(type(v) is kind and len(v) == len(first) for v in values):
-        return kind(_gather([v[i] for v in values], counts, parts, size) for i in range(len(first)))
-    if any(type(v) is Batched for v in values) and \
-            all(type(v) is Batched or isinstance(v, (bool, int, float, complex, np.generic, np.ndarray))
-                for v in values):
-        datas = [_lane_data(v, n) for v, n in zip(values, counts)]
-        return Batched(P.gather_lanes(*datas, parts=tuple(parts)))
-    merged = merge(values, counts, "the return value")
-    order = np.empty(size, dtype=np.intp)
-    offset = 0
-    for (pos, rows), n in zip(parts, counts):
-        order[pos] = offset + rows
-        offset += n
-    return take(merged, order, {})
+from .recursion import Recursion  # noqa: E402  (they use STATE and Frame's lanes)
+from .sums import record_sums_of, total  # noqa: E402

@@ -16,7 +16,7 @@ from types import CellType, FunctionType
 
 import numpy as np
 
-from ..errors import UnmergeableGroups, VaryingValueError
+from ..errors import UnmergeableGroups
 from ..runtime import primitives as P
 from ..runtime import pytree
 from ..ad.tracer import Tracer

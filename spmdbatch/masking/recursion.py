@@ -1,0 +1,214 @@
+"""Recursion scheduled by height: the state a frame keeps once a function called itself.
+
+frontend/recursion.py ends a block at a call of the function to itself; `Frame.recurse`
+then adds the callee lanes to the running frame and parks the calling lanes here until all
+their callees returned (see docs/DESIGN.md, "Recursion, by height").
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+from ..errors import SpmdError, UnmergeableGroups
+from ..runtime import primitives as P
+from ..runtime.batched import Batched, user_frame
+from .lanes import _lane_data, is_varying, merge, take
+
+
+class Recursion:
+    """The recursive calls of one frame: callee lanes, parked callers and returned values.
+
+    Lanes ``0..n-1`` are the frame's own (its caller's); each recursive call numbers its
+    callee lanes next. `origin` maps every lane to the frame's own lane it descends from
+    (errors name batch examples through it). Each group's returned value is kept as it came
+    (a *chunk*); lane i returned row `row_of[i]` of chunk `chunk_of[i]`. Parked lanes get their
+    callees' results gathered from the chunks in one step per value (no growing copies).
+    A parked group keeps its environment whole; `pending` marks its lanes still waiting.
+    """
+
+    __slots__ = ("n", "total", "capacity", "_origin", "parked", "chunks", "_chunk_of", "_row_of")
+
+    def __init__(self, n):
+        self.n = n
+        self.total = n
+        self.capacity = max(4 * n, 64)
+        self._origin = np.zeros(self.capacity, dtype=np.intp)
+        self._origin[:n] = np.arange(n)
+        self.parked = []          # [cont, lanes, env, varying slots, callees (calls x lanes), pending]
+        self.chunks = []          # (value, lane count) of every returning group
+        self._chunk_of = np.full(self.capacity, -1, dtype=np.intp)
+        self._row_of = np.full(self.capacity, -1, dtype=np.intp)
+
+    # per-lane tables (grown by doubling): the example, returning chunk and row of each lane
+    origin = property(lambda self: self._origin[:self.total])
+    chunk_of = property(lambda self: self._chunk_of[:self.total])
+    row_of = property(lambda self: self._row_of[:self.total])
+
+    def start(self, lanes, m):
+        """Number the callee lanes of `m` calls made by `lanes`: an (m, len(lanes)) array."""
+        k = len(lanes)
+        start, end = self.total, self.total + m * k
+        if end > self.capacity:
+            grow = max(end, 2 * self.capacity) - self.capacity
+            self._origin = np.concatenate([self._origin, np.zeros(grow, dtype=np.intp)])
+            self._chunk_of = np.concatenate([self._chunk_of, np.full(grow, -1, dtype=np.intp)])
+            self._row_of = np.concatenate([self._row_of, np.full(grow, -1, dtype=np.intp)])
+            self.capacity += grow
+        self._origin[start:end] = np.tile(self._origin[lanes], m)
+        self.total = end
+        return np.arange(start, end).reshape(m, k)
+
+    def park(self, cont, lanes, env, callees):
+        varying = tuple(is_varying(v) for v in env)
+        env = _own_iterators(env, varying)
+        self.parked.append([cont, lanes, env, varying, callees, np.ones(len(lanes), dtype=bool)])
+
+    def returned(self, lanes, n, value):
+        self._chunk_of[lanes] = len(self.chunks)
+        self._row_of[lanes] = np.arange(n)
+        self.chunks.append((value, n))
+
+    def gather(self, ids):
+        """The returned values of lanes `ids`, in that order."""
+        which, rows = self.chunk_of[ids], self.row_of[ids]
+        if not len(which) or (which == which[0]).all():
+            value, n = self.chunks[int(which[0])] if len(which) else self.chunks[0]
+            if len(rows) == n and np.array_equal(rows, np.arange(n)):
+                return value
+            return take(value, rows, {})
+        order = np.argsort(which, kind="stable")
+        ordered = which[order]
+        cuts = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
+        starts = [0] + cuts.tolist()
+        ends = cuts.tolist() + [len(order)]
+        parts, values, counts = [], [], []
+        for a, b in zip(starts, ends):
+            pos = order[a:b]
+            value, n = self.chunks[int(ordered[a])]
+            parts.append((pos, rows[pos]))
+            values.append(value)
+            counts.append(n)
+        return _gather(values, counts, parts, len(ids))
+
+    def result(self, returns):
+        """The returned values of the frame's own lanes (plus `returns`, made before the
+        first recursive call), in lane order."""
+        for lanes, n, value in returns:
+            self.returned(np.arange(n) if lanes is None else lanes, n, value)
+        if self.chunk_of[:self.n].min(initial=0) < 0:
+            raise AssertionError("batched call finished without a return")
+        return self.gather(np.arange(self.n))
+
+    def _consolidate(self):
+        """Merge the parked groups of each continuation into one (they arrive one per
+        recursion depth), so each resume takes every environment slot once."""
+        by_cont: dict = {}
+        for group in self.parked:
+            by_cont.setdefault(group[0], []).append(group)
+        if len(by_cont) == len(self.parked):
+            return
+        merged = []
+        for cont, groups in by_cont.items():
+            if len(groups) == 1:
+                merged.append(groups[0])
+                continue
+            counts = [len(g[1]) for g in groups]
+            try:
+                env = tuple(merge([g[2][i] for g in groups], counts, "a variable")
+                            for i in range(len(groups[0][2])))
+            except UnmergeableGroups:
+                merged.extend(groups)
+                continue
+            merged.append([cont, np.concatenate([g[1] for g in groups]), env,
+                           tuple(is_varying(v) for v in env),
+                           np.concatenate([g[4] for g in groups], axis=1),
+                           np.concatenate([g[5] for g in groups])])
+        self.parked = merged
+
+    def resume(self):
+        """(cont, lanes, n, env + results) of the parked lanes whose callees all returned: one
+        group per continuation block, each result gathered in one step."""
+        done = self.chunk_of >= 0
+        pieces: dict = {}
+        self._consolidate()
+        for group in self.parked:
+            cont, lanes, env, varying, callees, pending = group
+            ready = done[callees].all(axis=0) & pending
+            idx = np.flatnonzero(ready)
+            if not len(idx):
+                continue
+            pending[idx] = False
+            if len(idx) < len(lanes):
+                memo: dict = {}
+                env = _own_iterators(tuple(take(v, idx, memo) if var else v
+                                           for v, var in zip(env, varying)), varying)
+                lanes, callees = lanes[idx], callees[:, idx]
+            pieces.setdefault(cont, []).append((lanes, len(idx), env, callees))
+        self.parked = [g for g in self.parked if g[5].any()]
+        if not pieces:
+            raise AssertionError("recursive calls are waiting but no lane can run")
+        out = []
+        for cont, parts in pieces.items():
+            if len(parts) > 1:
+                counts = [p[1] for p in parts]
+                try:
+                    env = tuple(merge([p[2][i] for p in parts], counts, "a variable")
+                                for i in range(len(parts[0][2])))
+                    parts = [(np.concatenate([p[0] for p in parts]), sum(counts), env,
+                              np.concatenate([p[3] for p in parts], axis=1))]
+                except UnmergeableGroups:
+                    pass                        # the groups go on separately
+            for lanes, k, env, callees in parts:
+                results = tuple(self.gather(c) for c in callees)
+                out.append((cont, lanes, k, env + results))
+        return out
+
+
+def _own_iterators(env, varying):
+    """`env` with a copy of every native iterator (a `for` loop over a uniform sequence).
+
+    Groups of lanes normally advance such an iterator together (a loop's lanes meet at its
+    header), but parked lanes resume at other times than the rest of their group, so they
+    must not share its position."""
+    if not any(hasattr(type(v), "__next__") for v, var in zip(env, varying) if not var):
+        return env
+    copies: dict = {}
+    out = []
+    for v, var in zip(env, varying):
+        if not var and hasattr(type(v), "__next__"):
+            if id(v) not in copies:
+                try:
+                    copies[id(v)] = copy.copy(v)
+                except TypeError:
+                    filename, lineno = user_frame(4)
+                    raise SpmdError(f"a recursive call inside a loop over a {type(v).__name__}",
+                                    filename, lineno,
+                                    "Loop over a list, tuple or range (their position can be "
+                                    "copied for lanes that resume at different times).") from None
+            v = copies[id(v)]
+        out.append(v)
+    return tuple(out)
+
+
+def _gather(values, counts, parts, size):
+    """Rows ``parts[i] = (output positions, rows)`` of lane groups `values` (pytrees of one
+    structure): arrays in one `gather_lanes` step, other per-lane values by merge and take."""
+    first = values[0]
+    if all(v is first for v in values[1:]) and not is_varying(first):
+        return first
+    kind = type(first)
+    if (kind is tuple or kind is list) and all(type(v) is kind and len(v) == len(first) for v in values):
+        return kind(_gather([v[i] for v in values], counts, parts, size) for i in range(len(first)))
+    if any(type(v) is Batched for v in values) and \
+            all(type(v) is Batched or isinstance(v, (bool, int, float, complex, np.generic, np.ndarray))
+                for v in values):
+        datas = [_lane_data(v, n) for v, n in zip(values, counts)]
+        return Batched(P.gather_lanes(*datas, parts=tuple(parts)))
+    merged = merge(values, counts, "the return value")
+    order = np.empty(size, dtype=np.intp)
+    offset = 0
+    for (pos, rows), n in zip(parts, counts):
+        order[pos] = offset + rows
+        offset += n
+    return take(merged, order, {})
