@@ -36,6 +36,13 @@ from .recursion import Recurse
 from .schedule import schedule
 
 
+class _LineMark:
+    """A statement that only marks its source line (emitted as the line comment)."""
+
+    def __init__(self, lineno):
+        self.lineno = lineno
+
+
 class BatchedEmitter(PlainEmitter):
     """PlainEmitter with batched statements and scheduler-based control flow."""
 
@@ -117,6 +124,9 @@ class BatchedEmitter(PlainEmitter):
                                for kw in s.kwargs) + ")"
         targets = "".join(self.v(t) + ", " for t in s.targets)
         self.w.line(f"{targets}= {self.h('call_fused')}({funcs}, {args}, {kwargs})")
+
+    def stmt__LineMark(self, s):
+        pass
 
     def stmt_Accumulate(self, s):
         self.w.line(f"{self.F}.accumulate({s.position}, {self.L}, {self.N}, {self.op(s.value)})")
@@ -218,6 +228,8 @@ class BatchedEmitter(PlainEmitter):
         """A self-recursive call: the frame parks the lanes at the continuation (the callee
         lanes join this frame) or, for any other callee, calls it and jumps there."""
         targets, funcs, args, kwargs = t.calls()
+        if t.lineno is not None:            # errors at the call name the call's line
+            self.stmt(_LineMark(t.lineno))
         calls = "(" + "".join(self.op(f) + ", " for f in funcs) + ")"
         arg_lists = "(" + "".join("(" + "".join(self.op(a) + ", " for a in al) + "), " for al in args) + ")"
         kw = "(" + "".join("{" + ", ".join(f"{k!r}: {self.op(v)}" for k, v in d.items()) + "}, "

@@ -1116,3 +1116,20 @@ def test_random_kary_forests(sizes, seed):
     check_batched(kary_encode, params(), trees, 0, in_axes=(None, 0, None), rtol=1e-10)
     np.testing.assert_array_equal(check_batched(kary_size_while, trees, 0, in_axes=(0, None)),
                                   sizes)
+
+
+def _generator_loop(n):
+    if n <= 0:
+        return 0
+    total = 0
+    for j in (i for i in range(2)):
+        total = total + _generator_loop(n - 1)        # the line the error names
+    return total
+
+
+def test_recursion_inside_a_loop_over_a_generator_is_refused_with_its_line():
+    with pytest.raises(sb.SpmdError) as info:
+        sb.spmd(_generator_loop)(np.array([1, 2, 0]))
+    assert "loop over a generator" in str(info.value)
+    assert info.value.lineno == _generator_loop.__code__.co_firstlineno + 5
+    assert info.value.filename == __file__
