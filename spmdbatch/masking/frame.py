@@ -25,6 +25,7 @@ import numpy as np
 from ..errors import LaneError, UnmergeableGroups
 from ..runtime.batched import Batched, user_frame
 from .lanes import UNDEFINED, fresh, merge, take
+from .recursion import Recursion
 from .stats import STATS
 
 
@@ -139,7 +140,7 @@ class Frame:
         if rec is None:
             self.returns.append((lanes, n, value))
             return
-        # own lanes and callee lanes alike: `result` gathers the own lanes from the store
+        # own lanes and callee lanes alike: `result` gathers the own lanes from the chunks
         rec.returned(np.arange(n) if lanes is None else lanes, n, value)
 
     # --- recursion scheduled by height (frontend/recursion.py) ---------------------------------
@@ -299,5 +300,4 @@ class Frame:
         return sorted({int(i) for i in np.asarray(idx).reshape(-1)})
 
 
-from .recursion import Recursion  # noqa: E402  (they use STATE and Frame's lanes)
-from .sums import record_sums_of, total  # noqa: E402
+from .sums import record_sums_of, total  # noqa: E402  (sums reads STATE, defined above)
