@@ -55,7 +55,7 @@ class Recursion:
             self._chunk_of = np.concatenate([self._chunk_of, np.full(grow, -1, dtype=np.intp)])
             self._row_of = np.concatenate([self._row_of, np.full(grow, -1, dtype=np.intp)])
             self.capacity += grow
-        self._origin[start:end] = np.tile(self._origin[lanes], m)
+        self._origin[start:end].reshape(m, k)[:] = self._origin[lanes]     # (each call's lanes)
         self.total = end
         return np.arange(start, end).reshape(m, k)
 
