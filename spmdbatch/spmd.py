@@ -123,9 +123,13 @@ def _stack_examples(examples, where, sizes):
         if d != treedef:
             raise BatchSizeError(f"{where}: example {i} has structure {d}, example 0 has {treedef}")
     out = []
+    lengths: dict = {}     # fields of equal lengths share one array (and later one lane map)
     for j in range(len(flat[0][0])):
         values = [f[0][j] for f in flat]
         stacked = _stack_leaf(values, f"{where}{pytree.leaf_paths(examples[0])[j]}")
+        if type(stacked) is Ragged:
+            key = stacked.lengths.tobytes()
+            stacked = Ragged(stacked.data, lengths.setdefault(key, stacked.lengths))
         out.append(stacked if type(stacked) is Ragged else Batched(stacked))
     return treedef.unflatten(out)
 

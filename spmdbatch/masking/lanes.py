@@ -21,7 +21,7 @@ from ..runtime import primitives as P
 from ..runtime import pytree
 from ..ad.tracer import Tracer
 from ..runtime.batched import Batched
-from ..runtime.mapped import LaneMapped, as_mapped, mappable
+from ..runtime.mapped import LaneMapped, as_mapped, identity_index, mappable
 from ..runtime.ragged import Ragged
 
 
@@ -116,7 +116,14 @@ def take(value, idx, memo=None):
             return LaneMapped(value.data, idx)
         return Batched(P.take_lanes(value.data, idx))
     if kind is LaneMapped:
-        return LaneMapped(value.base, value.index[idx], value.lengths)
+        index = value.index
+        if memo is None:
+            return LaneMapped(value.base, index[idx], value.lengths)
+        key = ("index", id(index))            # fields on one lane map move together
+        hit = memo.get(key)
+        if hit is None or hit[0] is not index:
+            hit = memo[key] = (index, index[idx])
+        return LaneMapped(value.base, hit[1], value.lengths)
     hook = getattr(value, "_spmd_take_lanes", None)
     if hook is not None:
         return hook(idx)
@@ -193,7 +200,7 @@ def _same(a, b) -> bool:
         return False
 
 
-def merge(values, counts, name: str = "a value", disjoint: bool = True):
+def merge(values, counts, name: str = "a value", disjoint: bool = True, _memo=None):
     """Concatenate lane groups; `counts[i]` is the number of lanes of `values[i]`.
 
     Groups of one scheduler are `disjoint` (different lanes), so one object held by all of
@@ -206,7 +213,14 @@ def merge(values, counts, name: str = "a value", disjoint: bool = True):
     if kind is LaneMapped and all(type(v) is LaneMapped and v.base is first.base for v in values):
         if disjoint and all(v is first for v in values[1:]):
             return first
-        return LaneMapped(first.base, np.concatenate([v.index for v in values]), first.lengths)
+        if _memo is None:
+            return LaneMapped(first.base, np.concatenate([v.index for v in values]), first.lengths)
+        key = tuple(id(v.index) for v in values)      # fields on one lane map move together
+        hit = _memo.get(key)
+        if hit is None or any(a is not v.index for a, v in zip(hit[0], values)):
+            indexes = [v.index for v in values]
+            hit = _memo[key] = (indexes, np.concatenate(indexes))
+        return LaneMapped(first.base, hit[1], first.lengths)
     if kind is Batched and all(type(v) is Batched for v in values) and \
             not all(v is first for v in values[1:]):
         return Batched(P.concatenate(*[v.data for v in values], axis=0))
@@ -214,15 +228,18 @@ def merge(values, counts, name: str = "a value", disjoint: bool = True):
         return first                       # (the same object stays the same object)
     if (kind is tuple or kind is list) and all(type(v) is kind and len(v) == len(first) for v in values):
         # tuples of results: merge position by position (no tree walk)
-        items = [merge([v[i] for v in values], counts, name, disjoint) for i in range(len(first))]
+        memo = {} if _memo is None else _memo
+        items = [merge([v[i] for v in values], counts, name, disjoint, memo) for i in range(len(first))]
         return kind(items)
     if isinstance(first, tuple) and hasattr(kind, "_fields") and all(type(v) is kind for v in values):
         # NamedTuples (per-example records such as trees): field by field
-        return kind(*[merge([v[i] for v in values], counts, name, disjoint) for i in range(len(first))])
+        memo = {} if _memo is None else _memo
+        return kind(*[merge([v[i] for v in values], counts, name, disjoint, memo)
+                      for i in range(len(first))])
     if type(first) is Batched and mappable(first) and all(v is first for v in values[1:]):
         values = [as_mapped(first)] * len(values)   # one lane's data for several groups: map it
     elif type(first) is Ragged and type(first.data) is np.ndarray and all(v is first for v in values[1:]):
-        mapped = LaneMapped(first.data, np.arange(first.data.shape[0]), first.lengths)
+        mapped = LaneMapped(first.data, identity_index(first.data.shape[0]), first.lengths)
         values = [mapped] * len(values)             # the same for ragged per-lane data
     defined = [v for v in values if v is not UNDEFINED]
     if len(defined) < len(values):
@@ -274,7 +291,7 @@ def _as_mapped_like(values):
         kind = type(v)
         if (kind is Batched and lm.lengths is None or kind is Ragged and v.lengths is lm.lengths) \
                 and v.data is lm.base:
-            v = LaneMapped(lm.base, np.arange(lm.base.shape[0]), lm.lengths)
+            v = LaneMapped(lm.base, identity_index(lm.base.shape[0]), lm.lengths)
         out.append(v)
     return out
 

@@ -37,9 +37,18 @@ class LaneMapped(ArrayMethods):
         self._lane_lengths = None
 
     def lane_lengths(self):
-        """Each lane's own length (ragged only), computed once."""
+        """Each lane's own length (ragged only), computed once per lane map (the fields of a
+        record share their lane map, so they share this too)."""
         if self._lane_lengths is None:
-            self._lane_lengths = self.lengths[self.index]
+            key = (id(self.index), id(self.lengths))
+            hit = _LANE_LENGTHS.get(key)
+            if hit is not None and hit[0] is self.index and hit[1] is self.lengths:
+                self._lane_lengths = hit[2]
+            else:
+                if len(_LANE_LENGTHS) > 256:
+                    _LANE_LENGTHS.clear()
+                self._lane_lengths = self.lengths[self.index]
+                _LANE_LENGTHS[key] = (self.index, self.lengths, self._lane_lengths)
         return self._lane_lengths
 
     @property
@@ -102,9 +111,26 @@ def mappable(value) -> bool:
     return type(data) is np.ndarray and data.size >= MIN_MAPPED_SIZE * max(1, data.shape[0])
 
 
+_LANE_LENGTHS: dict = {}      # (id(index), id(lengths)) -> (index, lengths, lane lengths)
+_IDENTITY: dict = {}          # n -> read-only 0..n-1
+
+
+def identity_index(n: int):
+    """The lane map 0..n-1 (one shared read-only array per n, so values mapped from the same
+    lanes share their index and move together)."""
+    out = _IDENTITY.get(n)
+    if out is None:
+        out = np.arange(n)
+        out.flags.writeable = False
+        if len(_IDENTITY) > 256:
+            _IDENTITY.clear()
+        _IDENTITY[n] = out
+    return out
+
+
 def as_mapped(value) -> LaneMapped:
     """A Batched value viewed through the identity lane map."""
-    return LaneMapped(value.data, np.arange(value.data.shape[0]))
+    return LaneMapped(value.data, identity_index(value.data.shape[0]))
 
 
 def _mapped_apply(prim, args, params):
