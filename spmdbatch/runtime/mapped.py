@@ -155,7 +155,11 @@ def _mapped_apply(prim, args, params):
 
 def _check_positions(x, k):
     lengths = x.lane_lengths()
-    if (k < lengths).all() and (k >= 0).all():
+    if k.dtype == lengths.dtype == np.intp:
+        # 0 <= k < length in one comparison: negative positions wrap to huge unsigned values
+        if (k.view(np.uintp) < lengths.view(np.uintp)).all():
+            return
+    elif (k < lengths).all() and (k >= 0).all():
         return
     bad = np.flatnonzero((k >= lengths) | (k < 0))
     if bad.size:
