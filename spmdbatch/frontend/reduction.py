@@ -26,10 +26,14 @@ recursion* when, at every return, component p is a `+` expression tree (in the r
 block, each intermediate value used once) whose leaves are component p of recursive results
 (or copies of them) and other values, the *terms*; and component p of recursive results is
 used nowhere else. Terms that are calls used only there (no `*args`/`**kwargs`) are
-deferred; other terms are recorded as values.
+deferred; other terms are recorded as values. At run time a call is deferred only when its
+callee is a user function without visible side effects (`may_defer`: no assignment into an
+object, attribute, global or closure variable, no call of a mutating method such as
+`append`); any other call runs where it is written.
 """
 from __future__ import annotations
 
+import types
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -102,6 +106,53 @@ def recognize_sums(fn: FunctionIR) -> tuple:
     for p, plan in plans:
         _rewrite(fn, p, plan)
     return tuple(p for p, _ in plans)
+
+
+_DEFERRABLE: dict = {}        # code object -> whether calls of it may be deferred
+
+
+def may_defer(fn) -> bool:
+    """Whether a call of `fn` may run later than written (a deferred term): a user function
+    (or method, or callable object) whose body assigns into no object, attribute, global or
+    closure variable. Anything else (builtins, list.append, ...) runs where it is written."""
+    from ..masking.calls import is_user_function
+    if type(fn) is types.MethodType:
+        fn = fn.__func__
+    elif type(fn) is not types.FunctionType:
+        fn = getattr(type(fn), "__call__", None)
+    fn = getattr(fn, "__wrapped__", fn)           # (nn.Module's __call__ wrapper)
+    if type(fn) is not types.FunctionType or not is_user_function(fn):
+        return False
+    code = fn.__code__
+    answer = _DEFERRABLE.get(code)
+    if answer is None:
+        try:
+            from .lower import lower_function
+            body = lower_function(fn)
+        except Exception:           # (not lowerable: it runs where it is written)
+            answer = False
+        else:
+            answer = not any(_has_side_effect(st) for blk in body.blocks.values() for st in blk.stmts)
+        _DEFERRABLE[code] = answer
+    return answer
+
+
+def _has_side_effect(st) -> bool:
+    if isinstance(st, _SIDE_EFFECTS):
+        return True
+    # a method known to change its object: `items.append(x)`, `d.update(...)`, `a.fill(0)`
+    return isinstance(st, Assign) and isinstance(st.value, ir.GetAttr) and st.value.name in _MUTATING_METHODS
+
+
+_SIDE_EFFECTS = (ir.StoreSubscr, ir.StoreAttr, ir.DelSubscr, ir.DelAttr, ir.ListAppend,
+                 ir.ListExtend, ir.SetAdd, ir.SetUpdate, ir.MapAdd, ir.DictUpdate, ir.DictMerge,
+                 ir.StoreGlobal, ir.DeleteGlobal, ir.StoreDeref, ir.DeleteDeref)
+
+
+_MUTATING_METHODS = frozenset({
+    "append", "extend", "insert", "pop", "popitem", "remove", "clear", "update", "add",
+    "discard", "setdefault", "sort", "reverse", "fill", "put", "resize", "itemset",
+    "__setitem__", "__delitem__", "__iadd__", "__isub__", "__imul__", "__itruediv__"})
 
 
 def _spell_out_constant_returns(fn):

@@ -17,14 +17,14 @@ import types
 import weakref
 
 from ..errors import HasExceptionHandling, UnsupportedConstruct, VaryingValueError
-from ..masking import calls, frame, iterators, lanes
+from ..masking import calls, frame, iterators, lanes, sums
 from ..runtime.batched import Batched
 from .emit_batched import BatchedEmitter
 from .emit_plain import _HELPERS as PLAIN_HELPERS
 from .fusion import fuse_calls
 from .lower import lower_function
 from .recursion import split_recursive_calls
-from .reduction import recognize_sums
+from .reduction import may_defer, recognize_sums
 
 BATCH_HELPERS = {
     **PLAIN_HELPERS,
@@ -132,3 +132,4 @@ def _native_with_exception_handling(fn, reason):
 
 
 calls.set_transformer(batched_version)
+sums.set_deferral_check(may_defer)

@@ -187,9 +187,15 @@ class Frame:
             self.stash.setdefault(position, []).append((lanes, n, value, None))
 
     def defer(self, position, lanes, n, fn, args, kwargs):
-        """Record the term ``fn(*args, **kwargs)``, to be called when the batched call ends."""
-        if n:
+        """Record the term ``fn(*args, **kwargs)``, to be called when the batched call ends
+        (called now instead when `fn` might have side effects: `sums.may_defer`)."""
+        if not n:
+            return
+        if may_defer(fn):
             self.stash.setdefault(position, []).append((lanes, n, None, (fn, args, kwargs)))
+        else:
+            from .calls import call
+            self.accumulate(position, lanes, n, call(fn, *args, **kwargs))
 
     def _resume_parked(self):
         """Move every parked lane whose callees have all returned to its continuation."""
@@ -300,4 +306,4 @@ class Frame:
         return sorted({int(i) for i in np.asarray(idx).reshape(-1)})
 
 
-from .sums import record_sums_of, total  # noqa: E402  (sums reads STATE, defined above)
+from .sums import may_defer, record_sums_of, total  # noqa: E402  (sums reads STATE, defined above)

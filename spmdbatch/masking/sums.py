@@ -17,6 +17,22 @@ from .frame import STATE
 from .lanes import merge
 
 
+def _defer_anything(fn) -> bool:
+    return True
+
+
+_DEFERRAL_CHECK = [_defer_anything]
+
+
+def set_deferral_check(check):
+    """Install the test of which term functions may run late (frontend/reduction.py)."""
+    _DEFERRAL_CHECK[0] = check
+
+
+def may_defer(fn) -> bool:
+    return _DEFERRAL_CHECK[0](fn)
+
+
 def record_sums_of(frame, result, lanes, n):
     """A complete result (of a call that ran as an ordinary batched call): its sums become
     terms of the calling lanes, as the continuation no longer adds them."""

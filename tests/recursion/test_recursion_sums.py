@@ -184,3 +184,44 @@ def test_an_error_in_a_deferred_term_names_the_examples():
         sb.spmd(lambda t: with_failing_terms(t, 2))(trees)
     assert info.value.lanes == [1, 3]
     assert "bad node" in str(info.value)
+
+
+def pure_term(x):
+    return np.tanh(x) * 2.0
+
+
+def term_with_side_effect(x):
+    scratch = np.zeros(2)
+    scratch[0] = np.tanh(x) * 2.0            # an item assignment: the call is not deferred
+    return scratch[0]
+
+
+def walk_pure(tree, k):
+    if tree.left[k] < 0:
+        return (pure_term(tree.word[k] * 0.1),)
+    (a,) = walk_pure(tree, tree.left[k])
+    (b,) = walk_pure(tree, tree.right[k])
+    return (a + b + pure_term(k * 0.01),)
+
+
+def walk_side_effect(tree, k):
+    if tree.left[k] < 0:
+        return (term_with_side_effect(tree.word[k] * 0.1),)
+    (a,) = walk_side_effect(tree, tree.left[k])
+    (b,) = walk_side_effect(tree, tree.right[k])
+    return (a + b + term_with_side_effect(k * 0.01),)
+
+
+def test_only_calls_without_side_effects_are_deferred():
+    from spmdbatch.frontend.reduction import may_defer
+    assert may_defer(pure_term) and not may_defer(term_with_side_effect)
+    assert not may_defer(np.tanh) and not may_defer([].append)
+    trees = forest(6, [5, 1, 9, 3])
+    nodes = sum(len(t.word) for t in trees)
+    with sb.stats() as s:
+        check_batched(lambda t: walk_pure(t, len(t.word) - 1), trees)
+    assert s.lanes["pure_term"] == [nodes]                   # one batched call, every node
+    with sb.stats() as s:
+        check_batched(lambda t: walk_side_effect(t, len(t.word) - 1), trees)
+    assert len(s.lanes["term_with_side_effect"]) > 2          # called where written, per step
+    assert sum(s.lanes["term_with_side_effect"]) == nodes
