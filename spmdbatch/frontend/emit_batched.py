@@ -68,6 +68,15 @@ class BatchedEmitter(PlainEmitter):
         for t in self.recursion_sites.values():
             targets = t.defs()
             self.env[t.cont] = [n for n in self.env[t.cont] if n not in targets] + targets
+        # blocks from which a recursive call can be reached: an empty group (a batch of no
+        # examples, run for the structure of its result) avoids them where it can
+        self.reaches_recursion = set(self.recursion_sites)
+        work = list(self.recursion_sites)
+        while work:
+            for p in self.preds_of[work.pop()]:
+                if p not in self.reaches_recursion:
+                    self.reaches_recursion.add(p)
+                    work.append(p)
 
     # --- names of the scheduler's variables --------------------------------------------------
     @property
@@ -203,6 +212,10 @@ class BatchedEmitter(PlainEmitter):
         flags = ""
         if self._is_back(src, t_target) or self._is_back(src, f_target):
             flags = f", {self._is_back(src, t_target)}, {self._is_back(src, f_target)}"
+        t_rec, f_rec = t_target in self.reaches_recursion, f_target in self.reaches_recursion
+        empty = f_target if t_rec else t_target
+        if t_rec != f_rec and not self._is_back(src, empty):
+            flags += f", empty={self.sched.position[empty]}"
         c, blk, E = self.names.helper("c"), self.names.helper("blk"), self.names.helper("E")
         self.w.line(f"{c} = {cond}")
         # a uniform condition and no other waiting group: go on at once, like plain Python

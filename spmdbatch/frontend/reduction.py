@@ -167,13 +167,18 @@ def _spell_out_constant_returns(fn):
 
 
 def _defs_and_uses(fn):
-    defs, uses = {}, Counter()
+    """(name -> (block, defining statement), use counts, definition counts)."""
+    defs, uses, counts = {}, Counter(), Counter()
     for bid, blk in fn.blocks.items():
+        counts.update(blk.params)
         for s in blk.stmts:
             for d in s.defs():
                 defs[d] = (bid, s)
+                counts[d] += 1
             uses.update(s.uses())
         uses.update(blk.term.used_vars())
+        counts.update(blk.term.defs())
+    uses.def_counts = counts
     return defs, uses
 
 
@@ -223,7 +228,38 @@ def _plan(fn, p, returns, unpacks, defs, uses):
                 return None
     if any(isinstance(op, Var) and op.name in partial for _, _, found in terms for op in found):
         return None
+    # each call's part counts exactly once: one value (defined once, used once) that reaches a
+    # return's sum on every path from the call (straight continuation blocks, no branch)
+    if any(uses.def_counts[name] != 1 or uses[name] != 1 for name in partial):
+        return None
+    chain_block = {id(st): bid for bid, blk in fn.blocks.items() for st in blk.stmts if id(st) in chain}
+    for u in unpacks:
+        name, user = u.targets[p], None
+        while True:
+            user = _users(fn, name)[0]
+            if isinstance(user, Assign) and isinstance(user.value, ir.Use) and user.target in partial:
+                name = user.target
+                continue
+            break
+        start = next(b for b, blk in fn.blocks.items() if any(st is u for st in blk.stmts))
+        if not _straight(fn, start, chain_block[id(user)]):
+            return None
     return chain, terms, defs, uses
+
+
+def _straight(fn, start, end) -> bool:
+    """Whether every path from block `start` reaches block `end`, through blocks that end in
+    an unconditional jump or a recursive call."""
+    seen = set()
+    b = start
+    while b != end:
+        t = fn.blocks[b].term
+        targets = {target for target, _ in t.successors()}
+        if not isinstance(t, (ir.Jump, Recurse)) or len(targets) != 1 or b in seen:
+            return False
+        seen.add(b)
+        b = targets.pop()
+    return True
 
 
 def _rewrite(fn, p, plan):

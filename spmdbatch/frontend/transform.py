@@ -91,17 +91,18 @@ def _compile_with_user_lines(source: str, filename: str, firstlineno: int):
     return compile(tree, filename, "exec")
 
 
-_PROGRAMS: dict = {}                                      # code object -> CompiledProgram
+_PROGRAMS: dict = {}        # id(code object) -> (code, CompiledProgram): by identity, since
+                            # equal code objects of two modules compare equal
 _INSTANCES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # function -> batched
 
 
 def program_of(fn) -> CompiledProgram:
     """The compiled batch program of `fn`'s code (raises the frontend's errors)."""
-    prog = _PROGRAMS.get(fn.__code__)
-    if prog is None:
-        prog = CompiledProgram(fn)
-        _PROGRAMS[fn.__code__] = prog
-    return prog
+    code = fn.__code__
+    entry = _PROGRAMS.get(id(code))
+    if entry is None or entry[0] is not code:
+        entry = _PROGRAMS[id(code)] = (code, CompiledProgram(fn))
+    return entry[1]
 
 
 def batched_version(fn):

@@ -108,8 +108,10 @@ class Frame:
     def jump_back(self, block, lanes, n, env):
         self.back.setdefault(block, []).append((lanes, n, env))
 
-    def branch(self, cond, lanes, n, t_block, t_env, f_block, f_env, t_back=False, f_back=False):
-        """Send the group to `t_block` where `cond` holds and to `f_block` elsewhere."""
+    def branch(self, cond, lanes, n, t_block, t_env, f_block, f_env, t_back=False, f_back=False,
+               empty=None):
+        """Send the group to `t_block` where `cond` holds and to `f_block` elsewhere (an empty
+        group to `empty` when given: the side without recursive calls)."""
         if type(cond) is not Batched:
             if cond:
                 (self.jump_back if t_back else self.jump)(t_block, lanes, n, t_env)
@@ -121,7 +123,9 @@ class Frame:
         if n and k == n:
             (self.jump_back if t_back else self.jump)(t_block, lanes, n, t_env)
         elif k == 0:
-            if n == 0 and t_block > f_block:
+            if n == 0 and empty is not None:
+                self.jump(empty, lanes, 0, t_env if empty == t_block else f_env)
+            elif n == 0 and t_block > f_block:
                 # An empty group still runs (to give results their structure) but must never
                 # take a back edge: the higher-numbered target always leads forward.
                 self.jump(t_block, lanes, 0, t_env)
@@ -225,8 +229,16 @@ class Frame:
             try:
                 lanes, n, env = self._merge(block, groups)
             except UnmergeableGroups:
-                # (different loop iterators, say): run one group now, the others after it
-                (lanes, n, env), rest = groups[0], groups[1:]
+                # (loops of two activations of a recursive function, say): run the groups that
+                # merge with the first one now, the others after them
+                cluster, rest = [groups[0]], []
+                for g in groups[1:]:
+                    try:
+                        self._merge(block, cluster + [g])
+                        cluster.append(g)
+                    except UnmergeableGroups:
+                        rest.append(g)
+                lanes, n, env = cluster[0] if len(cluster) == 1 else self._merge(block, cluster)
                 fwd.setdefault(block, []).extend(rest)
         # (a permutation of all lanes is complete; once callee lanes joined, no group is)
         STATE.partial = self.base_partial or n != self.n or self.recursion is not None

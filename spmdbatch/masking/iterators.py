@@ -19,6 +19,15 @@ from ..runtime.ragged import Ragged
 from .lanes import UNDEFINED, is_varying, merge, take
 
 
+
+def _same_kind(group):
+    """Iterators of different kinds (a native and a per-lane one: two activations of a
+    recursive function at one loop) are different loops: their lanes run separately."""
+    kind = type(group[0])
+    if any(type(it) is not kind for it in group[1:]):
+        raise UnmergeableGroups(f"loops over different kinds of iterables meet "
+                                f"({', '.join(sorted({type(it).__name__ for it in group}))})")
+
 class BatchedRange:
     """``range(start, stop, step)`` where some bound varies between examples."""
 
@@ -53,6 +62,7 @@ class BatchedRange:
 
     def _spmd_merge_lanes(self, others, counts):
         group = [self] + list(others)
+        _same_kind(group)
         return BatchedRange(merge([r.start for r in group], counts), merge([r.stop for r in group], counts),
                             self.step)
 
@@ -70,6 +80,7 @@ class BatchedRangeIterator:
 
     def _spmd_merge_lanes(self, others, counts):
         group = [self] + list(others)
+        _same_kind(group)
         return BatchedRangeIterator(merge([r.current for r in group], counts),
                                     merge([r.stop for r in group], counts), self.step)
 
@@ -100,6 +111,7 @@ class LaneSequenceIterator:
 
     def _spmd_merge_lanes(self, others, counts):
         group = [self] + list(others)
+        _same_kind(group)
         if any(it.position != self.position for it in group):
             raise UnmergeableGroups("lanes of one for loop at different positions")
         return LaneSequenceIterator(merge([it.items for it in group], counts), self.position)

@@ -12,7 +12,7 @@ Objects that carry per-lane state (batched iterators) implement
 """
 from __future__ import annotations
 
-from types import CellType, FunctionType
+from types import CellType, FunctionType, MethodType
 
 import numpy as np
 
@@ -64,6 +64,8 @@ def is_varying(value, _seen=None) -> bool:
         return True
     if kind in _PLAIN_LEAVES or kind is Tracer:
         return False
+    if kind is MethodType:                  # `v.sum` of a per-example v
+        return is_varying(value.__self__, _seen)
     if kind is tuple or kind is list or (isinstance(value, tuple) and hasattr(kind, "_fields")):
         return any(is_varying(v, _seen) for v in value)
     if kind is dict:
@@ -115,6 +117,9 @@ def take(value, idx, memo=None):
         if mappable(value):     # large raw per-lane data: map it instead of copying
             return LaneMapped(value.data, idx)
         return Batched(P.take_lanes(value.data, idx))
+    if kind is MethodType:
+        obj = take(value.__self__, idx, memo)
+        return value if obj is value.__self__ else MethodType(value.__func__, obj)
     if kind is LaneMapped:
         index = value.index
         if memo is None:
@@ -259,6 +264,8 @@ def merge(values, counts, name: str = "a value", disjoint: bool = True, _memo=No
         return hook(values[1:], counts)
     if all(type(v) is CellType for v in values):
         return _merge_cells(values, counts, name)
+    if all(type(v) is MethodType and v.__func__ is first.__func__ for v in values):
+        return MethodType(first.__func__, merge([v.__self__ for v in values], counts, name, disjoint))
     if all(type(v) is FunctionType for v in values) and \
             all(v.__code__ is values[0].__code__ for v in values):
         closures = [v.__closure__ or () for v in values]

@@ -84,6 +84,9 @@ def total(frame, position):
                              for _, _, v in parts])
     datas = [_term_data(np.asarray(v, dtype=dtype) if isinstance(v, (bool, int, float, complex))
                         else v, n) for _, n, v in parts]
+    # terms broadcast to the sum's per-example shape, as `a + b + 1.0` does for vectors a, b
+    shape = np.broadcast_shapes(*[tuple(d.shape[1:]) for d in datas])
+    datas = [d if tuple(d.shape[1:]) == shape else _broadcast_lanes(d, shape) for d in datas]
     ids = np.concatenate([p[0] for p in parts])
     own = frame.recursion.origin[ids] if frame.recursion is not None else ids
     data = datas[0] if len(datas) == 1 else P.concatenate(*datas, axis=0)
@@ -112,3 +115,12 @@ def _term_data(value, n):
         from ..runtime.numpy_api import broadcast_to
         return broadcast_to(value[None], (n,) + shape)
     return np.broadcast_to(np.asarray(value)[None], (n,) + shape)
+
+
+def _broadcast_lanes(data, shape):
+    """Lane-major `data` broadcast to per-example `shape` (trailing axes align, as numpy's)."""
+    from ..runtime.numpy_api import broadcast_to
+    lead = len(shape) - (data.ndim - 1)
+    if lead > 0:     # (lanes, *s) -> (lanes, 1.., *s): the per-example axes align on the right
+        data = data.reshape((data.shape[0],) + (1,) * lead + tuple(data.shape[1:]))
+    return broadcast_to(data, (data.shape[0],) + tuple(shape))

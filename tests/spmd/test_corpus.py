@@ -357,10 +357,10 @@ def test_python_list_of_examples():
 def test_transform_is_cached():
     f = sb.spmd(tozero)
     f(X)
-    from spmdbatch.frontend.transform import _PROGRAMS
-    prog = _PROGRAMS[tozero.__code__]
+    from spmdbatch.frontend.transform import program_of
+    prog = program_of(tozero)
     f(X[:3])
-    assert _PROGRAMS[tozero.__code__] is prog
+    assert program_of(tozero) is prog
 
 
 def test_show_mentions_varying_branch():
