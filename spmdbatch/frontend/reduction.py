@@ -76,7 +76,7 @@ def recognize_sums(fn: FunctionIR) -> tuple:
     if not sites:
         return ()
     _spell_out_constant_returns(fn)
-    defs, uses = _defs_and_uses(fn)
+    defs, uses, def_counts = _defs_and_uses(fn)
     returns = []
     for bid, blk in fn.blocks.items():
         t = blk.term
@@ -100,7 +100,7 @@ def recognize_sums(fn: FunctionIR) -> tuple:
             unpacks.append(u[0])
     plans = []
     for p in range(length):
-        plan = _plan(fn, p, returns, unpacks, defs, uses)
+        plan = _plan(fn, p, returns, unpacks, defs, uses, def_counts)
         if plan is not None:
             plans.append((p, plan))
     for p, plan in plans:
@@ -178,8 +178,7 @@ def _defs_and_uses(fn):
             uses.update(s.uses())
         uses.update(blk.term.used_vars())
         counts.update(blk.term.defs())
-    uses.def_counts = counts
-    return defs, uses
+    return defs, uses, counts
 
 
 def _users(fn, name):
@@ -191,7 +190,7 @@ def _users(fn, name):
     return out
 
 
-def _plan(fn, p, returns, unpacks, defs, uses):
+def _plan(fn, p, returns, unpacks, defs, uses, def_counts):
     """(chain statements, terms per return) of component p, or None if it is not a sum."""
     partial = {u.targets[p] for u in unpacks}
     changed = True
@@ -230,7 +229,7 @@ def _plan(fn, p, returns, unpacks, defs, uses):
         return None
     # each call's part counts exactly once: one value (defined once, used once) that reaches a
     # return's sum on every path from the call (straight continuation blocks, no branch)
-    if any(uses.def_counts[name] != 1 or uses[name] != 1 for name in partial):
+    if any(def_counts[name] != 1 or uses[name] != 1 for name in partial):
         return None
     chain_block = {id(st): bid for bid, blk in fn.blocks.items() for st in blk.stmts if id(st) in chain}
     for u in unpacks:
