@@ -50,8 +50,8 @@ returned unchanged (``return h, a_1``) is no sum, and it writes no conditional e
 in a return and puts the latest call's part first in each chain (else call fusion may move
 the first `+` above the call): the frontend takes no sum when a chain spans two blocks.
 
-Known bugs (tests/spmd/test_fuzz_recursion.py has a minimal reproduction of each) are kept
-out unless ``hazards=True``, which brings back: sum parts dropped (``_`` targets, returns
+Constructs behind the bugs this fuzzer found (all fixed; tests/spmd/test_fuzz_recursion.py
+keeps a minimal reproduction of each) are kept out unless ``hazards=True``, which brings back: sum parts dropped (``_`` targets, returns
 that leave them out), used twice, overwritten by a loop, or given a non-recursive value on
 another path; a number term in a vector sum; methods of values loaded before fused
 self-calls (``w.sum()``, ``(w > 0).any()``); self-calls in loops over ``range(n % 3)`` or
@@ -164,7 +164,7 @@ class RecGen:
         self.force_site = False
         # Straight-line code only (no branch, no loop, no conditional expression): the body
         # of a `for` loop that makes self-calls, where a lane group split in two pieces that
-        # share the loop's native iterator loses iterations (a known bug, see the tests)
+        # share the loop's native iterator lost iterations (a fixed bug, see the tests)
         self.straight = False
         # A *linear* tail (the shape of a tree encoder): self-calls in straight-line code
         # and nothing but straight-line code from the first one to the return, so every
@@ -222,7 +222,7 @@ class RecGen:
             if self.hazards:
                 return f"{self.vec_expr(sc, d)}.sum()"
             # (a method of a value that does not depend on the calls is loaded before a
-            # fused self-call and read with all the lanes that made it: a known bug)
+            # fused self-call and read with all the lanes that made it: a fixed bug)
             return f"np.sum({self.vec_expr(sc, d)})"
         if k == "vidx":
             return f"{self.choice(sc.vecs)}[{self.int_expr(sc)} % 3]"
@@ -306,7 +306,7 @@ class RecGen:
                             f"vterm({self.choice(sc.vecs)}, {self.choice(sc.floats)})",
                             f"np.tanh({self.vec_expr(sc, 1)})", f"{self.choice(sc.vecs)} * 0.5",
                             # (never a bare array: returned arrays are fresh; a number
-                            # term in a vector sum is a known bug, hazard mode only)
+                            # term in a vector sum was a bug: hazard mode only)
                             "(v + 0.0)" if self.hazards else "(v + 0.5 * w)"))
 
     def term(self, kind, sc):
@@ -563,7 +563,7 @@ class RecGen:
             self.emit(indent, f"if {self.cond(sc)}:")
             w0 = self.weight
             # (an ordinary call on one side and a recursion site on the other, assigning the
-            # same targets, is a known bug: hazard mode only)
+            # same targets, was a bug: hazard mode only)
             self.force_site = not self.hazards
             self.statements(sc.child(), indent + 1, 0)
             self.call_stmt(sc, indent + 1, self.descent(sc), call=call)
@@ -614,7 +614,7 @@ class RecGen:
 
     def loop_section(self, sc, indent):
         # (a loop over a range whose bound is uniform in some activations and varying in
-        # others cannot take self-calls: a known bug, hazard mode only)
+        # others failed to take self-calls: a fixed bug, hazard mode only)
         form = self.choice(("for2", "forn", "while") if self.hazards else ("for2", "for2", "while"))
         body = sc.child()
         w0 = self.weight

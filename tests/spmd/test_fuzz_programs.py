@@ -11,12 +11,8 @@ and source lines. Set SPMD_FUZZ_EXAMPLES to run more programs (default 200).
 """
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-import itertools
 import os
 import sys
-import tempfile
 import traceback
 import warnings
 
@@ -27,13 +23,12 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from program_gen import programs  # noqa: E402
+from source_module import import_source  # noqa: E402
 
 import spmdbatch as sb  # noqa: E402
 
 EXAMPLES = int(os.environ.get("SPMD_FUZZ_EXAMPLES", 200))
 GRAD_EXAMPLES = int(os.environ.get("SPMD_FUZZ_GRAD_EXAMPLES", max(50, EXAMPLES // 4)))
-_DIR = tempfile.mkdtemp(prefix="spmd_fuzz_")
-_COUNT = itertools.count()
 
 FUZZ_SETTINGS = dict(deadline=None, print_blob=True,
                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -41,16 +36,7 @@ FUZZ_SETTINGS = dict(deadline=None, print_blob=True,
 
 def load_program(source: str):
     """Import `source` from a real file; returns its function `f`."""
-    digest = hashlib.sha1(source.encode()).hexdigest()[:12]
-    name = f"spmd_fuzz_prog_{digest}_{next(_COUNT)}"
-    path = os.path.join(_DIR, name + ".py")
-    with open(path, "w") as fh:
-        fh.write(source)
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module.f
+    return import_source(source, "spmd_fuzz_prog").f
 
 
 FLOATS = st.floats(-3.0, 3.0, allow_nan=False, allow_infinity=False)

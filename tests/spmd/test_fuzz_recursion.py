@@ -24,12 +24,9 @@ SPMD_FUZZ_RECURSION_HAZARDS=1 makes the generator produce the constructs they ar
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import itertools
 import os
 import sys
-import tempfile
 import traceback
 
 import numpy as np
@@ -40,6 +37,7 @@ from hypothesis import strategies as st
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from oracle import check_batched, check_batched_grad  # noqa: E402
 from recursion_gen import rec_programs  # noqa: E402
+from source_module import import_source  # noqa: E402
 
 import spmdbatch as sb  # noqa: E402
 from spmdbatch.frontend.transform import program_of  # noqa: E402
@@ -49,32 +47,16 @@ EXAMPLES = max(10, _BASE * 2 // 5)
 GRAD_EXAMPLES = max(5, _BASE // 10)
 HAZARDS = os.environ.get("SPMD_FUZZ_RECURSION_HAZARDS", "") not in ("", "0")
 RTOL = ATOL = 1e-9
-_DIR = tempfile.mkdtemp(prefix="spmd_fuzz_rec_")
-_COUNT = itertools.count()
 
 FUZZ_SETTINGS = dict(deadline=None, print_blob=True,
                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
 def load_program(program):
-    """Import the program from a real file; returns the module.
-
-    `rec` gets a docstring naming this load, so no two loads have equal code objects (they
-    shared one compiled program before programs were cached by identity), and hypothesis
-    runs a failing program again, from a new module, to confirm it."""
-    count = next(_COUNT)
-    source = program.source.replace("def rec(p, n, x, v):\n",
-                                    f'def rec(p, n, x, v):\n    """load {count}"""\n', 1)
-    digest = hashlib.sha1(source.encode()).hexdigest()[:12]
-    name = f"spmd_fuzz_rec_{digest}_{count}"
-    path = os.path.join(_DIR, name + ".py")
-    with open(path, "w") as fh:
-        fh.write(source)
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    module.__fuzz_source__ = source
+    """Import the program from a real file; returns the module (hypothesis runs a failing
+    program again, from a new module, to confirm it)."""
+    module = import_source(program.source, "spmd_fuzz_rec")
+    module.__fuzz_source__ = program.source
     return module
 
 
