@@ -27,7 +27,6 @@ emitted inline (no scheduling needed: no lanes can join there).
 from __future__ import annotations
 
 from . import ir
-from .fusion import FusedCall
 from .emit_plain import PlainEmitter, Writer
 from .ir import Var
 from .liveness import analyze as analyze_liveness
@@ -249,7 +248,7 @@ class BatchedEmitter(PlainEmitter):
                            for d in kwargs) + ")"
         env = "(" + "".join(self.v(n) + ", " for n in self.env[t.cont] if n not in targets) + ")"
         self.w.line(f"{self.F}.recurse({self.sched.position[t.cont]}, {self.L}, {self.N}, {calls}, "
-                    f"{arg_lists}, {kw}, {env}, {len(targets) > 1 or isinstance(t.call, FusedCall)}, "
+                    f"{arg_lists}, {kw}, {env}, "
                     f"{self.names.helper('recursion')}, {self.names.helper('g')})")
 
     def term_Return(self, bid, t):

@@ -148,7 +148,7 @@ class Frame:
         rec.returned(np.arange(n) if lanes is None else lanes, n, value)
 
     # --- recursion scheduled by height (frontend/recursion.py) ---------------------------------
-    def recurse(self, cont, lanes, n, funcs, args, kwargs, env, fused, spec, globals_):
+    def recurse(self, cont, lanes, n, funcs, args, kwargs, env, spec, globals_):
         """Calls of the function to itself from the running group: the callee lanes join this
         frame at the entry block and the group waits at block `cont` for their results. Calls
         of any other function run now (as ordinary batched calls) and the group goes on."""
@@ -156,7 +156,7 @@ class Frame:
         if n == 0 or any(kwargs) or not all(type(f) is FunctionType and f.__code__ is code
                                             and f.__globals__ is globals_ for f in funcs):
             from .calls import call, call_fused
-            if fused:
+            if len(funcs) > 1:                  # (a fused group of calls)
                 results = call_fused(funcs, args, kwargs)
             else:
                 results = (call(funcs[0], *args[0], **kwargs[0]),)
