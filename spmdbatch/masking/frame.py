@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import LaneError, UnmergeableGroups
 from ..runtime.batched import Batched, user_frame
-from .lanes import UNDEFINED, fresh, merge, take
+from .lanes import UNDEFINED, fresh, merge, merge_envs, take
 from .recursion import Recursion
 from .stats import STATS
 
@@ -258,10 +258,7 @@ class Frame:
     def _merge(self, block, groups):
         counts = [g[1] for g in groups]
         lanes = np.concatenate([np.arange(g[1]) if g[0] is None else g[0] for g in groups])
-        names = self.names[block] if self.names else None
-        width = len(groups[0][2])
-        env = tuple(merge([g[2][i] for g in groups], counts,
-                          f"variable {names[i]!r}" if names else "a variable") for i in range(width))
+        env = merge_envs([g[2] for g in groups], counts, self.names[block] if self.names else None)
         return lanes, sum(counts), env
 
     # --- results ------------------------------------------------------------------------------

@@ -289,6 +289,14 @@ def merge(values, counts, name: str = "a value", disjoint: bool = True, _memo=No
         f"where control flow joins", hint="Only numbers and arrays can differ between examples.")
 
 
+def merge_envs(envs, counts, names=None):
+    """Environment tuples of lane groups merged slot by slot (`names`: the slots' variables,
+    for error messages)."""
+    return tuple(merge([e[i] for e in envs], counts,
+                       f"variable {names[i]!r}" if names else "a variable")
+                 for i in range(len(envs[0])))
+
+
 def _as_mapped_like(values):
     """Values that are a LaneMapped's own base data (the lanes it was mapped from) viewed
     through the identity map, so merging them with it maps instead of copying."""

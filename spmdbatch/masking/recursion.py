@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import SpmdError, UnmergeableGroups
 from ..runtime import primitives as P
 from ..runtime.batched import Batched, user_frame
-from .lanes import _lane_data, is_varying, merge, take
+from .lanes import _lane_data, is_varying, merge, merge_envs, take
 
 
 class Recursion:
@@ -115,8 +115,7 @@ class Recursion:
                 continue
             counts = [len(g[1]) for g in groups]
             try:
-                env = tuple(merge([g[2][i] for g in groups], counts, "a variable")
-                            for i in range(len(groups[0][2])))
+                env = merge_envs([g[2] for g in groups], counts)
             except UnmergeableGroups:
                 merged.extend(groups)
                 continue
@@ -153,8 +152,7 @@ class Recursion:
             if len(parts) > 1:
                 counts = [p[1] for p in parts]
                 try:
-                    env = tuple(merge([p[2][i] for p in parts], counts, "a variable")
-                                for i in range(len(parts[0][2])))
+                    env = merge_envs([p[2] for p in parts], counts)
                     parts = [(np.concatenate([p[0] for p in parts]), sum(counts), env,
                               np.concatenate([p[3] for p in parts], axis=1))]
                 except UnmergeableGroups:
