@@ -132,8 +132,8 @@ class Frame:
             else:
                 (self.jump_back if f_back else self.jump)(f_block, lanes, n, f_env)
         else:
-            t_idx = np.flatnonzero(mask)
-            f_idx = np.flatnonzero(~mask)
+            t_idx = mask.nonzero()[0]            # (the methods: numpy's functions wrap them)
+            f_idx = (~mask).nonzero()[0]
             t_lanes = t_idx if lanes is None else lanes[t_idx]
             f_lanes = f_idx if lanes is None else lanes[f_idx]
             (self.jump_back if t_back else self.jump)(t_block, t_lanes, k, take(t_env, t_idx, {}))
@@ -283,10 +283,9 @@ class Frame:
         counts = [r[1] for r in returns]
         value = merge([r[2] for r in returns], counts, "the return value")
         lanes = np.concatenate([np.arange(r[1]) if r[0] is None else r[0] for r in returns])
-        order = np.argsort(lanes, kind="stable")
-        if np.array_equal(order, np.arange(len(order))):
-            return value
-        return take(value, order, {})
+        if not np.count_nonzero(lanes[1:] < lanes[:-1]):
+            return value                   # (already in lane order)
+        return take(value, lanes.argsort(kind="stable"), {})
 
     def raise_in_lanes(self, exc, lanes, n):
         """Raise `exc` for the running group: as a LaneError naming the examples (batch

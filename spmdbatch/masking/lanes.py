@@ -21,7 +21,7 @@ from ..runtime import primitives as P
 from ..runtime import pytree
 from ..ad.tracer import Tracer
 from ..runtime.batched import Batched
-from ..runtime.mapped import LaneMapped, as_mapped, identity_index, mappable
+from ..runtime.mapped import MIN_MAPPED_SIZE, LaneMapped, as_mapped, identity_index, mappable
 from ..runtime.ragged import Ragged
 
 
@@ -114,9 +114,12 @@ def take(value, idx, memo=None):
     """
     kind = type(value)
     if kind is Batched:
-        if mappable(value):     # large raw per-lane data: map it instead of copying
-            return LaneMapped(value.data, idx)
-        return Batched(P.take_lanes(value.data, idx))
+        data = value.data
+        if type(data) is np.ndarray:
+            if data.size >= MIN_MAPPED_SIZE * max(1, data.shape[0]):
+                return LaneMapped(data, idx)    # large raw per-lane data: map, do not copy
+            return Batched(data.take(idx, axis=0))
+        return Batched(P.take_lanes(data, idx))
     if kind is MethodType:
         obj = take(value.__self__, idx, memo)
         return value if obj is value.__self__ else MethodType(value.__func__, obj)
@@ -226,9 +229,10 @@ def merge(values, counts, name: str = "a value", disjoint: bool = True, _memo=No
             indexes = [v.index for v in values]
             hit = _memo[key] = (indexes, np.concatenate(indexes))
         return LaneMapped(first.base, hit[1], first.lengths)
-    if kind is Batched and all(type(v) is Batched for v in values) and \
-            not all(v is first for v in values[1:]):
-        return Batched(P.concatenate(*[v.data for v in values], axis=0))
+    if kind is Batched and all(type(v) is Batched for v in values):
+        if not all(v is first for v in values[1:]) or not (disjoint or mappable(first)):
+            # (one small value held by the calls of a fused site: repeated for each call)
+            return Batched(P.concatenate(*[v.data for v in values], axis=0))
     if all(_same(first, v) for v in values[1:]) and (disjoint or not is_varying(first)):
         return first                       # (the same object stays the same object)
     if (kind is tuple or kind is list) and all(type(v) is kind and len(v) == len(first) for v in values):

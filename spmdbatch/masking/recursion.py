@@ -71,25 +71,28 @@ class Recursion:
 
     def gather(self, ids):
         """The returned values of lanes `ids`, in that order."""
-        which, rows = self.chunk_of[ids], self.row_of[ids]
-        if not len(which) or (which == which[0]).all():
-            value, n = self.chunks[int(which[0])] if len(which) else self.chunks[0]
-            if len(rows) == n and np.array_equal(rows, np.arange(n)):
-                return value
-            return take(value, rows, {})
-        order = np.argsort(which, kind="stable")
+        if not len(ids):
+            value, n = self.chunks[0]
+            return take(value, ids, {})
+        which = self._chunk_of[ids]
+        order = which.argsort(kind="stable")
         ordered = which[order]
-        cuts = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
-        starts = [0] + cuts.tolist()
-        ends = cuts.tolist() + [len(order)]
+        rows = self._row_of[ids]
+        if ordered[0] == ordered[-1]:                       # every lane from one chunk
+            value, n = self.chunks[int(ordered[0])]
+            if len(rows) == n and rows[0] == 0 and not np.count_nonzero(rows[1:] <= rows[:-1]):
+                return value                                # (all its rows, in order)
+            return take(value, rows, {})
+        bounds = [0] + ((ordered[1:] != ordered[:-1]).nonzero()[0] + 1).tolist() + [len(order)]
+        chunks = self.chunks
         parts, values, counts = [], [], []
-        for a, b in zip(starts, ends):
+        for a, b in zip(bounds, bounds[1:]):
             pos = order[a:b]
-            value, n = self.chunks[int(ordered[a])]
+            value, n = chunks[int(ordered[a])]
             parts.append((pos, rows[pos]))
             values.append(value)
             counts.append(n)
-        return _gather(values, counts, parts, len(ids))
+        return _gather(values, counts, tuple(parts), len(ids))
 
     def result(self, returns):
         """The returned values of the frame's own lanes (plus `returns`, made before the
@@ -133,8 +136,8 @@ class Recursion:
         self._consolidate()
         for group in self.parked:
             cont, lanes, env, varying, callees, pending = group
-            ready = done[callees].all(axis=0) & pending
-            idx = np.flatnonzero(ready)
+            ready = np.logical_and.reduce(done[callees], axis=0) & pending
+            idx = ready.nonzero()[0]
             if not len(idx):
                 continue
             pending[idx] = False
@@ -144,7 +147,7 @@ class Recursion:
                                            for v, var in zip(env, varying)), varying)
                 lanes, callees = lanes[idx], callees[:, idx]
             pieces.setdefault(cont, []).append((lanes, len(idx), env, callees))
-        self.parked = [g for g in self.parked if g[5].any()]
+        self.parked = [g for g in self.parked if np.count_nonzero(g[5])]
         if not pieces:
             raise AssertionError("recursive calls are waiting but no lane can run")
         out = []
@@ -193,16 +196,29 @@ def _gather(values, counts, parts, size):
     """Rows ``parts[i] = (output positions, rows)`` of lane groups `values` (pytrees of one
     structure): arrays in one `gather_lanes` step, other per-lane values by merge and take."""
     first = values[0]
-    if all(v is first for v in values[1:]) and not is_varying(first):
-        return first
     kind = type(first)
-    if (kind is tuple or kind is list) and all(type(v) is kind and len(v) == len(first) for v in values):
-        return kind(_gather([v[i] for v in values], counts, parts, size) for i in range(len(first)))
+    if kind is Batched:                         # the common cases first, without tree walks
+        datas = []
+        for v in values:
+            if type(v) is not Batched:
+                break
+            datas.append(v.data)
+        else:
+            return Batched(P.gather_lanes(*datas, parts=parts))
+    elif kind is tuple or kind is list:
+        n = len(first)
+        for v in values:
+            if type(v) is not kind or len(v) != n:
+                break
+        else:
+            return kind([_gather([v[i] for v in values], counts, parts, size) for i in range(n)])
+    if all(v is first for v in values) and not is_varying(first):
+        return first
     if any(type(v) is Batched for v in values) and \
             all(type(v) is Batched or isinstance(v, (bool, int, float, complex, np.generic, np.ndarray))
                 for v in values):
         datas = [_lane_data(v, n) for v, n in zip(values, counts)]
-        return Batched(P.gather_lanes(*datas, parts=tuple(parts)))
+        return Batched(P.gather_lanes(*datas, parts=parts))
     merged = merge(values, counts, "the return value")
     order = np.empty(size, dtype=np.intp)
     offset = 0

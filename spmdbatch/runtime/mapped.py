@@ -157,7 +157,7 @@ def _check_positions(x, k):
     lengths = x.lane_lengths()
     if k.dtype == lengths.dtype == np.intp:
         # 0 <= k < length in one comparison: negative positions wrap to huge unsigned values
-        if (k.view(np.uintp) < lengths.view(np.uintp)).all():
+        if np.count_nonzero(k.view(np.uintp) < lengths.view(np.uintp)) == len(k):
             return
     elif (k < lengths).all() and (k >= 0).all():
         return

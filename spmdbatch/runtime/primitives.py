@@ -293,14 +293,17 @@ def _gather_lanes(*sources, parts):
     """Rows of several lane-major sources: ``out[pos] = sources[i][rows]`` for each
     ``parts[i] = (pos, rows)`` (positions cover the output exactly once)."""
     first = sources[0]
-    xp = namespace(first)
+    dtype = first.dtype
+    for src in sources[1:]:          # (this module's `any` is the primitive)
+        if src.dtype != dtype:
+            dtype = namespace(first).result_type(*[s.dtype for s in sources])
+            break
     size = 0
     for pos, _ in parts:
         size += len(pos)
-    dtype = xp.result_type(*[s.dtype for s in sources]) if len(sources) > 1 else first.dtype
-    out = xp.empty((size,) + tuple(first.shape[1:]), dtype=dtype)
+    out = namespace(first).empty((size,) + tuple(first.shape[1:]), dtype=dtype)
     for src, (pos, rows) in zip(sources, parts):
-        out[pos] = src[rows]
+        out[pos] = src.take(rows, axis=0)
     return out
 
 
