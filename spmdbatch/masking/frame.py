@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import LaneError, UnmergeableGroups
 from ..runtime.batched import Batched, user_frame
-from .lanes import UNDEFINED, fresh, merge, merge_envs, take
+from .lanes import UNDEFINED, fresh, merge, merge_envs, repeat_lanes, take
 from .recursion import Recursion
 from .stats import STATS
 
@@ -175,7 +175,8 @@ class Frame:
         arity = len(args[0])
         # (one call: the callee lanes get their own copies of the caller's varying objects,
         # since one object in two groups of the frame would read as uniform)
-        merged = [merge([a[i] for a in args], [n] * m, f"argument {i}", disjoint=False)
+        merged = [repeat_lanes(args[0][i], m, n) if all(a[i] is args[0][i] for a in args)
+                  else merge([a[i] for a in args], [n] * m, f"argument {i}", disjoint=False)
                   for i in range(arity)] if m > 1 else [fresh(a) for a in args[0]]
         if STATS.active is not None:
             STATS.record_call(code.co_qualname if hasattr(code, "co_qualname") else code.co_name,

@@ -120,6 +120,16 @@ def take(value, idx, memo=None):
                 return LaneMapped(data, idx)    # large raw per-lane data: map, do not copy
             return Batched(data.take(idx, axis=0))
         return Batched(P.take_lanes(data, idx))
+    if kind is tuple:                       # (environments are tuples: the common case)
+        items = [take(v, idx, memo) for v in value]
+        for a, b in zip(items, value):
+            if a is not b:
+                return tuple(items)
+        return value
+    if kind in _PLAIN_LEAVES or kind is Tracer:
+        return value
+    if isinstance(value, tuple) and hasattr(kind, "_fields"):    # NamedTuple: no tree walk
+        return _take_record(value, kind, idx, memo)
     if kind is MethodType:
         obj = take(value.__self__, idx, memo)
         return value if obj is value.__self__ else MethodType(value.__func__, obj)
@@ -150,21 +160,56 @@ def take(value, idx, memo=None):
         new = _rebuild_function(value, cells)
         memo[id(value)] = new
         return new
-    if kind is tuple or kind is list:       # (environments are tuples: the common case)
+    if kind is list:
         items = [take(v, idx, memo) for v in value]
-        return value if all(a is b for a, b in zip(items, value)) else kind(items)
+        return value if all(a is b for a, b in zip(items, value)) else items
     if kind is dict:
         items = {k: take(v, idx, memo) for k, v in value.items()}
         return value if all(items[k] is v for k, v in value.items()) else items
-    if kind in _PLAIN_LEAVES or kind is Tracer:
-        return value
-    if isinstance(value, tuple) and hasattr(kind, "_fields"):    # NamedTuple: no tree walk
-        items = [take(v, idx, memo) for v in value]
-        return value if all(a is b for a, b in zip(items, value)) else kind(*items)
     if (isinstance(value, _CONTAINERS) or _is_struct(value)) and is_varying(value):
         leaves, treedef = pytree.flatten(value)
         return treedef.unflatten([take(leaf, idx, memo) for leaf in leaves])
     return value
+
+
+def _take_record(value, kind, idx, memo):
+    """`take` of a NamedTuple; the fields of a per-example record on one lane map (ragged
+    arguments) move with one index operation."""
+    if len(value) and type(value[0]) is LaneMapped:
+        index = value[0].index
+        for v in value:
+            if type(v) is not LaneMapped or v.index is not index:
+                break
+        else:
+            key = ("index", id(index))
+            hit = None if memo is None else memo.get(key)
+            if hit is None or hit[0] is not index:
+                hit = (index, index[idx])
+                if memo is not None:
+                    memo[key] = hit
+            return kind(*[LaneMapped(v.base, hit[1], v.lengths) for v in value])
+    items = [take(v, idx, memo) for v in value]
+    return value if all(a is b for a, b in zip(items, value)) else kind(*items)
+
+
+def repeat_lanes(value, m, n):
+    """One value (of `n` lanes) passed to `m` fused calls: its lanes repeated `m` times (uniform values stay
+    as they are). The common cases skip `merge`'s general walk: batched data, and records
+    whose fields share one lane map (ragged per-example arguments)."""
+    kind = type(value)
+    if kind is Batched:
+        data = value.data
+        if type(data) is not np.ndarray or data.size < MIN_MAPPED_SIZE * max(1, data.shape[0]):
+            return Batched(P.concatenate(*[data] * m, axis=0))
+    elif kind in _PLAIN_LEAVES or kind is Tracer:
+        return value
+    elif isinstance(value, tuple) and hasattr(kind, "_fields") and len(value) and \
+            type(value[0]) is LaneMapped:
+        index = value[0].index
+        if all(type(v) is LaneMapped and v.index is index for v in value):
+            repeated = np.concatenate([index] * m)
+            return kind(*[LaneMapped(v.base, repeated, v.lengths) for v in value])
+    return merge([value] * m, [n] * m, "an argument", disjoint=False)
 
 
 def fresh(value):
@@ -246,10 +291,12 @@ def merge(values, counts, name: str = "a value", disjoint: bool = True, _memo=No
         return kind(*[merge([v[i] for v in values], counts, name, disjoint, memo)
                       for i in range(len(first))])
     if type(first) is Batched and mappable(first) and all(v is first for v in values[1:]):
-        values = [as_mapped(first)] * len(values)   # one lane's data for several groups: map it
+        # one lane's data for several groups: map it (the identity maps of one lane count are
+        # one shared array, so the fields of a record keep sharing their lane map)
+        return merge([as_mapped(first)] * len(values), counts, name, disjoint, _memo)
     elif type(first) is Ragged and type(first.data) is np.ndarray and all(v is first for v in values[1:]):
         mapped = LaneMapped(first.data, identity_index(first.data.shape[0]), first.lengths)
-        values = [mapped] * len(values)             # the same for ragged per-lane data
+        return merge([mapped] * len(values), counts, name, disjoint, _memo)   # the same, ragged
     defined = [v for v in values if v is not UNDEFINED]
     if len(defined) < len(values):
         # Lanes where the variable is unbound never read it (else Python would have raised):

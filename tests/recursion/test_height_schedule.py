@@ -1133,3 +1133,26 @@ def test_recursion_inside_a_loop_over_a_generator_is_refused_with_its_line():
     assert "loop over a generator" in str(info.value)
     assert info.value.lineno == _generator_loop.__code__.co_firstlineno + 5
     assert info.value.filename == __file__
+
+
+def test_record_fields_keep_one_lane_map_through_fused_calls_and_branches():
+    """The fields of a ragged per-example record share one lane map, so moving the record
+    is one index operation: repeating it for the calls of a fused site and taking lanes at
+    a branch both keep the sharing (a lost sharing was correct but slow)."""
+    from spmdbatch.masking.lanes import merge, repeat_lanes, take
+    from spmdbatch.runtime.mapped import LaneMapped
+    from spmdbatch.runtime.ragged import Ragged
+
+    class Rec(NamedTuple):
+        a: object
+        b: object
+
+    lengths = np.array([2, 3, 1])
+    rec = Rec(Ragged(np.arange(9).reshape(3, 3), lengths), Ragged(np.arange(9, 18).reshape(3, 3), lengths))
+    for repeated in (repeat_lanes(rec, 2, 3), merge([rec, rec], [3, 3], disjoint=False)):
+        assert all(type(f) is LaneMapped for f in repeated)
+        assert repeated.a.index is repeated.b.index
+        np.testing.assert_array_equal(repeated.a.index, [0, 1, 2, 0, 1, 2])
+        taken = take(repeated, np.array([1, 4, 5]), {})
+        assert taken.a.index is taken.b.index
+        np.testing.assert_array_equal(taken.b.materialize().data, np.arange(9, 18).reshape(3, 3)[[1, 1, 2]])
