@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import DivergentSideEffect, SpmdError
 from ..runtime.batched import Batched, user_frame
-from ..runtime.mapped import LaneMapped
+from ..runtime.mapped import LaneMapped, mapped_rows
 from ..runtime.ragged import Ragged
 from ..runtime import primitives as P
 from .frame import STATE
@@ -268,6 +268,9 @@ def call_fused(funcs, args, kwargs):
 
 def getitem(obj, index):
     """`obj[index]`: arrays indexed by varying indices gather through the batching rules."""
+    if type(obj) is LaneMapped and type(index) is Batched and type(index.data) is np.ndarray \
+            and index.data.ndim == 1 and obj.base.ndim >= 2 and index.data.dtype.kind in "iu":
+        return mapped_rows(obj, index.data)         # (the common `tree.left[k]`, directly)
     if type(obj) is np.ndarray and (isinstance(index, (Batched, LaneMapped)) or (type(index) is tuple and any(
             isinstance(i, (Batched, LaneMapped)) for i in index))):
         template, arrays = P.split_index(index)

@@ -141,16 +141,21 @@ def _mapped_apply(prim, args, params):
             item = template[0]
             if item is P.ARRAY_SLOT and type(args[1]) is Batched and args[1].data.ndim == 1 \
                     and type(args[1].data) is np.ndarray:
-                k = args[1].data                                      # tree.left[k]
-                if x.lengths is not None:
-                    _check_positions(x, k)
-                return Batched(x.base[x.index, k])
+                return mapped_rows(x, args[1].data)                  # tree.left[k]
             if isinstance(item, (int, np.integer)) and (item >= 0 or x.lengths is None):
                 if x.lengths is not None:
                     _check_positions(x, np.full(len(x.index), item))
                 return Batched(x.base[x.index, item])
     args = tuple(a.materialize() if type(a) is LaneMapped else a for a in args)
     return bind(prim, args, params)
+
+
+def mapped_rows(x, k):
+    """Each lane's element `k[lane]` of lane-mapped `x` (``tree.left[k]``), bounds checked
+    against each lane's length when ragged."""
+    if x.lengths is not None:
+        _check_positions(x, k)
+    return Batched(x.base[x.index, k])
 
 
 def _check_positions(x, k):
