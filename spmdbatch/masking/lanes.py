@@ -175,6 +175,9 @@ def take(value, idx, memo=None):
 def _take_record(value, kind, idx, memo):
     """`take` of a NamedTuple; the fields of a per-example record on one lane map (ragged
     arguments) move with one index operation."""
+    hook = getattr(value, "_spmd_take_lanes", None)
+    if hook is not None:
+        return hook(idx)
     if len(value) and type(value[0]) is LaneMapped:
         index = value[0].index
         for v in value:
@@ -193,9 +196,9 @@ def _take_record(value, kind, idx, memo):
 
 
 def repeat_lanes(value, m, n):
-    """One value (of `n` lanes) passed to `m` fused calls: its lanes repeated `m` times (uniform values stay
-    as they are). The common cases skip `merge`'s general walk: batched data, and records
-    whose fields share one lane map (ragged per-example arguments)."""
+    """One value (of `n` lanes) passed to `m` fused calls: its lanes repeated `m` times
+    (uniform values stay as they are). The common cases skip `merge`'s general walk: batched
+    data, and records whose fields share one lane map (ragged per-example arguments)."""
     kind = type(value)
     if kind is Batched:
         data = value.data

@@ -211,6 +211,8 @@ def _gather(values, counts, parts, size):
             if type(v) is not kind or len(v) != n:
                 break
         else:
+            if all(v is first for v in values) and not is_varying(first):
+                return first                    # (one uniform object stays that object)
             return kind([_gather([v[i] for v in values], counts, parts, size) for i in range(n)])
     if all(v is first for v in values) and not is_varying(first):
         return first
