@@ -172,25 +172,32 @@ def take(value, idx, memo=None):
     return value
 
 
+def _shared_lane_map(record):
+    """The one lane map all fields of a NamedTuple record are on, or None."""
+    if not len(record) or type(record[0]) is not LaneMapped:
+        return None
+    index = record[0].index
+    for v in record:
+        if type(v) is not LaneMapped or v.index is not index:
+            return None
+    return index
+
+
 def _take_record(value, kind, idx, memo):
     """`take` of a NamedTuple; the fields of a per-example record on one lane map (ragged
     arguments) move with one index operation."""
     hook = getattr(value, "_spmd_take_lanes", None)
     if hook is not None:
         return hook(idx)
-    if len(value) and type(value[0]) is LaneMapped:
-        index = value[0].index
-        for v in value:
-            if type(v) is not LaneMapped or v.index is not index:
-                break
-        else:
-            key = ("index", id(index))
-            hit = None if memo is None else memo.get(key)
-            if hit is None or hit[0] is not index:
-                hit = (index, index[idx])
-                if memo is not None:
-                    memo[key] = hit
-            return kind(*[LaneMapped(v.base, hit[1], v.lengths) for v in value])
+    index = _shared_lane_map(value)
+    if index is not None:
+        key = ("index", id(index))
+        hit = None if memo is None else memo.get(key)
+        if hit is None or hit[0] is not index:
+            hit = (index, index[idx])
+            if memo is not None:
+                memo[key] = hit
+        return kind(*[LaneMapped(v.base, hit[1], v.lengths) for v in value])
     items = [take(v, idx, memo) for v in value]
     return value if all(a is b for a, b in zip(items, value)) else kind(*items)
 
@@ -206,10 +213,9 @@ def repeat_lanes(value, m, n):
             return Batched(P.concatenate(*[data] * m, axis=0))
     elif kind in _PLAIN_LEAVES or kind is Tracer:
         return value
-    elif isinstance(value, tuple) and hasattr(kind, "_fields") and len(value) and \
-            type(value[0]) is LaneMapped:
-        index = value[0].index
-        if all(type(v) is LaneMapped and v.index is index for v in value):
+    elif isinstance(value, tuple) and hasattr(kind, "_fields"):
+        index = _shared_lane_map(value)
+        if index is not None:
             repeated = np.concatenate([index] * m)
             return kind(*[LaneMapped(v.base, repeated, v.lengths) for v in value])
     return merge([value] * m, [n] * m, "an argument", disjoint=False)
