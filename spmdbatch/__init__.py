@@ -12,13 +12,14 @@ from .runtime.device import to_device
 from .runtime.primitives import log_softmax, logsumexp, sigmoid, softmax
 from .runtime import batching as _batching  # noqa: F401  (registers the batching rules)
 from .runtime import ragged as _ragged  # noqa: F401  (registers the ragged rules)
+from .masking.calls import batch_polymorphic, native
 from .masking.stats import stats
 from .spmd import show, spmd
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "spmd", "show", "stats", "grad", "value_and_grad", "vjp", "check_gradients", "stop_gradient", "Tracer",
+    "spmd", "show", "stats", "native", "batch_polymorphic", "grad", "value_and_grad", "vjp", "check_gradients", "stop_gradient", "Tracer",
     "sigmoid", "logsumexp", "softmax", "log_softmax", "index_update", "at",
     "SpmdError", "UnsupportedConstruct", "VaryingValueError", "BatchSizeError", "LaneError",
     "DivergentSideEffect",

@@ -9,10 +9,10 @@
 - `sums`: sums over a recursion (recorded terms, deferred calls, per-example totals);
 - `stats`: counting batched calls (`spmdbatch.stats()`).
 """
-from .calls import call, getitem, logical_not, native, set_transformer, setitem
+from .calls import batch_polymorphic, call, getitem, logical_not, native, set_transformer, setitem
 from .frame import STATE, Frame
 from .iterators import get_iter, iter_next
 from .lanes import UNDEFINED, merge, take
 
-__all__ = ["Frame", "STATE", "call", "getitem", "setitem", "logical_not", "native",
+__all__ = ["Frame", "STATE", "call", "getitem", "setitem", "logical_not", "native", "batch_polymorphic",
            "set_transformer", "get_iter", "iter_next", "UNDEFINED", "merge", "take"]

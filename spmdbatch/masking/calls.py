@@ -64,6 +64,99 @@ def native(fn):
     return fn
 
 
+def batch_polymorphic(fn=None, *, when=None):
+    """Decorator: `fn` already treats a leading axis of its array arguments as a batch axis
+    (it is written with ``axis=-1``, ``x @ W.T`` and elementwise operations, as the cells of
+    `spmdbatch.nn` are), so a batched call runs it once, natively, on the stacked lanes.
+
+    That is its batching rule: it skips the batch program (no per-operation batching, no
+    scheduler) and costs what the same code costs on a hand-stacked batch. It applies when
+    every array argument is a plain batched value (uniform arrays, ragged or lane-mapped
+    values, and a per-example `self` take the general path) and `when(*args, **kwargs)`, if
+    given, is true; every array the function returns must have the batch axis.
+    """
+    def mark(f):
+        f._spmd_batch_polymorphic = when if when is not None else True
+        return f
+    return mark if fn is None else mark(fn)
+
+
+NOT_PLAIN = object()
+
+
+def _plain_lane_data(value, n):
+    """`value` with every Batched leaf replaced by its data, or `NOT_PLAIN` when some leaf
+    cannot be passed to a batch-polymorphic function as it is (see `batch_polymorphic`)."""
+    kind = type(value)
+    if kind is Batched:
+        data = value.data
+        if data.shape[0] != n:
+            return NOT_PLAIN
+        return data
+    if kind is tuple or kind is list:
+        items = [_plain_lane_data(v, n) for v in value]
+        for item in items:
+            if item is NOT_PLAIN:
+                return NOT_PLAIN
+        return kind(items)
+    if value is None or kind is int or kind is float or kind is bool or kind is str:
+        return value
+    return NOT_PLAIN
+
+
+def _lanes_of_result(value, n, fn):
+    """A batch-polymorphic function's result with the batch axis of its arrays made `Batched`."""
+    kind = type(value)
+    if kind is tuple or kind is list:
+        return kind(_lanes_of_result(v, n, fn) for v in value)
+    if value is None or kind is int or kind is float or kind is bool or kind is str:
+        return value
+    shape = getattr(value, "shape", None)
+    if shape is None or not shape or shape[0] != n:
+        filename, lineno = user_frame()
+        raise SpmdError(f"{getattr(fn, '__qualname__', fn)} is marked batch_polymorphic but returned a "
+                        f"{type(value).__name__} without the batch axis (shape {shape}, {n} lanes)",
+                        filename, lineno, "Remove the batch_polymorphic mark, or return per-lane arrays only.")
+    return Batched(value)
+
+
+def _first_batched(args):
+    for a in args:
+        if type(a) is Batched:
+            return a
+        if type(a) is tuple or type(a) is list:
+            b = _first_batched(a)
+            if b is not None:
+                return b
+    return None
+
+
+def call_polymorphic(fn, self_arg, args, kwargs, when):
+    """Run batch-polymorphic `fn` natively on the lanes' data (`NOT_PLAIN` if it does not apply:
+    the caller then runs its batch program)."""
+    first = _first_batched(args)
+    if first is None:
+        first = _first_batched(tuple(kwargs.values()))
+    if first is None:
+        return NOT_PLAIN
+    n = first.data.shape[0]
+    data = _plain_lane_data(args, n)
+    if data is NOT_PLAIN:
+        return NOT_PLAIN
+    kw = {}
+    for key, value in kwargs.items():
+        kw[key] = _plain_lane_data(value, n)
+        if kw[key] is NOT_PLAIN:
+            return NOT_PLAIN
+    if when is not True and not when(*self_arg, *data, **kw):
+        return NOT_PLAIN
+    if STATS.active is not None:
+        frame = STATE.frame
+        skipped = 0 if frame is None or STATE.lanes is None else max(0, frame.n - len(STATE.lanes))
+        STATS.record_call(fn.__qualname__, n, skipped)
+    return _lanes_of_result(fn(*self_arg, *data, **kw), n, fn)
+
+
 def _io_guard(fn):
     def guarded(*args, **kwargs):
         if STATE.partial:
@@ -200,12 +293,24 @@ def call(fn, *args, **kwargs):
         if special is not None:
             return special(*args, **kwargs)
         if _any_varying(args, kwargs) and is_user_function(fn):
+            when = getattr(fn, "_spmd_batch_polymorphic", None)
+            if when is not None:
+                out = call_polymorphic(fn, (), args, kwargs, when)
+                if out is not NOT_PLAIN:
+                    return out
             return _TRANSFORMER(fn)(*args, **kwargs)
         return fn(*args, **kwargs)
     if kind is types.MethodType and type(fn.__func__) is types.FunctionType:
-        if _any_varying(args, kwargs) or is_varying(fn.__self__):
-            if is_user_function(fn.__func__):
-                return _TRANSFORMER(fn.__func__)(fn.__self__, *args, **kwargs)
+        func = fn.__func__
+        varying_self = is_varying(fn.__self__)
+        if varying_self or _any_varying(args, kwargs):
+            if is_user_function(func):
+                when = getattr(func, "_spmd_batch_polymorphic", None)
+                if when is not None and not varying_self:
+                    out = call_polymorphic(func, (fn.__self__,), args, kwargs, when)
+                    if out is not NOT_PLAIN:
+                        return out
+                return _TRANSFORMER(func)(fn.__self__, *args, **kwargs)
         return fn(*args, **kwargs)
     if kind is types.BuiltinFunctionType:
         special = _SPECIAL.get(fn)
@@ -219,9 +324,15 @@ def call(fn, *args, **kwargs):
                         filename, lineno, "Call a uniform function, or branch on the example's data.")
     else:
         method = getattr(kind, "__call__", None)      # a callable object of a user class
-        if type(method) is types.FunctionType and is_user_function(method) and \
-                (_any_varying(args, kwargs) or is_varying(fn)):
-            return _TRANSFORMER(method)(fn, *args, **kwargs)
+        if type(method) is types.FunctionType and is_user_function(method):
+            varying_self = is_varying(fn)
+            if varying_self or _any_varying(args, kwargs):
+                when = getattr(method, "_spmd_batch_polymorphic", None)
+                if when is not None and not varying_self:
+                    out = call_polymorphic(method, (fn,), args, kwargs, when)
+                    if out is not NOT_PLAIN:
+                        return out
+                return _TRANSFORMER(method)(fn, *args, **kwargs)
     return fn(*args, **kwargs)
 
 

@@ -12,7 +12,12 @@ import numpy as np
 from . import activations as _act
 from . import init as _init
 from . import random as _random
+from ..masking.calls import batch_polymorphic
 from .module import Module, static
+
+
+_PER_EXAMPLE_ACTIVATIONS = frozenset(_act.ACTIVATIONS.values())
+"""Activations that act on each example alone (elementwise, or along the last axis)."""
 
 
 class Linear(Module):
@@ -42,6 +47,8 @@ class Linear(Module):
     def out_features(self) -> int:
         return self.W.shape[0]
 
+    @batch_polymorphic(when=lambda self, x: self.activation is None
+                       or self.activation in _PER_EXAMPLE_ACTIVATIONS)
     def __call__(self, x):
         y = x @ self.W.T
         if self.b is not None:
@@ -75,6 +82,7 @@ class Embedding(Module):
     def dim(self) -> int:
         return self.table.shape[1]
 
+    @batch_polymorphic
     def __call__(self, ids):
         return self.table[ids]
 

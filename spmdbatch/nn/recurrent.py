@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ..masking.calls import batch_polymorphic
 from ..runtime.primitives import sigmoid
 from . import init as _init
 from .module import Module
@@ -51,6 +52,7 @@ class LSTMCell(Module):
         z = np.zeros(self.hidden_size, dtype=self.W.dtype)
         return z, z
 
+    @batch_polymorphic
     def __call__(self, x, state):
         h, c = state
         i, f, g, o = np.split(x @ self.W.T + h @ self.U.T + self.b, 4, axis=-1)
@@ -93,6 +95,7 @@ class GRUCell(Module):
         """Zero h for one example."""
         return np.zeros(self.hidden_size, dtype=self.W.dtype)
 
+    @batch_polymorphic
     def __call__(self, x, h):
         xr, xz, xn = np.split(x @ self.W.T + self.b, 3, axis=-1)
         hr, hz, hn = np.split(h @ self.U.T, 3, axis=-1)
@@ -138,11 +141,13 @@ class BinaryTreeLSTMCell(Module):
     def hidden_size(self) -> int:
         return self.U.shape[1] // 2
 
+    @batch_polymorphic
     def leaf(self, x):
         i, o, u = np.split(x @ self.W.T + self.b_leaf, 3, axis=-1)
         c = sigmoid(i) * np.tanh(u)
         return sigmoid(o) * np.tanh(c), c
 
+    @batch_polymorphic
     def node(self, left, right):
         hl, cl = left
         hr, cr = right
@@ -151,6 +156,7 @@ class BinaryTreeLSTMCell(Module):
         c = sigmoid(i) * np.tanh(u) + sigmoid(fl) * cl + sigmoid(fr) * cr
         return sigmoid(o) * np.tanh(c), c
 
+    @batch_polymorphic
     def __call__(self, *args):
         if len(args) == 1:
             return self.leaf(args[0])
@@ -187,6 +193,7 @@ class ChildSumTreeLSTMCell(Module):
     def hidden_size(self) -> int:
         return self.U.shape[1]
 
+    @batch_polymorphic
     def __call__(self, x, child_h=None, child_c=None):
         wi, wo, wu, wf = np.split(x @ self.W.T + self.b, 4, axis=-1)
         if child_h is None:

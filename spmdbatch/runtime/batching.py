@@ -40,8 +40,11 @@ register_value_type(Batched, 2, batched_apply)
 # --- helpers ------------------------------------------------------------------------------
 def _ndim(value) -> int:
     """Per-example rank: of the example for Batched, of the value itself otherwise."""
-    if type(value) is Batched:
+    kind = type(value)
+    if kind is Batched:
         return value.data.ndim - 1
+    if kind is int or kind is float or kind is bool:
+        return 0
     nd = getattr(value, "ndim", None)
     return np.ndim(value) if nd is None else nd
 
