@@ -27,7 +27,8 @@ class Recursion:
     A parked group keeps its environment whole; `pending` marks its lanes still waiting.
     """
 
-    __slots__ = ("n", "total", "capacity", "_origin", "parked", "chunks", "_chunk_of", "_row_of")
+    __slots__ = ("n", "total", "capacity", "_origin", "parked", "chunks", "_chunk_of", "_row_of",
+                 "_unconsolidated")
 
     def __init__(self, n):
         self.n = n
@@ -35,7 +36,10 @@ class Recursion:
         self.capacity = max(4 * n, 64)
         self._origin = np.zeros(self.capacity, dtype=np.intp)
         self._origin[:n] = np.arange(n)
-        self.parked = []          # [cont, lanes, env, varying slots, callees (calls x lanes), pending]
+        # [cont, lanes, env, varying slots, callees (calls x lanes), pending mask, pending count,
+        #  whether env holds native iterators]
+        self.parked = []
+        self._unconsolidated = False  # groups parked since the last `_consolidate`
         self.chunks = []          # (value, lane count) of every returning group
         self._chunk_of = np.full(self.capacity, -1, dtype=np.intp)
         self._row_of = np.full(self.capacity, -1, dtype=np.intp)
@@ -61,8 +65,13 @@ class Recursion:
 
     def park(self, cont, lanes, env, callees):
         varying = tuple(is_varying(v) for v in env)
-        env = _own_iterators(env, varying)
-        self.parked.append([cont, lanes, env, varying, callees, np.ones(len(lanes), dtype=bool)])
+        iterators = _has_iterators(env, varying)
+        if iterators:
+            env = _own_iterators(env, varying)
+        pending = np.empty(len(lanes), dtype=bool)
+        pending.fill(True)
+        self.parked.append([cont, lanes, env, varying, callees, pending, len(lanes), iterators])
+        self._unconsolidated = True
 
     def returned(self, lanes, n, value):
         self._chunk_of[lanes] = len(self.chunks)
@@ -106,6 +115,7 @@ class Recursion:
     def _consolidate(self):
         """Merge the parked groups of each continuation into one (they arrive one per
         recursion depth), so each resume takes every environment slot once."""
+        self._unconsolidated = False
         by_cont: dict = {}
         for group in self.parked:
             by_cont.setdefault(group[0], []).append(group)
@@ -122,32 +132,41 @@ class Recursion:
             except UnmergeableGroups:
                 merged.extend(groups)
                 continue
-            merged.append([cont, np.concatenate([g[1] for g in groups]), env,
-                           tuple(is_varying(v) for v in env),
+            varying = tuple(is_varying(v) for v in env)
+            merged.append([cont, np.concatenate([g[1] for g in groups]), env, varying,
                            np.concatenate([g[4] for g in groups], axis=1),
-                           np.concatenate([g[5] for g in groups])])
+                           np.concatenate([g[5] for g in groups]), sum(g[6] for g in groups),
+                           _has_iterators(env, varying)])
         self.parked = merged
 
     def resume(self):
         """(cont, lanes, n, env + results) of the parked lanes whose callees all returned: one
         group per continuation block, each result gathered in one step."""
-        done = self.chunk_of >= 0
+        done = self._chunk_of[:self.total] >= 0
         pieces: dict = {}
-        self._consolidate()
+        if self._unconsolidated:
+            self._consolidate()
+        finished = False
         for group in self.parked:
-            cont, lanes, env, varying, callees, pending = group
-            ready = np.logical_and.reduce(done[callees], axis=0) & pending
+            cont, lanes, env, varying, callees, pending, count, iterators = group
+            ready = np.logical_and.reduce(done[callees], axis=0) if len(callees) > 1 else done[callees[0]]
+            ready &= pending
             idx = ready.nonzero()[0]
-            if not len(idx):
+            k = len(idx)
+            if not k:
                 continue
             pending[idx] = False
-            if len(idx) < len(lanes):
+            group[6] = count = count - k
+            finished = finished or not count
+            if k < len(lanes):
                 memo: dict = {}
-                env = _own_iterators(tuple(take(v, idx, memo) if var else v
-                                           for v, var in zip(env, varying)), varying)
+                env = tuple([take(v, idx, memo) if var else v for v, var in zip(env, varying)])
+                if iterators:
+                    env = _own_iterators(env, varying)
                 lanes, callees = lanes[idx], callees[:, idx]
-            pieces.setdefault(cont, []).append((lanes, len(idx), env, callees))
-        self.parked = [g for g in self.parked if np.count_nonzero(g[5])]
+            pieces.setdefault(cont, []).append((lanes, k, env, callees))
+        if finished:
+            self.parked = [g for g in self.parked if g[6]]
         if not pieces:
             raise AssertionError("recursive calls are waiting but no lane can run")
         out = []
@@ -164,6 +183,14 @@ class Recursion:
                 results = tuple(self.gather(c) for c in callees)
                 out.append((cont, lanes, k, env + results))
         return out
+
+
+def _has_iterators(env, varying) -> bool:
+    """Whether uniform slots of `env` hold native iterators (see `_own_iterators`)."""
+    for v, var in zip(env, varying):
+        if not var and hasattr(type(v), "__next__"):
+            return True
+    return False
 
 
 def _own_iterators(env, varying):
