@@ -31,6 +31,7 @@ class Tape:
     def backward(self, seeds: dict[int, object]) -> dict[int, object]:
         """Cotangents of the leaves, given cotangents `seeds` of some nodes."""
         grads = dict(seeds)
+        owned: dict[int, object] = {}   # id -> sums this sweep allocated (updated in place)
         leaf_grads: dict[int, object] = {}
         nodes = self.nodes
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -38,6 +39,7 @@ class Tape:
                 g = grads.pop(idx, None)
                 if g is None:
                     continue
+                owned.pop(id(g), None)
                 entry = nodes[idx]
                 if entry is None:
                     leaf_grads[idx] = g
@@ -59,8 +61,22 @@ class Tape:
                     if prim.broadcasting:
                         c = unbroadcast(c, raw[pos])
                     prev = grads.get(parent)
-                    grads[parent] = c if prev is None else prev + c
+                    grads[parent] = c if prev is None else accumulate(prev, c, owned)
         return leaf_grads
+
+
+def accumulate(prev, c, owned):
+    """``prev + c`` for cotangents of one node; a sum this sweep allocated itself (in `owned`,
+    held by no one else) is updated in place instead of copied."""
+    if owned.get(id(prev)) is prev and c.dtype == prev.dtype and tuple(c.shape) == prev.shape:
+        if type(c) is SparseRows:
+            return c._add_into(prev)
+        prev += c
+        return prev
+    out = prev + c
+    if getattr(out, "ndim", 0) and hasattr(out, "flags"):     # a fresh array (not a scalar)
+        owned[id(out)] = out
+    return out
 
 
 def unbroadcast(c, x):
