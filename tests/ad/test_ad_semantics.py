@@ -392,3 +392,23 @@ def test_a_differentiable_primitive_without_a_rule_is_refused(monkeypatch):
     monkeypatch.setattr(P.tanh, "vjp", None)
     with pytest.raises(NotImplementedError, match="'tanh' has no VJP rule"):
         sb.grad(lambda x: np.tanh(x).sum())(np.ones(2))
+
+
+def test_cotangent_sums_updated_in_place_never_leak_into_shared_cotangents():
+    """`add` hands one cotangent object to both operands; the backward sweep updates only
+    sums it allocated itself in place, so an object shared by two nodes stays intact."""
+    x0 = np.array([0.5, -1.0, 2.0, 3.0])
+
+    def f(x):
+        p = x * 2.0
+        q = x * 3.0
+        # p's other consumers come first, so the reverse sweep reaches them after s
+        rows = p[np.array([0, 2, 2])] * np.array([1.0, 10.0, 100.0])   # row-sparse terms
+        r = p * 5.0
+        s = p + q                 # p and q receive one cotangent object
+        return (s * s).sum() + r.sum() + rows.sum()
+
+    # s = 5x: (s*s).sum() -> 50x; r = 10x -> 10; rows: 2 * (1, 0, 110, 0)
+    expected = 50 * x0 + 10 + 2 * np.array([1.0, 0.0, 110.0, 0.0])
+    np.testing.assert_allclose(sb.grad(f)(x0), expected, rtol=1e-12)
+    sb.check_gradients(f, x0)
