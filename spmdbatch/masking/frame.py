@@ -172,12 +172,21 @@ class Frame:
             STATS.record_fused(m)
         ids = np.arange(self.n) if lanes is None else lanes
         callees = rec.start(ids, m)
-        arity = len(args[0])
         # (one call: the callee lanes get their own copies of the caller's varying objects,
         # since one object in two groups of the frame would read as uniform)
-        merged = [repeat_lanes(args[0][i], m, n) if all(a[i] is args[0][i] for a in args)
-                  else merge([a[i] for a in args], [n] * m, f"argument {i}", disjoint=False)
-                  for i in range(arity)] if m > 1 else [fresh(a) for a in args[0]]
+        if m > 1:
+            merged = []
+            first_args = args[0]
+            for i, value in enumerate(first_args):
+                same = True
+                for a in args:
+                    if a[i] is not value:
+                        same = False
+                        break
+                merged.append(repeat_lanes(value, m, n) if same else
+                              merge([a[i] for a in args], [n] * m, f"argument {i}", disjoint=False))
+        else:
+            merged = [fresh(a) for a in args[0]]
         if STATS.active is not None:
             STATS.record_call(code.co_qualname if hasattr(code, "co_qualname") else code.co_name,
                               m * n, 0)

@@ -64,7 +64,7 @@ class Recursion:
         return np.arange(start, end).reshape(m, k)
 
     def park(self, cont, lanes, env, callees):
-        varying = tuple(is_varying(v) for v in env)
+        varying = tuple([is_varying(v) for v in env])
         iterators = _has_iterators(env, varying)
         if iterators:
             env = _own_iterators(env, varying)
@@ -240,7 +240,15 @@ def _gather(values, counts, parts, size):
         else:
             if all(v is first for v in values) and not is_varying(first):
                 return first                    # (one uniform object stays that object)
-            return kind([_gather([v[i] for v in values], counts, parts, size) for i in range(n)])
+            items = []
+            for i in range(n):
+                component = [v[i] for v in values]
+                datas = [c.data for c in component if type(c) is Batched]
+                if len(datas) == len(component):          # (batched arrays: one step)
+                    items.append(Batched(P.gather_lanes(*datas, parts=parts)))
+                else:
+                    items.append(_gather(component, counts, parts, size))
+            return kind(items)
     if all(v is first for v in values) and not is_varying(first):
         return first
     if any(type(v) is Batched for v in values) and \

@@ -111,6 +111,8 @@ def mappable(value) -> bool:
     return type(data) is np.ndarray and data.size >= MIN_MAPPED_SIZE * max(1, data.shape[0])
 
 
+_INTP, _UINTP = np.dtype(np.intp), np.dtype(np.uintp)
+_count_nonzero = getattr(getattr(np, "_core", None), "multiarray", np).count_nonzero  # (no dispatch)
 _LANE_LENGTHS: dict = {}      # (id(index), id(lengths)) -> (index, lengths, lane lengths)
 _IDENTITY: dict = {}          # n -> read-only 0..n-1
 
@@ -159,10 +161,12 @@ def mapped_rows(x, k):
 
 
 def _check_positions(x, k):
-    lengths = x.lane_lengths()
-    if k.dtype == lengths.dtype == np.intp:
+    lengths = x._lane_lengths
+    if lengths is None:
+        lengths = x.lane_lengths()
+    if k.dtype == _INTP and lengths.dtype == _INTP:
         # 0 <= k < length in one comparison: negative positions wrap to huge unsigned values
-        if np.count_nonzero(k.view(np.uintp) < lengths.view(np.uintp)) == len(k):
+        if _count_nonzero(k.view(_UINTP) < lengths.view(_UINTP)) == len(k):
             return
     elif (k < lengths).all() and (k >= 0).all():
         return
