@@ -72,8 +72,9 @@ def batch_polymorphic(fn=None, *, when=None):
     That is its batching rule: it skips the batch program (no per-operation batching, no
     scheduler) and costs what the same code costs on a hand-stacked batch. It applies when
     every array argument is a plain batched value (uniform arrays, ragged or lane-mapped
-    values, and a per-example `self` take the general path) and `when(*args, **kwargs)`, if
-    given, is true; every array the function returns must have the batch axis.
+    values, and a per-example `self` take the general path) and `when`, if given, is true when
+    called like the function on the stacked arguments (``when(self, x)`` for a method); every
+    array the function returns must have the batch axis.
     """
     def mark(f):
         f._spmd_batch_polymorphic = when if when is not None else True
