@@ -68,7 +68,8 @@ class Tape:
 def accumulate(prev, c, owned):
     """``prev + c`` for cotangents of one node; a sum this sweep allocated itself (in `owned`,
     held by no one else) is updated in place instead of copied."""
-    if owned.get(id(prev)) is prev and c.dtype == prev.dtype and tuple(c.shape) == prev.shape:
+    if owned.get(id(prev)) is prev and getattr(c, "dtype", None) == prev.dtype \
+            and tuple(getattr(c, "shape", ())) == prev.shape:
         if type(c) is SparseRows:
             return c._add_into(prev)
         prev += c

@@ -199,7 +199,7 @@ def _own_iterators(env, varying):
     Groups of lanes normally advance such an iterator together (a loop's lanes meet at its
     header), but parked lanes resume at other times than the rest of their group, so they
     must not share its position."""
-    if not any(hasattr(type(v), "__next__") for v, var in zip(env, varying) if not var):
+    if not _has_iterators(env, varying):
         return env
     copies: dict = {}
     out = []
@@ -240,15 +240,7 @@ def _gather(values, counts, parts, size):
         else:
             if all(v is first for v in values) and not is_varying(first):
                 return first                    # (one uniform object stays that object)
-            items = []
-            for i in range(n):
-                component = [v[i] for v in values]
-                datas = [c.data for c in component if type(c) is Batched]
-                if len(datas) == len(component):          # (batched arrays: one step)
-                    items.append(Batched(P.gather_lanes(*datas, parts=parts)))
-                else:
-                    items.append(_gather(component, counts, parts, size))
-            return kind(items)
+            return kind([_gather([v[i] for v in values], counts, parts, size) for i in range(n)])
     if all(v is first for v in values) and not is_varying(first):
         return first
     if any(type(v) is Batched for v in values) and \
