@@ -19,8 +19,8 @@ import functools
 import numpy as np
 
 from .errors import BatchSizeError
-from .frontend.transform import batched_version, program_of
-from .masking.calls import NOT_PLAIN, call_polymorphic
+from .frontend.transform import program_of
+from .masking.calls import run_batched
 from .masking.frame import STATE
 from .masking.lanes import UNIFORM_OBJECTS, forget_uniform_objects
 from .runtime import primitives as P
@@ -69,12 +69,7 @@ class SpmdFunction:
         forget_uniform_objects()
         UNIFORM_OBJECTS.active += 1
         try:
-            out = NOT_PLAIN
-            when = getattr(self.fn, "_spmd_batch_polymorphic", None)
-            if when is not None:               # (its own batching rule: run it natively)
-                out = call_polymorphic(self.fn, (), wrapped, wrapped_kw, when)
-            if out is NOT_PLAIN:
-                out = batched_version(self.fn)(*wrapped, **wrapped_kw)
+            out = run_batched(self.fn, (), wrapped, wrapped_kw)
         finally:
             STATE.partial, STATE.frame, STATE.lanes = saved
             UNIFORM_OBJECTS.active -= 1

@@ -158,6 +158,17 @@ def call_polymorphic(fn, self_arg, args, kwargs, when):
     return _lanes_of_result(fn(*self_arg, *data, **kw), n, fn)
 
 
+def run_batched(fn, self_arg, args, kwargs):
+    """``fn(*self_arg, *args, **kwargs)`` with varying operands: natively on the stacked lanes
+    when `fn` is batch-polymorphic and they allow it, else as `fn`'s batch program."""
+    when = getattr(fn, "_spmd_batch_polymorphic", None)
+    if when is not None and not (self_arg and is_varying(self_arg[0])):
+        out = call_polymorphic(fn, self_arg, args, kwargs, when)
+        if out is not NOT_PLAIN:
+            return out
+    return _TRANSFORMER(fn)(*self_arg, *args, **kwargs)
+
+
 def _io_guard(fn):
     def guarded(*args, **kwargs):
         if STATE.partial:
@@ -294,24 +305,11 @@ def call(fn, *args, **kwargs):
         if special is not None:
             return special(*args, **kwargs)
         if _any_varying(args, kwargs) and is_user_function(fn):
-            when = getattr(fn, "_spmd_batch_polymorphic", None)
-            if when is not None:
-                out = call_polymorphic(fn, (), args, kwargs, when)
-                if out is not NOT_PLAIN:
-                    return out
-            return _TRANSFORMER(fn)(*args, **kwargs)
+            return run_batched(fn, (), args, kwargs)
         return fn(*args, **kwargs)
     if kind is types.MethodType and type(fn.__func__) is types.FunctionType:
-        func = fn.__func__
-        varying_self = is_varying(fn.__self__)
-        if varying_self or _any_varying(args, kwargs):
-            if is_user_function(func):
-                when = getattr(func, "_spmd_batch_polymorphic", None)
-                if when is not None and not varying_self:
-                    out = call_polymorphic(func, (fn.__self__,), args, kwargs, when)
-                    if out is not NOT_PLAIN:
-                        return out
-                return _TRANSFORMER(func)(fn.__self__, *args, **kwargs)
+        if (_any_varying(args, kwargs) or is_varying(fn.__self__)) and is_user_function(fn.__func__):
+            return run_batched(fn.__func__, (fn.__self__,), args, kwargs)
         return fn(*args, **kwargs)
     if kind is types.BuiltinFunctionType:
         special = _SPECIAL.get(fn)
@@ -325,15 +323,9 @@ def call(fn, *args, **kwargs):
                         filename, lineno, "Call a uniform function, or branch on the example's data.")
     else:
         method = getattr(kind, "__call__", None)      # a callable object of a user class
-        if type(method) is types.FunctionType and is_user_function(method):
-            varying_self = is_varying(fn)
-            if varying_self or _any_varying(args, kwargs):
-                when = getattr(method, "_spmd_batch_polymorphic", None)
-                if when is not None and not varying_self:
-                    out = call_polymorphic(method, (fn,), args, kwargs, when)
-                    if out is not NOT_PLAIN:
-                        return out
-                return _TRANSFORMER(method)(fn, *args, **kwargs)
+        if type(method) is types.FunctionType and is_user_function(method) and \
+                (_any_varying(args, kwargs) or is_varying(fn)):
+            return run_batched(method, (fn,), args, kwargs)
     return fn(*args, **kwargs)
 
 
