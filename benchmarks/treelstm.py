@@ -36,8 +36,13 @@ def training_step(impl, opt):
 
     def step(model, state, batch, keys):
         loss, grads = loss_and_grad(model, batch, keys)
-        return opt.update(model, grads, state)
+        return opt.update(model, grads, state, donate=True)
     return step
+
+
+def fresh_copy(model):
+    """A copy of the parameters to train from (a step donates the arrays it is given)."""
+    return sb.tree_map(lambda leaf: leaf.copy() if hasattr(leaf, "copy") else leaf, model)
 
 
 def run_pass(step, model, state, batches):
@@ -95,16 +100,18 @@ def main(argv=None):
             opt = T.make_optimizer(targs)
             step = training_step(impl, opt)
             state = opt.init(model)
-            step(model, state, trees[:bsz], np.arange(min(bsz, len(trees)), dtype=np.int64))  # warm-up
-            memory[impl] = peak_memory_mb(step, model, state, trees[:bsz])
+            model_, state = step(fresh_copy(model), state, trees[:bsz],
+                                 np.arange(min(bsz, len(trees)), dtype=np.int64))  # warm-up
+            memory[impl] = peak_memory_mb(step, model_, state, trees[:bsz])
         for r in range(args.repeat):           # interleaved: every implementation once per round,
             for impl in (impls if r % 2 == 0 else impls[::-1]):   # in alternating order
                 opt = T.make_optimizer(targs)
-                step, state = training_step(impl, opt), opt.init(model)
+                start = fresh_copy(model)
+                step, state = training_step(impl, opt), opt.init(start)
                 subset = trees[:counts[impl]]
                 batches = [subset[i:i + bsz] for i in range(0, len(subset), bsz)]
                 t0 = time.perf_counter()
-                run_pass(step, model, state, batches)
+                run_pass(step, start, state, batches)
                 times[impl].append(time.perf_counter() - t0)
         row = {"batch": bsz}
         for impl in impls:

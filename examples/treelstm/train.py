@@ -155,7 +155,7 @@ def main(argv=None):
         for b, batch in enumerate(bar):
             keys = (epoch * len(train) + order[b * args.batch_size:(b + 1) * args.batch_size]).astype(np.int64)
             loss, grads = loss_and_grad(model, batch, keys)
-            model, state = opt.update(model, grads, state)
+            model, state = opt.update(model, grads, state, donate=True)
             total_loss += float(loss)
             total_nodes += sum(int((t.label >= 0).sum()) for t in batch)
             if hasattr(bar, "set_postfix") and b % 10 == 0:

@@ -71,10 +71,11 @@ def batch_polymorphic(fn=None, *, when=None):
 
     That is its batching rule: it skips the batch program (no per-operation batching, no
     scheduler) and costs what the same code costs on a hand-stacked batch. It applies when
-    every array argument is a plain batched value (uniform arrays, ragged or lane-mapped
-    values, and a per-example `self` take the general path) and `when`, if given, is true when
-    called like the function on the stacked arguments (``when(self, x)`` for a method); every
-    array the function returns must have the batch axis.
+    every array argument is a plain batched value or a lane-mapped one (its rows gathered
+    once) and `when`, if given, is true when called like the function on the stacked
+    arguments (``when(self, x)`` for a method). Uniform arrays, ragged values and a
+    per-example `self` take the general path. Every array the function returns must have
+    the batch axis.
     """
     def mark(f):
         f._spmd_batch_polymorphic = when if when is not None else True
@@ -102,6 +103,8 @@ def _plain_lane_data(value, n):
         return kind(items)
     if value is None or kind is int or kind is float or kind is bool or kind is str:
         return value
+    if kind is LaneMapped and value.lengths is None and len(value.index) == n:
+        return value.base[value.index]      # (rows the function reads anyway: one gather)
     return NOT_PLAIN
 
 
@@ -121,26 +124,29 @@ def _lanes_of_result(value, n, fn):
     return Batched(value)
 
 
-def _first_batched(args):
+def _plain_lane_count(args):
+    """The lane count of the first batched or lane-mapped array in `args` (None: none)."""
     for a in args:
-        if type(a) is Batched:
-            return a
-        if type(a) is tuple or type(a) is list:
-            b = _first_batched(a)
-            if b is not None:
-                return b
+        kind = type(a)
+        if kind is Batched:
+            return a.data.shape[0]
+        if kind is LaneMapped:
+            return len(a.index)
+        if kind is tuple or kind is list:
+            n = _plain_lane_count(a)
+            if n is not None:
+                return n
     return None
 
 
 def call_polymorphic(fn, self_arg, args, kwargs, when):
     """Run batch-polymorphic `fn` natively on the lanes' data (`NOT_PLAIN` if it does not apply:
     the caller then runs its batch program)."""
-    first = _first_batched(args)
-    if first is None:
-        first = _first_batched(tuple(kwargs.values()))
-    if first is None:
+    n = _plain_lane_count(args)
+    if n is None:
+        n = _plain_lane_count(tuple(kwargs.values()))
+    if n is None:
         return NOT_PLAIN
-    n = first.data.shape[0]
     data = _plain_lane_data(args, n)
     if data is NOT_PLAIN:
         return NOT_PLAIN

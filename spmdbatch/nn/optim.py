@@ -7,7 +7,9 @@
         params, state = opt.update(params, grads, state)   # new params, new state
 
 Nothing is mutated: `update` returns new parameters and a new `OptState` (a NamedTuple
-pytree: `step` and `slots`, one tree per slot such as ``'m'``/``'v'``). There is no
+pytree: `step` and `slots`, one tree per slot such as ``'m'``/``'v'``); a training loop
+that drops the old ones passes ``donate=True`` so row-sparse steps (an embedding table's)
+write in place instead of copying whole tables. There is no
 gradient to zero: each step uses the gradient it is given; to combine several losses,
 add their gradients (`add_grads`) or differentiate their sum, then take one step.
 
@@ -159,8 +161,13 @@ class Optimizer:
         value = getattr(leaf, "value", leaf)
         return namespace(value).zeros(np.shape(value), dtype=getattr(value, "dtype", np.float64))
 
-    def update(self, params, grads, state: OptState):
-        """``(new params, new state)`` after one step along `grads` (same structure as params)."""
+    def update(self, params, grads, state: OptState, *, donate: bool = False):
+        """``(new params, new state)`` after one step along `grads` (same structure as params).
+
+        With ``donate=True`` the caller gives up `params` and `state` (as in
+        ``params, state = opt.update(params, grads, state, donate=True)``): a row-sparse step
+        then writes its rows into their arrays in place instead of copying every table to
+        keep the old one intact. Donated arrays must not be read afterwards."""
         if not isinstance(state, OptState):
             raise TypeError(f"update(params, grads, state) needs the state from {type(self).__name__}.init "
                             f"(or the last update), got {type(state).__name__}")
@@ -195,7 +202,8 @@ class Optimizer:
                 if callable(hp["lr"]):
                     hp["lr"] = float(hp["lr"](state.step))
                 if self.ROW_SPARSE and not hp["weight_decay"] and self.clip_norm is None:
-                    out, slots = self._sparse_step(p_raw, g_raw, {s: slot_leaves[s][i] for s in self.SLOTS}, hp, t)
+                    out, slots = self._sparse_step(p_raw, g_raw, {s: slot_leaves[s][i] for s in self.SLOTS},
+                                                   hp, t, donate)
                     new_p.append(out)
                     for s in self.SLOTS:
                         new_slots[s].append(slots[s])
@@ -220,18 +228,25 @@ class Optimizer:
     def _step(self, p, g, slots, hp, t):
         raise NotImplementedError
 
-    def _sparse_step(self, p, g, slots, hp, t):
-        """`_step` on the rows a SparseRows gradient touches; other rows are unchanged."""
+    def _sparse_step(self, p, g, slots, hp, t, donate=False):
+        """`_step` on the rows a SparseRows gradient touches; other rows are unchanged (in
+        place in donated arrays, else in copies)."""
         rows, values = g.coalesce()
         new_rows, new_slot_rows = self._step(p[rows], values, {s: v[rows] for s, v in slots.items()}, hp, t)
-        out = p.copy()
+        out = p if donate and _writable(p) else p.copy()
         out[rows] = new_rows
         new_slots = {}
         for s, v in slots.items():
-            v = v.copy()
+            v = v if donate and _writable(v) else v.copy()
             v[rows] = new_slot_rows[s]
             new_slots[s] = v
         return out, new_slots
+
+
+def _writable(array) -> bool:
+    """Whether `array` may be written in place (numpy read-only arrays and views may not)."""
+    flags = getattr(array, "flags", None)
+    return getattr(flags, "writeable", True) and getattr(flags, "owndata", True)
 
 
 class SGD(Optimizer):

@@ -66,8 +66,18 @@ ELEMENTWISE = frozenset(UFUNC_PRIMITIVES.values())
 
 def _sigmoid(x):
     xp = namespace(x)
-    # 0.5 * (1 + tanh(x / 2)) is exact and never overflows.
-    return 0.5 * (xp.tanh(0.5 * x) + 1.0)
+    if not getattr(x, "ndim", 0) or x.dtype.kind != "f":
+        return 0.5 * (xp.tanh(0.5 * x) + 1.0)      # (scalars, other dtypes: never overflows)
+    t = xp.negative(x)
+    # 1 / (1 + exp(-x)) in one buffer (numpy's exp is faster than its tanh); exp(-x)
+    # overflows to inf below about -88 (float32), where 1 / inf gives the exact limit 0.
+    if xp is np:
+        with np.errstate(over="ignore"):
+            np.exp(t, out=t)
+    else:
+        xp.exp(t, out=t)
+    t += 1.0
+    return xp.reciprocal(t, out=t)
 
 
 sigmoid = primitive("sigmoid", _sigmoid)

@@ -150,6 +150,79 @@ def test_clipping_schedules_and_errors():
         nn.Adam(clip_norm=0.0)
 
 
+# --- row-sparse gradients and donated arrays ------------------------------------------------------
+def embedding_loss(params, words):
+    """A loss that reads rows `words` of the table (twice for a repeated word)."""
+    return (np.tanh(params["table"][words] @ params["w"]) ** 2).sum()
+
+
+SPARSE_PARAMS = {"table": np.random.default_rng(0).standard_normal((7, 3)),
+                 "w": np.array([0.5, -1.0, 2.0])}
+SPARSE_BATCHES = [np.array([1, 4, 1]), np.array([0, 4]), np.array([6, 6, 2])]
+
+
+def train_sparse(opt, sparse, donate):
+    params = {k: v.copy() for k, v in SPARSE_PARAMS.items()}
+    state = opt.init(params)
+    loss_and_grad = sb.value_and_grad(embedding_loss, sparse=sparse)
+    for words in SPARSE_BATCHES:
+        _, grads = loss_and_grad(params, words)
+        params, state = opt.update(params, grads, state, donate=donate)
+    return params, state
+
+
+@pytest.mark.parametrize("make", [lambda: nn.Adagrad(lr=0.1),
+                                  lambda: nn.Adagrad(lr=0.1, weight_decay=0.01),
+                                  lambda: nn.Adam(lr=0.01)])
+def test_row_sparse_gradients_and_donation_give_the_dense_update(make):
+    """A row-sparse gradient (updating only the rows it touches, in copies or in donated
+    arrays) gives the same parameters and state as its dense form."""
+    dense, dense_state = train_sparse(make(), sparse=False, donate=False)
+    for sparse, donate in [(True, False), (True, True), (False, True)]:
+        got, got_state = train_sparse(make(), sparse=sparse, donate=donate)
+        for name in dense:
+            np.testing.assert_allclose(got[name], dense[name], rtol=1e-12, atol=1e-15)
+        for slot in dense_state.slots:
+            for name in dense:
+                np.testing.assert_allclose(got_state.slots[slot][name], dense_state.slots[slot][name],
+                                           rtol=1e-12, atol=1e-15)
+    untouched = np.setdiff1d(np.arange(7), np.concatenate(SPARSE_BATCHES))
+    assert len(untouched)
+    if make().hyper["weight_decay"] == 0 and isinstance(make(), nn.Adagrad):
+        np.testing.assert_array_equal(dense["table"][untouched], SPARSE_PARAMS["table"][untouched])
+
+
+def test_update_leaves_its_inputs_alone_unless_donated():
+    opt = nn.Adagrad(lr=0.1)
+    params = {k: v.copy() for k, v in SPARSE_PARAMS.items()}
+    state = opt.init(params)
+    _, grads = sb.value_and_grad(embedding_loss, sparse=True)(params, SPARSE_BATCHES[0])
+    table, sum_sq = params["table"], state.slots["sum_sq"]["table"]
+    new, new_state = opt.update(params, grads, state)
+    np.testing.assert_array_equal(params["table"], SPARSE_PARAMS["table"])   # not donated: intact
+    assert not np.any(state.slots["sum_sq"]["table"])
+    assert new["table"] is not table
+    donated, donated_state = opt.update(params, grads, state, donate=True)
+    assert donated["table"] is table and donated_state.slots["sum_sq"]["table"] is sum_sq
+    np.testing.assert_array_equal(donated["table"], new["table"])
+    np.testing.assert_array_equal(donated_state.slots["sum_sq"]["table"], new_state.slots["sum_sq"]["table"])
+
+
+def test_donation_never_writes_into_read_only_arrays_or_views():
+    opt = nn.Adagrad(lr=0.1)
+    base = np.concatenate([SPARSE_PARAMS["table"], np.ones((2, 3))])
+    frozen = SPARSE_PARAMS["table"].copy()
+    frozen.setflags(write=False)
+    for table in (frozen, base[:7]):
+        params = {"table": table, "w": SPARSE_PARAMS["w"].copy()}
+        before = table.copy()
+        _, grads = sb.value_and_grad(embedding_loss, sparse=True)(params, SPARSE_BATCHES[0])
+        new, _ = opt.update(params, grads, opt.init(params), donate=True)
+        np.testing.assert_array_equal(table, before)
+        assert new["table"] is not table and np.any(new["table"] != before)
+    np.testing.assert_array_equal(base[7:], 1.0)
+
+
 # --- several losses, one step (adversarial training) ---------------------------------------------
 def classify(model, x, y):
     return nn.softmax_cross_entropy(model(x), y)

@@ -56,6 +56,22 @@ def test_under_a_varying_branch_it_runs_on_the_branch_lanes_only():
     assert ("ndarray", (positive, 4)) in NATIVE_RUNS
 
 
+def test_lane_mapped_arguments_run_natively_on_their_gathered_rows():
+    # rows of 12 elements: the branch maps them (runtime/mapped.py) instead of copying
+    wide, other = rng.standard_normal((7, 12)), rng.standard_normal((7, 12))
+
+    def f(a, b):
+        if a.sum() > 0:
+            out, _ = mix(a, (b, a))
+            return out
+        return a * 0.5
+    NATIVE_RUNS.clear()
+    check_batched(f, wide, other)
+    positive = int(np.count_nonzero(wide.sum(axis=1) > 0))
+    assert 0 < positive < len(wide)
+    assert NATIVE_RUNS[-1] == ("ndarray", (positive, 12))
+
+
 def test_gradients_equal_the_per_example_sum():
     def loss(w, a, b):
         out, s = mix(a * w, (b, a))
