@@ -188,6 +188,11 @@ class Optimizer:
             g_leaves = pytree.leaves(grads)
         hps = self.leaf_hyper(params)
         t = state.step + 1
+        if donate:     # (an array two leaves share is not written in place: each gets a copy)
+            uses: dict = {}
+            for p in p_leaves:
+                key = id(getattr(p, "value", p))
+                uses[key] = uses.get(key, 0) + 1
         new_p, new_slots = [], {s: [] for s in self.SLOTS}
         for i, (p, g, hp) in enumerate(zip(p_leaves, g_leaves, hps)):
             if not is_floating(p):
@@ -203,7 +208,7 @@ class Optimizer:
                     hp["lr"] = float(hp["lr"](state.step))
                 if self.ROW_SPARSE and not hp["weight_decay"] and self.clip_norm is None:
                     out, slots = self._sparse_step(p_raw, g_raw, {s: slot_leaves[s][i] for s in self.SLOTS},
-                                                   hp, t, donate)
+                                                   hp, t, donate and uses[id(p_raw)] == 1)
                     new_p.append(out)
                     for s in self.SLOTS:
                         new_slots[s].append(slots[s])

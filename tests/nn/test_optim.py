@@ -223,6 +223,23 @@ def test_donation_never_writes_into_read_only_arrays_or_views():
     np.testing.assert_array_equal(base[7:], 1.0)
 
 
+def test_donation_of_an_array_two_parameters_share_updates_each_from_the_old_values():
+    opt = nn.Adagrad(lr=0.1)
+    words = SPARSE_BATCHES[0]
+
+    def tied(params, words):
+        return embedding_loss({"table": params["a"], "w": params["w"]}, words) + \
+            (params["b"][words] ** 3).sum()
+    table = SPARSE_PARAMS["table"].copy()
+    params = {"a": table, "b": table, "w": SPARSE_PARAMS["w"].copy()}
+    _, grads = sb.value_and_grad(tied, sparse=True)(params, words)
+    expected, _ = opt.update(params, grads, opt.init(params))
+    got, _ = opt.update(params, grads, opt.init(params), donate=True)
+    for name in ("a", "b"):
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-12)
+    assert not np.array_equal(got["a"], got["b"])
+
+
 # --- several losses, one step (adversarial training) ---------------------------------------------
 def classify(model, x, y):
     return nn.softmax_cross_entropy(model(x), y)
