@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+from collections import Counter
 from typing import NamedTuple
 
 import numpy as np
@@ -188,11 +189,8 @@ class Optimizer:
             g_leaves = pytree.leaves(grads)
         hps = self.leaf_hyper(params)
         t = state.step + 1
-        if donate:     # (an array two leaves share is not written in place: each gets a copy)
-            uses: dict = {}
-            for p in p_leaves:
-                key = id(getattr(p, "value", p))
-                uses[key] = uses.get(key, 0) + 1
+        # (an array two leaves share is not written in place: each gets a copy)
+        uses = Counter(id(getattr(p, "value", p)) for p in p_leaves) if donate else None
         new_p, new_slots = [], {s: [] for s in self.SLOTS}
         for i, (p, g, hp) in enumerate(zip(p_leaves, g_leaves, hps)):
             if not is_floating(p):
