@@ -316,6 +316,9 @@ def merge(values, counts, name: str = "a value", disjoint: bool = True, _memo=No
             return values[0]
     if any(type(v) is LaneMapped for v in values):
         values = _as_mapped_like(values)
+        if all(type(v) is LaneMapped and v.base is values[0].base for v in values):
+            # (through the fast path above, so fields of a record keep sharing one lane map)
+            return merge(values, counts, name, disjoint, _memo)
         if all(type(v) is LaneMapped for v in values):
             return values[0]._spmd_merge_lanes(values[1:], counts)
         values = [v.materialize() if type(v) is LaneMapped else v for v in values]

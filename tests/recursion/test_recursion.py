@@ -183,6 +183,33 @@ def test_tree_arrays_follow_lanes_by_index_map():
     assert LaneMapped.__name__ in seen
 
 
+SHARED_MAPS: list = []
+
+
+def fields_share_a_map(tree, k):
+    """(module level: a closure would be called as an ordinary batched call, not by height)"""
+    if tree.left[k] < 0:
+        return 0
+    total = fields_share_a_map(tree, tree.left[k]) + fields_share_a_map(tree, tree.right[k]) + 1
+    if type(tree.word).__name__ == "LaneMapped":      # (the batched run, not the oracle)
+        index = tree.word.index
+        SHARED_MAPS.append(tree.left.index is index and tree.right.index is index
+                           and tree.label.index is index)
+    return total
+
+
+def test_tree_fields_share_one_lane_map_after_the_recursive_calls():
+    # the parked groups of every depth (the first holds the caller's ragged arrays, the others
+    # index maps) merge into one group whose record fields still move with one index array
+    SHARED_MAPS.clear()
+
+    def root(tree):
+        return fields_share_a_map(tree, len(tree.word) - 1)
+
+    check_batched(root, forest(8, [10, 4, 7, 12]))
+    assert SHARED_MAPS and all(SHARED_MAPS)
+
+
 def test_ragged_tree_arrays_are_not_copied_by_fused_calls(monkeypatch):
     from spmdbatch.runtime import ragged
     copies = []
