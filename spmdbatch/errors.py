@@ -23,7 +23,7 @@ class SpmdError(Exception):
             where = f"{self.filename}:{self.lineno if self.lineno is not None else '?'}: "
         text = where + self.message
         if self.hint:
-            text += " " + self.hint
+            text += ("" if text.endswith((".", ":", "!", "?")) else ".") + " " + self.hint
         return text
 
 

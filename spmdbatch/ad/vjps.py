@@ -268,3 +268,15 @@ def _gather_lanes_vjp(pos, g, ans, *sources, parts):
 
 
 defvjp_variadic(P.gather_lanes, _gather_lanes_vjp)
+
+
+def _rows_of_sources_vjp(pos, g, ans, *sources, source_of, rows, buffer=None, ids=None):
+    x = sources[pos]
+    out_pos = (source_of == pos).nonzero()[0]
+    values = g[out_pos]
+    if values.dtype != x.dtype:
+        values = values.astype(x.dtype)
+    return SparseRows.rows(np.shape(x), rows[out_pos], values, unique=True)
+
+
+defvjp_variadic(P.rows_of_sources, _rows_of_sources_vjp)

@@ -20,7 +20,7 @@ from ..errors import UnmergeableGroups
 from ..runtime import primitives as P
 from ..runtime import pytree
 from ..ad.tracer import Tracer
-from ..runtime.batched import Batched
+from ..runtime.batched import Batched, user_frame
 from ..runtime.mapped import MIN_MAPPED_SIZE, LaneMapped, as_mapped, identity_index, mappable
 from ..runtime.ragged import Ragged
 
@@ -336,20 +336,39 @@ def merge(values, counts, name: str = "a value", disjoint: bool = True, _memo=No
                       for i in range(len(closures[0])))
         return _rebuild_function(values[0], cells)
     if any(type(v) is Batched for v in values) or all(_is_array_like(v) for v in values):
-        return Batched(P.concatenate(*[_lane_data(v, n) for v, n in zip(values, counts)], axis=0))
+        datas = [_lane_data(v, n) for v, n in zip(values, counts)]
+        check_row_shapes(datas, name)
+        return Batched(P.concatenate(*datas, axis=0))
     if all(isinstance(v, _CONTAINERS) or _is_struct(v) for v in values):
         flat = [pytree.flatten(v) for v in values]
         treedef = flat[0][1]
         if any(f[1] != treedef for f in flat[1:]):
+            filename, lineno = user_frame()
             raise UnmergeableGroups(
                 f"{name} holds containers of different structure in different examples where "
-                f"control flow joins", hint="Give it the same structure (length, keys) on every path.")
+                f"control flow joins", filename, lineno, hint="Give it the same structure (length, keys) on every path.")
         return treedef.unflatten([merge([f[0][i] for f in flat], counts, name, disjoint)
                                   for i in range(len(flat[0][0]))])
     kinds = sorted({type(v).__name__ for v in values})
+    filename, lineno = user_frame()
     raise UnmergeableGroups(
         f"{name} holds different non-array objects ({', '.join(kinds)}) in different examples "
-        f"where control flow joins", hint="Only numbers and arrays can differ between examples.")
+        f"where control flow joins", filename, lineno, hint="Only numbers and arrays can differ between examples.")
+
+
+def check_row_shapes(datas, name):
+    """Raise `UnmergeableGroups` unless the lane-major arrays `datas` have one row shape (the
+    groups then run on separately, or a value that must be one, a return, says why)."""
+    tail = datas[0].shape[1:]
+    for d in datas[1:]:
+        if d.shape[1:] != tail:
+            shapes = sorted({str(tuple(x.shape[1:])) for x in datas})
+            filename, lineno = user_frame()
+            raise UnmergeableGroups(
+                f"{name} holds arrays of different shapes in different examples "
+                f"({', '.join(shapes)}) where control flow joins", filename, lineno,
+                hint="Give it one shape on every path (for example broadcast a number: "
+                     "np.zeros(n) + 1).")
 
 
 def merge_envs(envs, counts, names=None):

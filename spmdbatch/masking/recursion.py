@@ -13,7 +13,8 @@ import numpy as np
 from ..errors import SpmdError, UnmergeableGroups
 from ..runtime import primitives as P
 from ..runtime.batched import Batched, user_frame
-from .lanes import _lane_data, is_varying, merge, merge_envs, take
+from .lanes import _lane_data, check_row_shapes, is_varying, merge, merge_envs, take
+from .return_rows import ReturnRows
 
 
 class Recursion:
@@ -22,13 +23,15 @@ class Recursion:
     Lanes ``0..n-1`` are the frame's own (its caller's); each recursive call numbers its
     callee lanes next. `origin` maps every lane to the frame's own lane it descends from
     (errors name batch examples through it). Each group's returned value is kept as it came
-    (a *chunk*); lane i returned row `row_of[i]` of chunk `chunk_of[i]`. Parked lanes get their
-    callees' results gathered from the chunks in one step per value (no growing copies).
+    (a *chunk*); lane i returned row `row_of[i]` of chunk `chunk_of[i]`. The chunks' arrays are
+    also copied into per-lane buffers as they return (`ReturnRows`), so parked lanes read their
+    callees' results with one take per array; values that do not fit one structure are
+    gathered from the chunks instead, in one step per value (no growing copies).
     A parked group keeps its environment whole; `pending` marks its lanes still waiting.
     """
 
     __slots__ = ("n", "total", "capacity", "_origin", "parked", "chunks", "_chunk_of", "_row_of",
-                 "_unconsolidated")
+                 "_unconsolidated", "_store")
 
     def __init__(self, n):
         self.n = n
@@ -43,6 +46,7 @@ class Recursion:
         self.chunks = []          # (value, lane count) of every returning group
         self._chunk_of = np.full(self.capacity, -1, dtype=np.intp)
         self._row_of = np.full(self.capacity, -1, dtype=np.intp)
+        self._store = None        # ReturnRows once a group returned; False when values do not fit
 
     # per-lane tables (grown by doubling): the example, returning chunk and row of each lane
     origin = property(lambda self: self._origin[:self.total])
@@ -77,6 +81,11 @@ class Recursion:
         self._chunk_of[lanes] = len(self.chunks)
         self._row_of[lanes] = np.arange(n)
         self.chunks.append((value, n))
+        store = self._store
+        if store is None:
+            store = self._store = ReturnRows.of(value) or False
+        if store is not False and not store.add(value, lanes, n, self.capacity):
+            self._store = False
 
     def gather(self, ids):
         """The returned values of lanes `ids`, in that order."""
@@ -84,6 +93,16 @@ class Recursion:
             value, n = self.chunks[0]
             return take(value, ids, {})
         which = self._chunk_of[ids]
+        store = self._store
+        if store:
+            first = which[0]
+            value, n = self.chunks[first]
+            if len(ids) == n:
+                rows = self._row_of[ids]
+                if rows[0] == 0 and not np.count_nonzero(which != first) \
+                        and not np.count_nonzero(rows[1:] <= rows[:-1]):
+                    return value                            # (one group's rows, in order)
+            return store.read(ids, which, self._row_of[ids] if store.traced else None, len(self.chunks))
         order = which.argsort(kind="stable")
         ordered = which[order]
         rows = self._row_of[ids]
@@ -247,6 +266,7 @@ def _gather(values, counts, parts, size):
             all(type(v) is Batched or isinstance(v, (bool, int, float, complex, np.generic, np.ndarray))
                 for v in values):
         datas = [_lane_data(v, n) for v, n in zip(values, counts)]
+        check_row_shapes(datas, "the return value of a recursive call")
         return Batched(P.gather_lanes(*datas, parts=parts))
     merged = merge(values, counts, "the return value")
     order = np.empty(size, dtype=np.intp)

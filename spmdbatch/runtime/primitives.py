@@ -319,3 +319,20 @@ def _gather_lanes(*sources, parts):
 
 gather_lanes = primitive("gather_lanes", _gather_lanes)
 """Lanes gathered from several lane-major arrays at once (returns of recursive calls)."""
+
+
+def _rows_of_sources(*sources, source_of, rows, buffer=None, ids=None):
+    """``out[i] = sources[source_of[i]][rows[i]]``. When `buffer` is given, its rows `ids`
+    already hold exactly those values (every lane's returned rows, stored as they returned:
+    masking/return_rows.py) and the result is one take from it."""
+    if buffer is not None:
+        return buffer.take(ids, axis=0)
+    parts = []
+    for i in range(len(sources)):
+        pos = (source_of == i).nonzero()[0]
+        parts.append((pos, rows[pos]))
+    return _gather_lanes(*sources, parts=tuple(parts))
+
+
+rows_of_sources = primitive("rows_of_sources", _rows_of_sources)
+"""Rows of several lane-major arrays, each output row naming its source and row."""

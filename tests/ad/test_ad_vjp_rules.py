@@ -532,6 +532,27 @@ def _gather_lanes(data):
     return (lambda *xs: P.gather_lanes(*xs, parts=tuple(parts))), sources
 
 
+@case("rows_of_sources", "P.rows_of_sources: each output row names its source and row; "
+      "read from a buffer holding those rows, or from the sources")
+def _rows_of_sources(data):
+    tail = data.draw(st.sampled_from([(), (2,), (2, 3)]), label="tail")
+    sizes = data.draw(st.lists(st.integers(1, 4), min_size=1, max_size=3), label="sizes")
+    pairs = [(s, r) for s, n in enumerate(sizes) for r in range(n)]
+    chosen = data.draw(st.permutations(pairs), label="order")[:data.draw(st.integers(1, len(pairs)))]
+    source_of = np.array([s for s, _ in chosen], dtype=np.intp)
+    rows = np.array([r for _, r in chosen], dtype=np.intp)
+    sources = tuple(data.draw(array((n,) + tail)) for n in sizes)
+    if not data.draw(st.booleans(), label="from a buffer"):
+        return (lambda *xs: P.rows_of_sources(*xs, source_of=source_of, rows=rows)), sources
+    starts = np.cumsum([0] + sizes[:-1])
+    ids = starts[source_of] + rows                   # the buffer: the sources stacked
+
+    def from_buffer(*xs):
+        buffer = np.concatenate([getattr(x, "value", x) for x in xs])
+        return P.rows_of_sources(*xs, source_of=source_of, rows=rows, buffer=buffer, ids=ids)
+    return from_buffer, sources
+
+
 @case("matmul_t", "P.matmul_t: x @ w.T with leading axes on x")
 def _matmul_t(data):
     lead = data.draw(st.sampled_from([(), (2,), (3, 2)]), label="lead")

@@ -227,3 +227,33 @@ def test_exception_in_every_lane_is_raised_as_is():
 def test_all_errors_are_spmd_errors():
     for cls in (BatchSizeError, DivergentSideEffect, LaneError, UnsupportedConstruct, VaryingValueError):
         assert issubclass(cls, SpmdError)
+
+
+def returns_two_shapes(x):
+    if x > 0:
+        return 1.0
+    return np.zeros(2) + x
+
+
+def joins_two_shapes(x):
+    if x > 0:
+        y = 1.0
+    else:
+        y = np.zeros(2) + x
+    return np.zeros(2) + y
+
+
+def test_return_value_of_different_shapes_names_the_function():
+    with pytest.raises(VaryingValueError) as err:
+        sb.spmd(returns_two_shapes)(np.array([1.0, -1.0, 2.0]))
+    msg = str(err.value)
+    assert "different shapes" in msg and "(), (2,)" in msg and "one shape on every path" in msg
+    lines, start = inspect.getsourcelines(returns_two_shapes)
+    assert any(f"{THIS_FILE}:{start + i}:" in msg for i in range(len(lines))), msg
+
+
+def test_variable_of_different_shapes_at_a_join_runs_the_groups_apart():
+    # (numbers and arrays mix freely afterwards: each group runs the rest on its own)
+    xs = np.array([1.0, -1.0, 2.0, -3.0])
+    got = sb.spmd(joins_two_shapes)(xs)
+    np.testing.assert_array_equal(got, np.stack([joins_two_shapes(x) for x in xs]))

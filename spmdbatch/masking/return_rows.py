@@ -1,0 +1,132 @@
+"""Every lane's returned arrays in buffers with one row per lane (recursion by height).
+
+The lanes of a recursive frame return in groups (about one per tree height), and a parked
+caller's callees returned in many of them. Gathering group by group costs a take and a
+write per group and array. `ReturnRows` instead copies each group's arrays into buffers
+indexed by lane id as the group returns, so a parked group reads its callees' rows with one
+take per array. Under autodiff the read is one `rows_of_sources` operation over the
+returning groups' traced arrays, so gradients still reach each group.
+
+It applies while every returned value has one structure: a `Batched` array, or a tuple or
+list of `Batched` arrays (one array type, dtype and row shape per position) and uniform
+objects (the same object in every group, such as None). When a group's value does not fit,
+`add` says so and the recursion gathers group by group from then on (`Recursion.gather`).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ad.tracer import Tracer
+from ..runtime import primitives as P
+from ..runtime.backend import namespace
+from ..runtime.batched import Batched
+from .lanes import is_varying
+
+
+class _Rows:
+    """A position of the returned value that holds per-lane rows."""
+
+    __slots__ = ("array_type", "dtype", "tail")
+
+    def __init__(self, raw):
+        self.array_type, self.dtype, self.tail = type(raw), raw.dtype, raw.shape[1:]
+
+    def fits(self, raw) -> bool:
+        return type(raw) is self.array_type and raw.dtype == self.dtype and raw.shape[1:] == self.tail
+
+
+class ReturnRows:
+    """Returned values of one recursion by lane id (see module docstring)."""
+
+    __slots__ = ("kind", "slots", "buffers", "sources", "traced")
+
+    def __init__(self, kind, slots):
+        self.kind = kind                # Batched, tuple or list
+        self.slots = slots              # per position: a _Rows, or the uniform object itself
+        rows = sum(type(s) is _Rows for s in slots)
+        self.buffers = [None] * rows    # per _Rows position: (capacity, *tail) raw rows
+        self.sources = [[] for _ in range(rows)]   # per _Rows position: each group's data
+        self.traced = False             # whether some group's data is a Tracer
+
+    @classmethod
+    def of(cls, value):
+        """A store for values shaped like `value`, or None when it cannot hold them."""
+        kind = type(value)
+        items = value if kind is tuple or kind is list else (value,) if kind is Batched else None
+        if items is None:
+            return None
+        slots = []
+        for v in items:
+            if type(v) is Batched:
+                slots.append(_Rows(_raw(v.data)))
+            elif is_varying(v):
+                return None
+            else:
+                slots.append(v)
+        return cls(kind, slots)
+
+    def add(self, value, lanes, n, capacity) -> bool:
+        """Store the rows a group of `n` lanes (`lanes`) returned; False if `value` does not fit
+        (then nothing is stored)."""
+        kind = type(value)
+        if kind is not self.kind or (kind is not Batched and len(value) != len(self.slots)):
+            return False
+        items = (value,) if kind is Batched else value
+        datas = []
+        for v, slot in zip(items, self.slots):
+            if type(slot) is _Rows:
+                if type(v) is not Batched:
+                    return False
+                raw = _raw(v.data)
+                if not slot.fits(raw) or raw.shape[0] != n:
+                    return False
+                datas.append((v.data, raw))
+            elif v is not slot:
+                return False
+        for j, (data, raw) in enumerate(datas):
+            buffer = self.buffers[j]
+            if buffer is None or buffer.shape[0] < capacity:
+                buffer = self.buffers[j] = _grown(buffer, raw, capacity)
+            buffer[lanes] = raw
+            self.sources[j].append(data)
+            if type(data) is Tracer:
+                self.traced = True
+        return True
+
+    def read(self, ids, which, rows, groups):
+        """The returned values of lanes `ids`: lane ``ids[i]`` returned row ``rows[i]`` of group
+        ``which[i]`` (of `groups` so far); `rows` is only read when traced."""
+        out = []
+        j = 0
+        sourcing = None
+        for slot in self.slots:
+            if type(slot) is not _Rows:
+                out.append(slot)
+                continue
+            buffer = self.buffers[j]
+            if self.traced:
+                if sourcing is None:
+                    involved = np.bincount(which, minlength=groups).nonzero()[0]
+                    position = np.empty(groups, dtype=np.intp)
+                    position[involved] = np.arange(len(involved))
+                    sourcing = involved.tolist(), position[which]
+                involved, source_of = sourcing
+                sources = self.sources[j]
+                data = P.rows_of_sources(*[sources[g] for g in involved], source_of=source_of,
+                                         rows=rows, buffer=buffer, ids=ids)
+            else:
+                data = buffer.take(ids, axis=0)
+            out.append(Batched(data))
+            j += 1
+        return out[0] if self.kind is Batched else self.kind(out)
+
+
+def _raw(data):
+    return data.value if type(data) is Tracer else data
+
+
+def _grown(buffer, raw, capacity):
+    new = namespace(raw).empty((capacity,) + tuple(raw.shape[1:]), dtype=raw.dtype)
+    if buffer is not None:
+        new[:buffer.shape[0]] = buffer
+    return new
