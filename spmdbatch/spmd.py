@@ -118,16 +118,24 @@ def _stack_examples(examples, where, sizes):
     if not examples:
         raise BatchSizeError(f"{where} is an empty list: the batch size cannot be inferred from it",
                              hint="Pass arrays with a zero-length leading axis for an empty batch.")
-    flat = [pytree.flatten(e) for e in examples]
-    treedef = flat[0][1]
-    for i, (_, d) in enumerate(flat):
-        if d != treedef:
-            raise BatchSizeError(f"{where}: example {i} has structure {d}, example 0 has {treedef}")
+    first = examples[0]
+    treedef = pytree.flatten(first)[1]
+    kind = type(first)
+    if pytree.flattens_to_items(first) and all(type(v) is np.ndarray for v in first) and \
+            all(type(e) is kind and len(e) == len(first) for e in examples) and \
+            all(type(v) is np.ndarray for e in examples for v in e):
+        columns = list(zip(*examples))     # (records of arrays, such as trees: no tree walks)
+    else:
+        flat = [pytree.flatten(e) for e in examples]
+        for i, (_, d) in enumerate(flat):
+            if d != treedef:
+                raise BatchSizeError(f"{where}: example {i} has structure {d}, example 0 has {treedef}")
+        columns = [[f[0][j] for f in flat] for j in range(len(flat[0][0]))]
+    paths = pytree.leaf_paths(first)
     out = []
     lengths: dict = {}     # fields of equal lengths share one array (and later one lane map)
-    for j in range(len(flat[0][0])):
-        values = [f[0][j] for f in flat]
-        stacked = _stack_leaf(values, f"{where}{pytree.leaf_paths(examples[0])[j]}")
+    for values, path in zip(columns, paths):
+        stacked = _stack_leaf(values, f"{where}{path}")
         if type(stacked) is Ragged:
             key = stacked.lengths.tobytes()
             stacked = Ragged(stacked.data, lengths.setdefault(key, stacked.lengths))
@@ -136,13 +144,15 @@ def _stack_examples(examples, where, sizes):
 
 
 def _stack_leaf(values, where):
-    first = values[0]
-    if hasattr(first, "tape") or any(hasattr(v, "tape") for v in values):   # traced values
+    if all(type(v) is np.ndarray for v in values):
+        arrays = values
+    elif any(hasattr(v, "tape") for v in values):   # traced values
         shapes = {tuple(np.shape(v)) for v in values}
         if len(shapes) == 1:
             return np.stack(values)
         return _stack_traced_ragged(values, where)
-    arrays = [np.asarray(v) for v in values]
+    else:
+        arrays = [np.asarray(v) for v in values]
     ranks = {a.ndim for a in arrays}
     kinds = {a.dtype.kind for a in arrays}
     if len(ranks) > 1:

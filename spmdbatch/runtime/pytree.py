@@ -147,6 +147,13 @@ def _aux_equal(a, b):
 LEAF = TreeDef(None, None, ())
 
 
+def flattens_to_items(tree) -> bool:
+    """True for a tuple or NamedTuple (not a registered type) whose leaves are its own items."""
+    kind = _node_kind(tree)
+    return (kind is _SEQ or kind is _NAMEDTUPLE) and isinstance(tree, tuple) and \
+        all(_node_kind(item) is None for item in tree)
+
+
 def flatten(tree) -> tuple[list, TreeDef]:
     """Leaves in a deterministic order (container order) and the structure."""
     leaves: list = []

@@ -92,8 +92,9 @@ def from_examples(arrays):
     lengths = np.array([a.shape[0] for a in arrays], dtype=np.intp)
     width = int(lengths.max()) if len(arrays) else 0
     data = np.zeros((len(arrays), width) + next(iter(rest)), dtype=arrays[0].dtype)
-    for i, a in enumerate(arrays):
-        data[i, :a.shape[0]] = a
+    if len(arrays):
+        # the valid positions in row-major order are the examples' elements one after another
+        data[np.arange(width) < lengths[:, None]] = np.concatenate(arrays)
     return Ragged(data, lengths)
 
 

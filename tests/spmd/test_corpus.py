@@ -463,6 +463,38 @@ def test_ragged_results_are_lists():
         np.testing.assert_allclose(o, np.exp(s) / np.exp(s).sum())
 
 
+class Seq(NamedTuple):
+    values: object
+    weight: object
+
+
+def weighted_sum(rec):
+    return (rec.values * rec.weight).sum() + len(rec.values)
+
+
+def listed_weights(rec):
+    return (rec.values * rec.weight[0]).sum() + rec.weight[1]
+
+
+def tuple_sum(rec):
+    return (rec[0] * rec[1]).sum() + len(rec[0])
+
+
+@pytest.mark.parametrize("make,f", [
+    (lambda v, i: Seq(v, np.float64(i) + 0.5 + np.zeros(len(v))), weighted_sum),  # arrays
+    (lambda v, i: (v, np.full(len(v), i + 0.5)), tuple_sum),           # a plain tuple of arrays
+    (lambda v, i: Seq(v, i + 0.5), weighted_sum),                      # a Python number field
+    (lambda v, i: Seq(v, [i + 0.5, float(i)]), listed_weights),        # a list field
+], ids=["namedtuple", "tuple", "number field", "list field"])
+def test_lists_of_records_stack_like_the_loop(make, f):
+    check_batched(f, [make(v, i) for i, v in enumerate(SEQS)])
+
+
+def test_lists_of_records_of_different_structure_are_refused():
+    with pytest.raises(sb.BatchSizeError, match="example 1 has structure"):
+        sb.spmd(weighted_sum)([Seq(SEQS[0], 1.0), (SEQS[1], 1.0)])
+
+
 def test_ragged_index_out_of_range_names_lanes():
     with pytest.raises(sb.LaneError) as err:
         sb.spmd(lambda v: v[2])(SEQS)
