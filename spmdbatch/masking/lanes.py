@@ -346,14 +346,16 @@ def merge(values, counts, name: str = "a value", disjoint: bool = True, _memo=No
             filename, lineno = user_frame()
             raise UnmergeableGroups(
                 f"{name} holds containers of different structure in different examples where "
-                f"control flow joins", filename, lineno, hint="Give it the same structure (length, keys) on every path.")
+                f"control flow joins", filename, lineno,
+                hint="Give it the same structure (length, keys) on every path.")
         return treedef.unflatten([merge([f[0][i] for f in flat], counts, name, disjoint)
                                   for i in range(len(flat[0][0]))])
     kinds = sorted({type(v).__name__ for v in values})
     filename, lineno = user_frame()
     raise UnmergeableGroups(
         f"{name} holds different non-array objects ({', '.join(kinds)}) in different examples "
-        f"where control flow joins", filename, lineno, hint="Only numbers and arrays can differ between examples.")
+        f"where control flow joins", filename, lineno,
+        hint="Only numbers and arrays can differ between examples.")
 
 
 def check_row_shapes(datas, name):
