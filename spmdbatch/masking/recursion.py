@@ -97,12 +97,11 @@ class Recursion:
         if store:
             first = which[0]
             value, n = self.chunks[first]
-            if len(ids) == n:
-                rows = self._row_of[ids]
-                if rows[0] == 0 and not np.count_nonzero(which != first) \
-                        and not np.count_nonzero(rows[1:] <= rows[:-1]):
-                    return value                            # (one group's rows, in order)
-            return store.read(ids, which, self._row_of[ids] if store.traced else None, len(self.chunks))
+            rows = self._row_of[ids] if store.traced or len(ids) == n else None
+            if len(ids) == n and rows[0] == 0 and not np.count_nonzero(which != first) \
+                    and not np.count_nonzero(rows[1:] <= rows[:-1]):
+                return value                                # (one group's rows, in order)
+            return store.read(ids, which, rows, self.chunks)
         order = which.argsort(kind="stable")
         ordered = which[order]
         rows = self._row_of[ids]

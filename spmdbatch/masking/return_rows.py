@@ -38,14 +38,12 @@ class _Rows:
 class ReturnRows:
     """Returned values of one recursion by lane id (see module docstring)."""
 
-    __slots__ = ("kind", "slots", "buffers", "sources", "traced")
+    __slots__ = ("kind", "slots", "buffers", "traced")
 
     def __init__(self, kind, slots):
         self.kind = kind                # Batched, tuple or list
         self.slots = slots              # per position: a _Rows, or the uniform object itself
-        rows = sum(type(s) is _Rows for s in slots)
-        self.buffers = [None] * rows    # per _Rows position: (capacity, *tail) raw rows
-        self.sources = [[] for _ in range(rows)]   # per _Rows position: each group's data
+        self.buffers = [None] * sum(type(s) is _Rows for s in slots)   # (capacity, *tail) rows
         self.traced = False             # whether some group's data is a Tracer
 
     @classmethod
@@ -88,37 +86,41 @@ class ReturnRows:
             if buffer is None or buffer.shape[0] < capacity:
                 buffer = self.buffers[j] = _grown(buffer, raw, capacity)
             buffer[lanes] = raw
-            self.sources[j].append(data)
             if type(data) is Tracer:
                 self.traced = True
         return True
 
-    def read(self, ids, which, rows, groups):
+    def read(self, ids, which, rows, chunks):
         """The returned values of lanes `ids`: lane ``ids[i]`` returned row ``rows[i]`` of group
-        ``which[i]`` (of `groups` so far); `rows` is only read when traced."""
+        ``which[i]``; `chunks` holds each group's ``(value, lane count)`` in order. `rows` and
+        `chunks` are only read when traced (the groups' data are the operation's sources)."""
         out = []
         j = 0
         sourcing = None
-        for slot in self.slots:
+        for position, slot in enumerate(self.slots):
             if type(slot) is not _Rows:
                 out.append(slot)
                 continue
             buffer = self.buffers[j]
             if self.traced:
                 if sourcing is None:
-                    involved = np.bincount(which, minlength=groups).nonzero()[0]
-                    position = np.empty(groups, dtype=np.intp)
-                    position[involved] = np.arange(len(involved))
-                    sourcing = involved.tolist(), position[which]
+                    involved = np.bincount(which, minlength=len(chunks)).nonzero()[0]
+                    index = np.empty(len(chunks), dtype=np.intp)
+                    index[involved] = np.arange(len(involved))
+                    sourcing = involved.tolist(), index[which]
                 involved, source_of = sourcing
-                sources = self.sources[j]
-                data = P.rows_of_sources(*[sources[g] for g in involved], source_of=source_of,
-                                         rows=rows, buffer=buffer, ids=ids)
+                sources = [_item(chunks[g][0], self.kind, position).data for g in involved]
+                data = P.rows_of_sources(*sources, source_of=source_of, rows=rows, buffer=buffer,
+                                         ids=ids)
             else:
                 data = buffer.take(ids, axis=0)
             out.append(Batched(data))
             j += 1
         return out[0] if self.kind is Batched else self.kind(out)
+
+
+def _item(value, kind, position):
+    return value if kind is Batched else value[position]
 
 
 def _raw(data):

@@ -48,7 +48,7 @@ def test_reads_give_each_lane_the_rows_it_returned(sizes, seed):
     ids = rng.permutation(total)[:rng.integers(0, total + 1)]
     which = np.array([where[int(i)][0] for i in ids], dtype=np.intp)
     rows = np.array([where[int(i)][1] for i in ids], dtype=np.intp)
-    h, c, none = store.read(ids, which, rows, len(sizes))
+    h, c, none = store.read(ids, which, rows, [(g, len(g[1].data)) for g in groups])
     assert none is None
     for i, lane in enumerate(ids):
         g, row = where[int(lane)]
