@@ -5,6 +5,7 @@ No timing assertions: only that each script exits 0 and reports positive numbers
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,8 +18,11 @@ BENCHMARKS = ROOT / "benchmarks"
 
 def _run(script: str, tmp_path: Path) -> dict:
     out = tmp_path / "x.json"
+    # The scripts import this checkout's spmdbatch, installed or not.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")])))
     proc = subprocess.run([sys.executable, str(BENCHMARKS / script), "--quick", "--json", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout}\n{proc.stderr}"
     assert "|" in proc.stdout  # printed a markdown table
     data = json.loads(out.read_text())
