@@ -44,7 +44,7 @@ __all__ = [
     "NUM_LABELS", "NO_LABEL", "PAD", "UNK", "PAD_ID", "UNK_ID", "SPLITS", "OFFICIAL_URL",
     "SST_MD5", "Tree", "num_nodes", "num_leaves", "depth", "heights", "validate_tree",
     "parse_tree", "ReadResult", "read_trees", "Vocab", "to_binary", "SST", "load_sst",
-    "default_data_dir", "download", "unpack_archive", "synthetic_treebank", "batches",
+    "default_data_dir", "download", "unpack_archive", "MAX_SPLIT_BYTES", "synthetic_treebank", "batches",
     "sst_size_stats",
 ]
 
@@ -493,46 +493,69 @@ def default_data_dir() -> Path | None:
     return candidate if candidate.is_dir() else None
 
 
-def _md5(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest()
+#: The most :func:`unpack_archive` writes per file by default (the official files are 0.3-2.2 MB).
+MAX_SPLIT_BYTES = 64 * 2**20
 
 
-def unpack_archive(zip_path, dest_dir, check_md5: bool = True, expected_md5=None) -> Path:
+def unpack_archive(zip_path, dest_dir, check_md5: bool = True, expected_md5=None,
+                   max_bytes: int = MAX_SPLIT_BYTES) -> Path:
     """Extract ``trees/train.txt``, ``trees/dev.txt`` and ``trees/test.txt`` from the zip at
     ``zip_path`` into ``dest_dir`` (created if needed) as ``train.txt`` etc.; returns
     ``dest_dir``.
 
     With ``check_md5`` the md5 sums of the three files must equal ``expected_md5`` (a dict
-    file name -> hex digest, :data:`SST_MD5` by default); otherwise ``ValueError`` is raised
-    and nothing is written. A file that is not a zip, or lacks one of the members, raises
-    ``ValueError`` too.
+    file name -> hex digest, :data:`SST_MD5` by default). A file that is not a zip, lacks one
+    of the members, or declares a member larger than ``max_bytes`` (checked from the zip's
+    directory before anything is decompressed) raises ``ValueError``. In every failing case
+    nothing is written: each member is streamed in chunks through md5 into a temporary file
+    in ``dest_dir``, and the three files are moved into place only when all passed.
     """
     zip_path = Path(zip_path)
     if not zipfile.is_zipfile(zip_path):
         raise ValueError(f"{zip_path} is not a zip archive (expected trainDevTestTrees_PTB.zip "
                          f"from {OFFICIAL_URL})")
     expected = SST_MD5 if expected_md5 is None else expected_md5
-    contents = {}
     with zipfile.ZipFile(zip_path) as zf:
-        names = set(zf.namelist())
+        infos = {}
         for split in SPLITS:
             member = f"trees/{split}.txt"
-            if member not in names:
+            try:
+                info = zf.getinfo(member)
+            except KeyError:
                 raise ValueError(f"{zip_path} has no {member} (expected the PTB-format "
-                                 f"archive trainDevTestTrees_PTB.zip from {OFFICIAL_URL})")
-            contents[f"{split}.txt"] = zf.read(member)
-    if check_md5:
-        for name, data in contents.items():
-            got = _md5(data)
-            if got != expected[name]:
-                raise ValueError(f"md5 mismatch for {name} in {zip_path}: expected "
-                                 f"{expected[name]}, got {got} (corrupt or different download)")
-    dest = Path(dest_dir)
-    dest.mkdir(parents=True, exist_ok=True)
-    for name, data in contents.items():
-        tmp = dest / f".{name}.part"
-        tmp.write_bytes(data)
-        os.replace(tmp, dest / name)
+                                 f"archive trainDevTestTrees_PTB.zip from {OFFICIAL_URL})") from None
+            if info.file_size > max_bytes:
+                raise ValueError(f"{zip_path}: {member} would unpack to {info.file_size} bytes, "
+                                 f"more than the {max_bytes} allowed (not the SST archive)")
+            infos[f"{split}.txt"] = info
+        dest = Path(dest_dir)
+        dest.mkdir(parents=True, exist_ok=True)
+        parts = {}
+        try:
+            for name, info in infos.items():
+                digest = hashlib.md5()
+                fd, parts[name] = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=dest)
+                with os.fdopen(fd, "wb") as out, zf.open(info) as src:
+                    written = 0
+                    while chunk := src.read(1 << 20):   # (zipfile stops at the declared size)
+                        written += len(chunk)
+                        if written > max_bytes:
+                            raise ValueError(f"{zip_path}: {info.filename} unpacks to more than "
+                                             f"{max_bytes} bytes")
+                        digest.update(chunk)
+                        out.write(chunk)
+                got = digest.hexdigest()
+                if check_md5 and got != expected[name]:
+                    raise ValueError(f"md5 mismatch for {name} in {zip_path}: expected "
+                                     f"{expected[name]}, got {got} (corrupt or different download)")
+            for name, tmp in parts.items():
+                os.replace(tmp, dest / name)
+        finally:
+            for tmp in parts.values():
+                try:
+                    os.remove(tmp)
+                except FileNotFoundError:
+                    pass
     return dest
 
 
