@@ -1,8 +1,8 @@
 """Data for the Tree-LSTM example: the Stanford Sentiment Treebank and a synthetic treebank.
 
 Trees are stored as flat arrays in post-order (see :class:`Tree`), which is what both the
-per-example model code and a hand-batched implementation consume. The module only needs numpy
-and the standard library.
+per-example model code and a hand-batched implementation consume. The module only needs numpy,
+the standard library and `spmdbatch.files` (atomic writes).
 
 The Stanford Sentiment Treebank (Socher et al., EMNLP 2013) comes as ``train.txt``, ``dev.txt``
 and ``test.txt`` with one tree per line in PTB bracket format::
@@ -10,8 +10,8 @@ and ``test.txt`` with one tree per line in PTB bracket format::
     (3 (2 (2 The) (2 Rock)) (4 (2 is) (4 great)))
 
 Every node carries a sentiment label 0-4 (very negative .. very positive) and every internal
-node has exactly two children. Tokens are separated by ASCII spaces only (a few words contain a
-no-break space) and ``\\/`` and ``\\*`` are escaped forms of ``/`` and ``*``.
+node has exactly two children. Tokens are separated by ASCII spaces (or tabs) only (a few words
+contain a no-break space) and ``\\/`` and ``\\*`` are escaped forms of ``/`` and ``*``.
 
 Typical use::
 
@@ -39,6 +39,8 @@ from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
+
+from spmdbatch.files import write_text_atomic
 
 __all__ = [
     "NUM_LABELS", "NO_LABEL", "PAD", "UNK", "PAD_ID", "UNK_ID", "SPLITS", "OFFICIAL_URL",
@@ -163,7 +165,9 @@ def validate_tree(tree: Tree) -> None:
 
 # --- parsing -----------------------------------------------------------------------------------
 
-_TOKEN = re.compile(r"[()]|[^ ()]+")
+_TOKEN = re.compile(r"[()]|[^ \t()]+")
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_BOM = b"\xef\xbb\xbf"
 _ESCAPE = re.compile(r"\\([/*])")
 
 
@@ -235,7 +239,7 @@ def _parse_raw(line: str, filename=None, lineno=None) -> _RawTree:
                 if i >= n or tokens[i] == "(" or tokens[i] == ")":
                     raise fail(i, "missing label after '('")
                 tok = tokens[i]
-                if not (tok.isascii() and tok.isdigit()):
+                if not _INTEGER.fullmatch(tok):
                     raise fail(i, f"label {tok!r} is not an integer")
                 raise fail(i, f"label {tok} is out of range 0-{NUM_LABELS - 1}")
             push([value, -1, -1, 0, None])
@@ -292,7 +296,7 @@ def parse_tree(line: str, vocab: "Vocab", filename=None, lineno=None) -> Tree:
     parentheses, a missing, non-integer or out-of-range label, a node with one phrase child or
     more than two children, a node mixing a word and phrases, or text after the tree raise
     ``ValueError`` with a message that starts with ``filename:lineno:``. Tokens are split on
-    ASCII spaces only, and ``\\/`` and ``\\*`` in words are unescaped to ``/`` and ``*``.
+    ASCII spaces and tabs only, and ``\\/`` and ``\\*`` in words are unescaped to ``/`` and ``*``.
     """
     return _parse_raw(line, filename, lineno).encode(vocab)
 
@@ -309,15 +313,25 @@ class ReadResult(NamedTuple):
 def _read_raw(path) -> list:
     path = Path(path)
     raws = []
-    with open(path, encoding="utf-8", newline="") as f:
-        for lineno, line in enumerate(f, start=1):
-            if line.strip(" \r\n"):          # blank lines are skipped
+    with open(path, "rb") as f:
+        for lineno, data in enumerate(f, start=1):
+            if lineno == 1 and data.startswith(_BOM):
+                data = data[len(_BOM):]              # a UTF-8 byte order mark
+            try:
+                line = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{_location(path, lineno)}: not UTF-8 text (byte "
+                                 f"0x{data[exc.start]:02x} at byte {exc.start + 1} of the line); "
+                                 f"the treebank files are UTF-8, so re-encode this one "
+                                 f"(for example with iconv -f latin1 -t utf-8)") from None
+            if line.strip(" \t\r\n"):     # blank lines (spaces, tabs) are skipped
                 raws.append(_parse_raw(line, path, lineno))
     return raws
 
 
 def read_trees(path, vocab: "Vocab | None" = None) -> ReadResult:
-    """Read a treebank file (one tree per line, blank lines skipped).
+    """Read a treebank file (UTF-8, optionally with a byte order mark; one tree per line;
+    lines of only spaces and tabs are skipped).
 
     Words are mapped through ``vocab``; without one, a vocabulary is built from this file's own
     words with ``Vocab.build(tokens)``. Returns ``ReadResult(trees, tokens, vocab)``. A
@@ -401,9 +415,10 @@ class Vocab:
         return list(self._itos)
 
     def save(self, path) -> None:
-        """Write the vocabulary to ``path`` as JSON."""
+        """Write the vocabulary to ``path`` as JSON (atomically: an interrupted save leaves
+        the previous file)."""
         payload = {"format": self._FORMAT, "version": 1, "words": self._itos}
-        Path(path).write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
+        write_text_atomic(path, json.dumps(payload, ensure_ascii=False))
 
     @classmethod
     def load(cls, path) -> "Vocab":
