@@ -470,12 +470,13 @@ def _missing_data_message(what: str) -> str:
             f"{DATA_DIR_ENV}.")
 
 
-def load_sst(directory, binary: bool = False, min_count: int = 1) -> SST:
+def load_sst(directory, binary: bool = False, min_count: int = 1,
+             vocab: Vocab | None = None) -> SST:
     """Load ``train.txt``, ``dev.txt`` and ``test.txt`` from ``directory``.
 
     The vocabulary is built from all training trees (before any binary filtering, so both
     views share word ids) keeping words seen at least ``min_count`` times; the other words map
-    to :data:`UNK_ID`. ``binary=False`` keeps the labels 0-4 (``num_classes == 5``);
+    to :data:`UNK_ID`. A given ``vocab`` (a resumed run's) is used instead. ``binary=False`` keeps the labels 0-4 (``num_classes == 5``);
     ``binary=True`` applies :func:`to_binary` to every split (``num_classes == 2``). A missing
     directory or file raises ``FileNotFoundError`` that says how to get the data.
     """
@@ -491,7 +492,8 @@ def load_sst(directory, binary: bool = False, min_count: int = 1) -> SST:
     if missing:
         raise FileNotFoundError(_missing_data_message(f"{directory} lacks {', '.join(missing)}"))
     raw = {s: _read_raw(p) for s, p in paths.items()}
-    vocab = Vocab.build((r.words for r in raw["train"]), min_count=min_count)
+    if vocab is None:
+        vocab = Vocab.build((r.words for r in raw["train"]), min_count=min_count)
     splits = {s: [r.encode(vocab) for r in rs] for s, rs in raw.items()}
     if binary:
         splits = {s: to_binary(ts) for s, ts in splits.items()}
