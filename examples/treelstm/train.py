@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -278,18 +279,36 @@ def setup(argv):
 def run(argv=None):
     """Check the options, load the data, train (or resume) and test; returns the log."""
     args, out = setup(argv)
-    resuming = bool(args.resume)
     vocab = None
-    if resuming:
+    if args.resume:
         try:
             vocab = sst.Vocab.load(out / ckpt.VOCAB_FILE)
         except (OSError, ValueError) as exc:
             raise UsageError(f"--resume {out}: cannot read {ckpt.VOCAB_FILE} ({exc})") from None
     vocab, train, dev, test, classes, _ = load_data(args, vocab)
+    model, opt, state, status = start_or_resume(args, out, vocab, classes)
+    if args.backend == "cupy":
+        model, state = sb.to_device(model, "cupy"), sb.to_device(state, "cupy")
+        train, dev, test = (sb.to_device(t, "cupy") for t in (train, dev, test))
+    print(f"training {args.impl} Tree-LSTM ({args.hidden} hidden, {args.embedding} embedding) on "
+          f"{len(train)} trees, batch {args.batch_size}, {args.epochs} epochs")
+    try:
+        model, state, status = fit(args, out, model, opt, state, status, train, dev)
+    except Interrupted as stop:
+        where = (f"{out / ckpt.STATE_FILE} holds epoch {stop.epoch}; continue with --resume {out}"
+                 if stop.epoch else "no epoch was finished, so there is nothing to resume")
+        print(f"\ninterrupted: {where}", file=sys.stderr)
+        raise SystemExit(130) from None
+    return finish(args, out, vocab, classes, test, status)
+
+
+def start_or_resume(args, out, vocab, classes):
+    """``(model, optimizer, optimizer state, status)`` of a new run (its vocabulary saved, the
+    folder's previous run state removed) or of the run resumed from ``out``."""
     model = M.TreeLSTM(len(vocab), classes, args.embedding, args.hidden, args.dropout, rng=args.seed)
     opt = make_optimizer(args)
     state = opt.init(model)
-    if resuming:
+    if args.resume:
         try:
             model, state, status = ckpt.load_state(out, model, state)
         except (CheckpointError, OSError) as exc:
@@ -301,29 +320,35 @@ def run(argv=None):
         print(f"resuming {out} after epoch {status.epoch} (best dev root "
               f"{status.best:.3f} at epoch {status.best_epoch})")
     else:
+        if ckpt.has_state(out):
+            print(f"note: {out} held a run (epoch {ckpt.saved_epoch(out)}); a new one replaces it "
+                  f"(--resume {out} continues a run instead)")
+            (out / ckpt.STATE_FILE).unlink()
         vocab.save(out / ckpt.VOCAB_FILE)
-        status = ckpt.Progress(epoch=0, rng_state=np.random.default_rng(args.seed).bit_generator.state,
-                                 best=-1.0, best_epoch=0, log=[], config=vars(args))
+        status = ckpt.Progress(epoch=0, rng_state=ckpt.make_rng(args.seed).bit_generator.state,
+                               best=-1.0, best_epoch=0, log=[], config=vars(args))
     ckpt.rewrite_log_lines(out, status.log)
-    if args.backend == "cupy":
-        model, state = sb.to_device(model, "cupy"), sb.to_device(state, "cupy")
-        train, dev, test = (sb.to_device(t, "cupy") for t in (train, dev, test))
-    print(f"training {args.impl} Tree-LSTM ({args.hidden} hidden, {args.embedding} embedding) on "
-          f"{len(train)} trees, batch {args.batch_size}, {args.epochs} epochs")
-    try:
-        model, state, status = fit(args, out, model, opt, state, status, train, dev)
-    except KeyboardInterrupt:
-        done = ckpt.saved_epoch(out)
-        where = (f"{out / ckpt.STATE_FILE} holds epoch {done}; continue with --resume {out}"
-                 if done else "no epoch was finished, so there is nothing to resume")
-        print(f"\ninterrupted: {where}", file=sys.stderr)
-        raise SystemExit(130) from None
-    return finish(args, out, vocab, classes, test, status)
+    return model, opt, state, status
+
+
+class Interrupted(Exception):
+    """Ctrl-C (or SIGTERM) during training, after `epoch` saved epochs of this run."""
+
+    def __init__(self, epoch: int):
+        super().__init__(epoch)
+        self.epoch = epoch
 
 
 def fit(args, out, model, opt, state, status, train, dev):
     """Train from ``status.epoch + 1`` to ``args.epochs``; after each epoch save best.npz
     (when dev root accuracy improved), then train_state.npz, then a line of log.jsonl."""
+    try:
+        return _fit(args, out, model, opt, state, status, train, dev)
+    except KeyboardInterrupt:
+        raise Interrupted(ckpt.saved_epoch(out)) from None     # (the folder's state is this run's)
+
+
+def _fit(args, out, model, opt, state, status, train, dev):
     loss_and_grad = sb.value_and_grad(IMPLEMENTATIONS[args.impl], sparse=True)
     rng = ckpt.make_rng(args.seed, status.rng_state)
     for epoch in range(status.epoch + 1, args.epochs + 1):
@@ -405,5 +430,11 @@ def finish(args, out, vocab, classes, test, status) -> dict:
     return log
 
 
+def _terminated(signum, frame):
+    """SIGTERM ends a run like Ctrl-C: temporary files removed, how to resume printed."""
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _terminated)
     sys.exit(0 if main() else 1)

@@ -240,3 +240,17 @@ def test_without_matplotlib_the_plot_is_not_claimed(tmp_path, monkeypatch, capsy
     assert "matplotlib not installed" in printed
     assert "curves.png" not in printed
     assert not (out / ckpt.PLOT_FILE).exists()
+
+
+def test_a_new_run_in_a_used_folder_replaces_its_state(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    train.main(TINY + ["--epochs", "2", "--out", str(out)])
+    with monkeypatch.context() as patch:
+        interrupt_update(patch, 2)                 # the new run: interrupted in its first epoch
+        with pytest.raises(SystemExit):
+            train.main(TINY + ["--epochs", "2", "--seed", "1", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert "held a run (epoch 2)" in captured.out
+    assert "no epoch was finished" in captured.err
+    assert not ckpt.has_state(out)                 # nothing left to resume by mistake
+    assert (out / ckpt.LOG_LINES_FILE).read_text() == ""
