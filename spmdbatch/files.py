@@ -87,13 +87,17 @@ def write_text_atomic(path, text: str, encoding: str = "utf-8") -> None:
 
 def save_npz(path, arrays: dict) -> Path:
     """Write ``{name: array}`` as an uncompressed ``.npz`` at `path` atomically; ``.npz`` is
-    appended when `path` lacks it (as ``numpy.savez`` does). Returns the path written."""
-    path = Path(path)
-    if path.suffix != ".npz":
-        path = path.with_name(path.name + ".npz")
+    appended when `path` lacks it (as ``numpy.savez`` does). Returns the path written. An
+    open binary file is written as it is (not atomically: the caller owns it)."""
     for name, value in arrays.items():
         if np.asarray(value).dtype.hasobject:
             raise TypeError(f"save_npz: {name!r} is an object array, which would need pickle")
+    if hasattr(path, "write"):
+        np.savez(path, **arrays)
+        return path
+    path = Path(path)
+    if path.suffix != ".npz":
+        path = path.with_name(path.name + ".npz")
     with atomic_write(path, "wb") as fh:
         np.savez(fh, **arrays)
     return path
@@ -122,13 +126,14 @@ def read_npz(path, expected: dict | None = None, *, strict: bool = True,
     result. Every member must be a ``.npy`` with a non-object dtype, whose zip entry has
     exactly the size its header implies; a member of unknown shape may not exceed
     `max_member_bytes`. Raises `CheckpointError` (naming `path` and the member) otherwise,
-    and ``FileNotFoundError`` for a missing file.
+    and ``FileNotFoundError`` for a missing file. `path` may also be an open binary file.
     """
-    path = Path(path)
-    if not path.is_file():
-        if path.exists():
-            raise CheckpointError(f"{path}: not a file")
-        raise FileNotFoundError(f"{path}: no such file")
+    if not hasattr(path, "read"):
+        path = Path(path)
+        if not path.is_file():
+            if path.exists():
+                raise CheckpointError(f"{path}: not a file")
+            raise FileNotFoundError(f"{path}: no such file")
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:

@@ -219,3 +219,12 @@ def test_unpack_archive_stops_at_its_cap_and_writes_nothing(tmp_path):
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
     data.unpack_archive(archive, tmp_path / "out", check_md5=False)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["dev.txt", "test.txt", "train.txt"]
+
+
+def test_save_and_load_through_open_files():
+    import io
+    m = model()
+    buf = io.BytesIO()
+    m.save(buf)
+    buf.seek(0)
+    assert_same_params(model().load(buf), m)
