@@ -127,6 +127,13 @@ def batched_version(fn):
     return out
 
 
+def forget(fn) -> None:
+    """Drop the cached batch programs of `fn` and of its code (the next `batched_version(fn)`
+    transforms from scratch; benchmarks/transform_time.py times that)."""
+    _PROGRAMS.pop(id(fn.__code__), None)
+    fn.__dict__.pop(_INSTANCE_ATTR, None)
+
+
 def _native_with_exception_handling(fn, reason):
     def run_natively(*args, **kwargs):
         try:

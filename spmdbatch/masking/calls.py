@@ -48,18 +48,26 @@ _NATIVE_MODULE: dict = {}    # module name -> whether its functions run natively
 
 
 def _is_native_module(module: str) -> bool:
-    answer = _NATIVE_MODULE.get(module)
-    if answer is None:
-        answer = module.startswith(_NATIVE_MODULE_PREFIXES) or module.split(".")[0] in _STDLIB
-        if len(_NATIVE_MODULE) < 10_000:
-            _NATIVE_MODULE[module] = answer
+    answer = module.startswith(_NATIVE_MODULE_PREFIXES) or module.split(".")[0] in _STDLIB
+    if len(_NATIVE_MODULE) < 10_000:
+        _NATIVE_MODULE[module] = answer
     return answer
 
 
 def is_user_function(fn) -> bool:
     """True for Python functions that should be rewritten rather than run natively."""
-    return not (_is_native_module(getattr(fn, "__module__", None) or "")
-                or getattr(fn, "_spmd_native", False))
+    if type(fn) is types.FunctionType:          # (the hot path: no failing getattr)
+        if fn.__dict__.get("_spmd_native", False):
+            return False
+        module = fn.__module__
+    else:
+        if getattr(fn, "_spmd_native", False):
+            return False
+        module = getattr(fn, "__module__", None)
+    answer = _NATIVE_MODULE.get(module)
+    if answer is None:
+        answer = _is_native_module(module) if isinstance(module, str) else False
+    return not answer
 
 
 def native(fn):
