@@ -228,3 +228,25 @@ def test_save_and_load_through_open_files():
     m.save(buf)
     buf.seek(0)
     assert_same_params(model().load(buf), m)
+
+
+def test_save_tree_and_load_tree_round_trip_a_training_state(tmp_path):
+    m = model()
+    opt = nn.Adam(1e-2)
+    state = opt.init(m)
+    grads = m.replace(layers=tuple(l.replace(W=np.ones_like(l.W), b=np.ones_like(l.b))
+                                   for l in m.layers))
+    m2, state2 = opt.update(m, grads, state)
+    path = nn.save_tree(tmp_path / "state", {"model": m2, "opt": state2}, {"epoch": 3})
+    assert path.name == "state.npz"
+    tree, meta = nn.load_tree(path, {"model": model(), "opt": opt.init(model())})
+    assert meta == {"epoch": 3}
+    assert tree["opt"].step == 1 and type(tree["opt"].step) is int
+    assert_same_params(tree["model"], m2)
+    for (_, a), (_, b) in zip(nn.named_leaves(tree["opt"]), nn.named_leaves(state2)):
+        np.testing.assert_array_equal(a, b)
+    other = nn.Chain(nn.Linear(4, 9, "tanh", rng=0), nn.Linear(9, 3, rng=1))
+    with pytest.raises(files.CheckpointError, match="shape"):
+        nn.load_tree(path, {"model": other, "opt": opt.init(other)})
+    with pytest.raises(ValueError):
+        nn.save_tree(tmp_path / "bad", {"x": np.zeros(2)}, {"loss": float("nan")})
