@@ -2,8 +2,8 @@
 
 For every function in ``tests/spmd/test_corpus.py``'s CASES:
 
-- cold transform: its entries in ``spmdbatch.frontend.transform._PROGRAMS`` (by the code
-  object's identity) and ``_INSTANCES`` (by function) are removed, then
+- cold transform: its cached programs are dropped (``spmdbatch.frontend.transform.forget``:
+  the compiled program of its code object and the instance kept on the function), then
   ``spmdbatch.frontend.transform.batched_version(f)`` is timed (lower + emit + compile +
   instantiate).  Lowering alone (``spmdbatch.frontend.lower_function(f)``) is timed in the
   same repetition; "rest" (emit + compile + instantiate) is median(total) - median(lower),
@@ -50,8 +50,7 @@ def load_corpus():
 
 def forget(fn):
     """Drop `fn` from the transform caches, so the next batched_version(fn) is cold."""
-    transform._PROGRAMS.pop(id(fn.__code__), None)
-    transform._INSTANCES.pop(fn, None)
+    transform.forget(fn)
 
 
 def cold_transform_times(functions, repeat: int) -> list:

@@ -64,3 +64,8 @@ class LaneError(SpmdError):
     def __init__(self, message: str, lanes, filename=None, lineno=None, hint=None):
         self.lanes = list(lanes)
         super().__init__(message, filename, lineno, hint)
+
+
+class UnsupportedPythonVersion(SpmdError):
+    """The running Python's bytecode is not one the rewriter knows (it covers CPython
+    3.11-3.13); raised when a function is given to ``spmd``, not at import."""

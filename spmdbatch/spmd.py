@@ -19,6 +19,7 @@ import functools
 import numpy as np
 
 from .errors import BatchSizeError
+from .frontend.decode import check_python_version
 from .frontend.transform import program_of
 from .masking.calls import run_batched
 from .masking.frame import STATE
@@ -35,6 +36,7 @@ def spmd(fn=None, *, in_axes=0):
     """Batch a per-example function (decorator with or without arguments)."""
     if fn is None:
         return lambda f: spmd(f, in_axes=in_axes)
+    check_python_version(fn)
     return SpmdFunction(fn, in_axes)
 
 

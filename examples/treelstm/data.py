@@ -1,8 +1,8 @@
 """Data for the Tree-LSTM example: the Stanford Sentiment Treebank and a synthetic treebank.
 
 Trees are stored as flat arrays in post-order (see :class:`Tree`), which is what both the
-per-example model code and a hand-batched implementation consume. The module only needs numpy
-and the standard library.
+per-example model code and a hand-batched implementation consume. The module only needs numpy,
+the standard library and `spmdbatch.files` (atomic writes).
 
 The Stanford Sentiment Treebank (Socher et al., EMNLP 2013) comes as ``train.txt``, ``dev.txt``
 and ``test.txt`` with one tree per line in PTB bracket format::
@@ -10,8 +10,8 @@ and ``test.txt`` with one tree per line in PTB bracket format::
     (3 (2 (2 The) (2 Rock)) (4 (2 is) (4 great)))
 
 Every node carries a sentiment label 0-4 (very negative .. very positive) and every internal
-node has exactly two children. Tokens are separated by ASCII spaces only (a few words contain a
-no-break space) and ``\\/`` and ``\\*`` are escaped forms of ``/`` and ``*``.
+node has exactly two children. Tokens are separated by ASCII spaces (or tabs) only (a few words
+contain a no-break space) and ``\\/`` and ``\\*`` are escaped forms of ``/`` and ``*``.
 
 Typical use::
 
@@ -40,11 +40,13 @@ from typing import Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
+from spmdbatch.files import write_text_atomic
+
 __all__ = [
     "NUM_LABELS", "NO_LABEL", "PAD", "UNK", "PAD_ID", "UNK_ID", "SPLITS", "OFFICIAL_URL",
     "SST_MD5", "Tree", "num_nodes", "num_leaves", "depth", "heights", "validate_tree",
     "parse_tree", "ReadResult", "read_trees", "Vocab", "to_binary", "SST", "load_sst",
-    "default_data_dir", "download", "unpack_archive", "synthetic_treebank", "batches",
+    "default_data_dir", "download", "unpack_archive", "MAX_SPLIT_BYTES", "synthetic_treebank", "batches",
     "sst_size_stats",
 ]
 
@@ -163,7 +165,9 @@ def validate_tree(tree: Tree) -> None:
 
 # --- parsing -----------------------------------------------------------------------------------
 
-_TOKEN = re.compile(r"[()]|[^ ()]+")
+_TOKEN = re.compile(r"[()]|[^ \t()]+")
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_BOM = b"\xef\xbb\xbf"
 _ESCAPE = re.compile(r"\\([/*])")
 
 
@@ -235,7 +239,7 @@ def _parse_raw(line: str, filename=None, lineno=None) -> _RawTree:
                 if i >= n or tokens[i] == "(" or tokens[i] == ")":
                     raise fail(i, "missing label after '('")
                 tok = tokens[i]
-                if not (tok.isascii() and tok.isdigit()):
+                if not _INTEGER.fullmatch(tok):
                     raise fail(i, f"label {tok!r} is not an integer")
                 raise fail(i, f"label {tok} is out of range 0-{NUM_LABELS - 1}")
             push([value, -1, -1, 0, None])
@@ -292,7 +296,7 @@ def parse_tree(line: str, vocab: "Vocab", filename=None, lineno=None) -> Tree:
     parentheses, a missing, non-integer or out-of-range label, a node with one phrase child or
     more than two children, a node mixing a word and phrases, or text after the tree raise
     ``ValueError`` with a message that starts with ``filename:lineno:``. Tokens are split on
-    ASCII spaces only, and ``\\/`` and ``\\*`` in words are unescaped to ``/`` and ``*``.
+    ASCII spaces and tabs only, and ``\\/`` and ``\\*`` in words are unescaped to ``/`` and ``*``.
     """
     return _parse_raw(line, filename, lineno).encode(vocab)
 
@@ -309,15 +313,25 @@ class ReadResult(NamedTuple):
 def _read_raw(path) -> list:
     path = Path(path)
     raws = []
-    with open(path, encoding="utf-8", newline="") as f:
-        for lineno, line in enumerate(f, start=1):
-            if line.strip(" \r\n"):          # blank lines are skipped
+    with open(path, "rb") as f:
+        for lineno, data in enumerate(f, start=1):
+            if lineno == 1 and data.startswith(_BOM):
+                data = data[len(_BOM):]              # a UTF-8 byte order mark
+            try:
+                line = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{_location(path, lineno)}: not UTF-8 text (byte "
+                                 f"0x{data[exc.start]:02x} at byte {exc.start + 1} of the line); "
+                                 f"the treebank files are UTF-8, so re-encode this one "
+                                 f"(for example with iconv -f latin1 -t utf-8)") from None
+            if line.strip(" \t\r\n"):     # blank lines (spaces, tabs) are skipped
                 raws.append(_parse_raw(line, path, lineno))
     return raws
 
 
 def read_trees(path, vocab: "Vocab | None" = None) -> ReadResult:
-    """Read a treebank file (one tree per line, blank lines skipped).
+    """Read a treebank file (UTF-8, optionally with a byte order mark; one tree per line;
+    lines of only spaces and tabs are skipped).
 
     Words are mapped through ``vocab``; without one, a vocabulary is built from this file's own
     words with ``Vocab.build(tokens)``. Returns ``ReadResult(trees, tokens, vocab)``. A
@@ -401,9 +415,10 @@ class Vocab:
         return list(self._itos)
 
     def save(self, path) -> None:
-        """Write the vocabulary to ``path`` as JSON."""
+        """Write the vocabulary to ``path`` as JSON (atomically: an interrupted save leaves
+        the previous file)."""
         payload = {"format": self._FORMAT, "version": 1, "words": self._itos}
-        Path(path).write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
+        write_text_atomic(path, json.dumps(payload, ensure_ascii=False))
 
     @classmethod
     def load(cls, path) -> "Vocab":
@@ -455,12 +470,13 @@ def _missing_data_message(what: str) -> str:
             f"{DATA_DIR_ENV}.")
 
 
-def load_sst(directory, binary: bool = False, min_count: int = 1) -> SST:
+def load_sst(directory, binary: bool = False, min_count: int = 1,
+             vocab: Vocab | None = None) -> SST:
     """Load ``train.txt``, ``dev.txt`` and ``test.txt`` from ``directory``.
 
     The vocabulary is built from all training trees (before any binary filtering, so both
     views share word ids) keeping words seen at least ``min_count`` times; the other words map
-    to :data:`UNK_ID`. ``binary=False`` keeps the labels 0-4 (``num_classes == 5``);
+    to :data:`UNK_ID`. A given ``vocab`` (a resumed run's) is used instead. ``binary=False`` keeps the labels 0-4 (``num_classes == 5``);
     ``binary=True`` applies :func:`to_binary` to every split (``num_classes == 2``). A missing
     directory or file raises ``FileNotFoundError`` that says how to get the data.
     """
@@ -476,7 +492,8 @@ def load_sst(directory, binary: bool = False, min_count: int = 1) -> SST:
     if missing:
         raise FileNotFoundError(_missing_data_message(f"{directory} lacks {', '.join(missing)}"))
     raw = {s: _read_raw(p) for s, p in paths.items()}
-    vocab = Vocab.build((r.words for r in raw["train"]), min_count=min_count)
+    if vocab is None:
+        vocab = Vocab.build((r.words for r in raw["train"]), min_count=min_count)
     splits = {s: [r.encode(vocab) for r in rs] for s, rs in raw.items()}
     if binary:
         splits = {s: to_binary(ts) for s, ts in splits.items()}
@@ -493,46 +510,69 @@ def default_data_dir() -> Path | None:
     return candidate if candidate.is_dir() else None
 
 
-def _md5(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest()
+#: The most :func:`unpack_archive` writes per file by default (the official files are 0.3-2.2 MB).
+MAX_SPLIT_BYTES = 64 * 2**20
 
 
-def unpack_archive(zip_path, dest_dir, check_md5: bool = True, expected_md5=None) -> Path:
+def unpack_archive(zip_path, dest_dir, check_md5: bool = True, expected_md5=None,
+                   max_bytes: int = MAX_SPLIT_BYTES) -> Path:
     """Extract ``trees/train.txt``, ``trees/dev.txt`` and ``trees/test.txt`` from the zip at
     ``zip_path`` into ``dest_dir`` (created if needed) as ``train.txt`` etc.; returns
     ``dest_dir``.
 
     With ``check_md5`` the md5 sums of the three files must equal ``expected_md5`` (a dict
-    file name -> hex digest, :data:`SST_MD5` by default); otherwise ``ValueError`` is raised
-    and nothing is written. A file that is not a zip, or lacks one of the members, raises
-    ``ValueError`` too.
+    file name -> hex digest, :data:`SST_MD5` by default). A file that is not a zip, lacks one
+    of the members, or declares a member larger than ``max_bytes`` (checked from the zip's
+    directory before anything is decompressed) raises ``ValueError``. In every failing case
+    nothing is written: each member is streamed in chunks through md5 into a temporary file
+    in ``dest_dir``, and the three files are moved into place only when all passed.
     """
     zip_path = Path(zip_path)
     if not zipfile.is_zipfile(zip_path):
         raise ValueError(f"{zip_path} is not a zip archive (expected trainDevTestTrees_PTB.zip "
                          f"from {OFFICIAL_URL})")
     expected = SST_MD5 if expected_md5 is None else expected_md5
-    contents = {}
     with zipfile.ZipFile(zip_path) as zf:
-        names = set(zf.namelist())
+        infos = {}
         for split in SPLITS:
             member = f"trees/{split}.txt"
-            if member not in names:
+            try:
+                info = zf.getinfo(member)
+            except KeyError:
                 raise ValueError(f"{zip_path} has no {member} (expected the PTB-format "
-                                 f"archive trainDevTestTrees_PTB.zip from {OFFICIAL_URL})")
-            contents[f"{split}.txt"] = zf.read(member)
-    if check_md5:
-        for name, data in contents.items():
-            got = _md5(data)
-            if got != expected[name]:
-                raise ValueError(f"md5 mismatch for {name} in {zip_path}: expected "
-                                 f"{expected[name]}, got {got} (corrupt or different download)")
-    dest = Path(dest_dir)
-    dest.mkdir(parents=True, exist_ok=True)
-    for name, data in contents.items():
-        tmp = dest / f".{name}.part"
-        tmp.write_bytes(data)
-        os.replace(tmp, dest / name)
+                                 f"archive trainDevTestTrees_PTB.zip from {OFFICIAL_URL})") from None
+            if info.file_size > max_bytes:
+                raise ValueError(f"{zip_path}: {member} would unpack to {info.file_size} bytes, "
+                                 f"more than the {max_bytes} allowed (not the SST archive)")
+            infos[f"{split}.txt"] = info
+        dest = Path(dest_dir)
+        dest.mkdir(parents=True, exist_ok=True)
+        parts = {}
+        try:
+            for name, info in infos.items():
+                digest = hashlib.md5()
+                fd, parts[name] = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=dest)
+                with os.fdopen(fd, "wb") as out, zf.open(info) as src:
+                    written = 0
+                    while chunk := src.read(1 << 20):   # (zipfile stops at the declared size)
+                        written += len(chunk)
+                        if written > max_bytes:
+                            raise ValueError(f"{zip_path}: {info.filename} unpacks to more than "
+                                             f"{max_bytes} bytes")
+                        digest.update(chunk)
+                        out.write(chunk)
+                got = digest.hexdigest()
+                if check_md5 and got != expected[name]:
+                    raise ValueError(f"md5 mismatch for {name} in {zip_path}: expected "
+                                     f"{expected[name]}, got {got} (corrupt or different download)")
+            for name, tmp in parts.items():
+                os.replace(tmp, dest / name)
+        finally:
+            for tmp in parts.values():
+                try:
+                    os.remove(tmp)
+                except FileNotFoundError:
+                    pass
     return dest
 
 

@@ -17,10 +17,29 @@ from dataclasses import dataclass
 
 from bytecode import Bytecode, ControlFlowGraph, Instr, TryBegin
 
-from ..errors import HasExceptionHandling, UnsupportedConstruct
+from ..errors import HasExceptionHandling, UnsupportedConstruct, UnsupportedPythonVersion
 
 PY312 = sys.version_info >= (3, 12)
 PY313 = sys.version_info >= (3, 13)
+#: The CPython versions whose bytecode the rewriter handles (first, last), as in pyproject.toml.
+SUPPORTED_PYTHON = ((3, 11), (3, 13))
+
+
+def check_python_version(fn=None) -> None:
+    """Raise `UnsupportedPythonVersion` (pointing at `fn`'s definition, if given) unless the
+    running Python is one of `SUPPORTED_PYTHON`: each CPython release changes the bytecode
+    that the rewriter reads, so an unknown one is refused up front, not half rewritten."""
+    version = tuple(sys.version_info[:2])
+    first, last = SUPPORTED_PYTHON
+    if first <= version <= last:
+        return
+    code = getattr(getattr(fn, "__func__", fn), "__code__", None)
+    raise UnsupportedPythonVersion(
+        f"spmdbatch rewrites the bytecode of CPython {first[0]}.{first[1]} to {last[0]}.{last[1]}; "
+        f"this is Python {version[0]}.{version[1]}",
+        getattr(code, "co_filename", None), getattr(code, "co_firstlineno", None),
+        hint=f"Run under Python {first[0]}.{first[1]}-{last[0]}.{last[1]} (the rest of spmdbatch, "
+             f"grad and nn outside @spmd, works on this one).")
 
 _GEN_FLAGS = {
     inspect.CO_GENERATOR: "generator function",
@@ -117,6 +136,7 @@ def check_exception_table(code: types.CodeType, cfg: ControlFlowGraph) -> None:
 
 def decode(fn) -> Decoded:
     """Get the code of ``fn``, check it can be rewritten and build its ControlFlowGraph."""
+    check_python_version(fn)
     code, func = get_code(fn)
     bc = Bytecode.from_code(code)
     check_supported(code, bc)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import ast
 import re
 import types
-import weakref
 
 from ..errors import HasExceptionHandling, UnsupportedConstruct, VaryingValueError
 from ..masking import calls, frame, iterators, lanes, sums
@@ -46,6 +45,9 @@ class CompiledProgram:
 
     def __init__(self, fn):
         self.fn_ir = lower_function(fn)
+        # The program is shared by every function of this code object (cached in _PROGRAMS
+        # for good): holding the first of them would keep it and its closure alive.
+        self.fn_ir.func = None
         self.fusions = fuse_calls(self.fn_ir)
         self.recursion_sites = split_recursive_calls(self.fn_ir)
         self.sum_positions = recognize_sums(self.fn_ir)
@@ -93,7 +95,12 @@ def _compile_with_user_lines(source: str, filename: str, firstlineno: int):
 
 _PROGRAMS: dict = {}        # id(code object) -> (code, CompiledProgram): by identity, since
                             # equal code objects of two modules compare equal
-_INSTANCES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # function -> batched
+_INSTANCE_ATTR = "__spmd_batched__"
+"""Where `batched_version` keeps a function's batch program: in the function's own
+``__dict__``, as ``(code, batch program)``. The batch program refers back to the function
+(``__wrapped_spmd__``, closure cells), so a global table (even a WeakKeyDictionary) would keep
+every function and what its closure holds alive forever; kept on the function, the pair is a
+reference cycle that the garbage collector frees with the function."""
 
 
 def program_of(fn) -> CompiledProgram:
@@ -106,15 +113,25 @@ def program_of(fn) -> CompiledProgram:
 
 
 def batched_version(fn):
-    """The batch program of Python function `fn` (cached)."""
-    out = _INSTANCES.get(fn)
-    if out is None:
-        try:
-            out = program_of(fn).instantiate(fn)
-        except HasExceptionHandling as exc:
-            out = _native_with_exception_handling(fn, exc)
-        _INSTANCES[fn] = out
+    """The batch program of Python function `fn` (cached on `fn`, see `_INSTANCE_ATTR`)."""
+    entry = fn.__dict__.get(_INSTANCE_ATTR)
+    # (functools.wraps copies __dict__ to a wrapper: an entry made for another function, or
+    # for a replaced __code__, is rebuilt)
+    if entry is not None and entry[0] is fn.__code__ and entry[1].__wrapped_spmd__ is fn:
+        return entry[1]
+    try:
+        out = program_of(fn).instantiate(fn)
+    except HasExceptionHandling as exc:
+        out = _native_with_exception_handling(fn, exc)
+    fn.__dict__[_INSTANCE_ATTR] = (fn.__code__, out)
     return out
+
+
+def forget(fn) -> None:
+    """Drop the cached batch programs of `fn` and of its code (the next `batched_version(fn)`
+    transforms from scratch; benchmarks/transform_time.py times that)."""
+    _PROGRAMS.pop(id(fn.__code__), None)
+    fn.__dict__.pop(_INSTANCE_ATTR, None)
 
 
 def _native_with_exception_handling(fn, reason):

@@ -43,19 +43,31 @@ def set_transformer(transformer) -> None:
     _TRANSFORMER = transformer
 
 
-_USER_FUNCTION: dict = {}
+_NATIVE_MODULE: dict = {}    # module name -> whether its functions run natively (by name only,
+                             # so the cache never keeps a user function or its closure alive)
+
+
+def _is_native_module(module: str) -> bool:
+    answer = module.startswith(_NATIVE_MODULE_PREFIXES) or module.split(".")[0] in _STDLIB
+    if len(_NATIVE_MODULE) < 10_000:
+        _NATIVE_MODULE[module] = answer
+    return answer
 
 
 def is_user_function(fn) -> bool:
     """True for Python functions that should be rewritten rather than run natively."""
-    answer = _USER_FUNCTION.get(fn)
+    if type(fn) is types.FunctionType:          # (the hot path: no failing getattr)
+        if fn.__dict__.get("_spmd_native", False):
+            return False
+        module = fn.__module__
+    else:
+        if getattr(fn, "_spmd_native", False):
+            return False
+        module = getattr(fn, "__module__", None)
+    answer = _NATIVE_MODULE.get(module)
     if answer is None:
-        module = getattr(fn, "__module__", None) or ""
-        answer = not (module.startswith(_NATIVE_MODULE_PREFIXES) or module.split(".")[0] in _STDLIB
-                      or getattr(fn, "_spmd_native", False))
-        if len(_USER_FUNCTION) < 100_000:
-            _USER_FUNCTION[fn] = answer
-    return answer
+        answer = _is_native_module(module) if isinstance(module, str) else False
+    return not answer
 
 
 def native(fn):

@@ -12,11 +12,13 @@ compute on ONE example; they batch inside ``@spmd`` code and differentiate under
     grads = spmdbatch.grad(batch_loss)(model, xs, ys, keys)
     model, state = opt.update(model, grads, state)
 
-Submodules: `module` (Module base), `layers`, `recurrent`, `activations`, `init`,
+Submodules: `module` (Module base), `checkpoint` (`save_tree`/`load_tree`: a whole training
+state in one atomically written file), `layers`, `recurrent`, `activations`, `init`,
 `random` (per-example keys), `losses`, `ctc`, `optim`.
 """
 from . import activations, init, random
 from .activations import gelu, leaky, leakyrelu, log_softmax, relu, sigmoid, softmax, softplus, tanh
+from .checkpoint import load_tree, save_tree
 from .ctc import ctc_loss
 from .layers import Chain, Dense, Dropout, Embedding, Fn, Linear, ResidualBlock
 from .losses import binary_cross_entropy_with_logits, mse, nll, softmax_cross_entropy
@@ -34,4 +36,5 @@ __all__ = [
     "Optimizer", "OptState", "SGD", "Adagrad", "RMSProp", "Adam", "AdamW",
     "global_norm", "clip_by_global_norm", "add_grads",
     "activations", "init", "random",
+    "save_tree", "load_tree",
 ]

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import files
 from ..masking import calls as _calls
 from ..runtime import pytree
 from ..runtime.backend import is_floating, to_numpy
@@ -134,19 +135,31 @@ class Module:
         return treedef.unflatten(out)
 
     def save(self, path) -> None:
-        """Write the parameters to an ``.npz`` file (numpy appends ``.npz`` if missing)."""
+        """Write the parameters to an ``.npz`` file (``.npz`` is appended if missing).
+
+        The write is atomic (`spmdbatch.files.atomic_write`): an interrupted or failed save
+        leaves the previous file at `path` as it was."""
         state = self.state_dict()
         if _META_KEY in state:
             raise ValueError(f"a parameter is named {_META_KEY!r}, which save() reserves")
-        np.savez(path, **state, **{_META_KEY: np.array(type(self).__qualname__)})
+        files.save_npz(path, {**state, _META_KEY: np.array(type(self).__qualname__)})
 
     def load(self, path, strict: bool = True):
-        """A new module with this one's structure and the parameters saved at `path`."""
-        with np.load(path, allow_pickle=False) as data:
-            state = {k: data[k] for k in data.files}
-        saved_as = state.pop(_META_KEY, None)
+        """A new module with this one's structure and the parameters saved at `path`.
+
+        Names and shapes are checked from the archive's headers before any array is read
+        (`spmdbatch.files.read_npz`), so a foreign or hostile file is refused with a
+        `spmdbatch.files.CheckpointError` (a ValueError) instead of being loaded; without
+        `strict`, unknown arrays are skipped unread and missing ones keep their values."""
+        saved_as = files.read_npz(path, {_META_KEY: None}, strict=False,
+                                  max_member_bytes=4096).get(_META_KEY)
         if strict and saved_as is not None and str(saved_as) != type(self).__qualname__:
             raise ValueError(f"{path} holds the parameters of a {saved_as}, not a {type(self).__qualname__}")
+        expected = {name: np.shape(_raw(leaf)) for name, leaf in self.parameters()}
+        if saved_as is not None:
+            expected[_META_KEY] = None
+        state = files.read_npz(path, expected, strict=strict, max_member_bytes=4096)
+        state.pop(_META_KEY, None)
         return self.load_state_dict(state, strict=strict)
 
     def astype(self, dtype):

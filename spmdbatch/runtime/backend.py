@@ -53,7 +53,7 @@ def get_backend(name: str):
         cp = cupy_module()
         if cp is None:
             raise RuntimeError("backend 'cupy' requested but CuPy (with a working GPU) is not available; "
-                               "install spmdbatch[gpu] on a machine with a CUDA GPU, or use backend 'numpy'")
+                               "install spmdbatch[gpu-cuda12] (or [gpu-cuda13]) on a machine with a CUDA GPU, or use backend 'numpy'")
         return cp
     raise ValueError(f"unknown backend {name!r}: use 'numpy' or 'cupy'")
 

@@ -15,7 +15,7 @@ from spmdbatch.runtime.backend import cupy_module
 
 cp = cupy_module()
 pytestmark = pytest.mark.skipif(cp is None, reason="CuPy with a working CUDA GPU is not available "
-                                                   "(install spmdbatch[gpu] on a GPU machine)")
+                                                   "(install spmdbatch[gpu-cuda12] or [gpu-cuda13] on a GPU machine)")
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:

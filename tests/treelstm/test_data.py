@@ -417,3 +417,33 @@ def test_download_from_a_local_url(tmp_path):
     with pytest.raises(ValueError, match="md5 mismatch"):
         data.download(tmp_path / "dl2", url=archive.as_uri())
     assert sorted(p.name for p in (tmp_path / "dl2").iterdir()) == []    # temp zip removed
+
+
+# --- encodings and whitespace (issue 19) -------------------------------------------------------
+
+def test_a_utf8_byte_order_mark_is_skipped(tmp_path):
+    path = tmp_path / "train.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + (SMALL[0] + "\n" + SMALL[2] + "\n").encode("utf-8"))
+    result = data.read_trees(path)
+    assert result.tokens == [["The", "Rock", "good", "."], ["word"]]
+
+
+def test_lines_of_tabs_are_blank_and_tabs_separate_tokens(tmp_path):
+    path = tmp_path / "train.txt"
+    path.write_text(SMALL[2] + "\n\t\n \t \r\n" + "(2\t(2 a)\t(2 b))\t\n", encoding="utf-8")
+    result = data.read_trees(path)
+    assert result.tokens == [["word"], ["a", "b"]]
+
+
+def test_latin1_bytes_are_an_error_naming_file_and_line(tmp_path):
+    path = tmp_path / "train.txt"
+    path.write_bytes((SMALL[2] + "\n").encode("utf-8") + "(2 caf\u00e9)\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"train\.txt:2: not UTF-8 text \(byte 0xe9"):
+        data.read_trees(path)
+
+
+def test_a_negative_label_is_reported_as_out_of_range():
+    with pytest.raises(ValueError, match=r"label -1 is out of range 0-4"):
+        data.parse_tree("(-1 (2 a) (2 b))", data.Vocab(), filename="train.txt", lineno=1)
+    with pytest.raises(ValueError, match=r"label 'x1' is not an integer"):
+        data.parse_tree("(x1 (2 a) (2 b))", data.Vocab(), filename="train.txt", lineno=1)
