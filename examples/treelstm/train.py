@@ -8,11 +8,18 @@ Without SST (no --data, no SPMDBATCH_SST_DIR, no ../shared/data/sst) it trains o
 synthetic treebank. Each epoch reports dev accuracy (root and all phrases), keeps the best
 model (best.npz), and the run ends with the test accuracy of that model, a PNG of the
 curves and a JSON log in --out.
+
+Data-parallel on N processes: ``mpiexec -n N python -m examples.treelstm.train ...``
+(``pip install -e ".[distributed]"``). --batch-size is then per process: every step
+takes a global minibatch of N x --batch-size trees, each process computes the gradient of
+its slice, and all take the same Adagrad step with the summed gradient
+(`spmdbatch.distributed`). Rank 0 alone prints, shows progress and writes files.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 import spmdbatch as sb
+from spmdbatch import distributed as dist
 from spmdbatch import nn
 
 from . import data as sst
@@ -82,12 +90,14 @@ def make_optimizer(args):
 
 
 def evaluate(model, trees, batch_size=200):
+    total, trees = len(trees), dist.shard(trees)   # each process its slice, then the sums
     loss = correct = count = root = 0
     for i in range(0, len(trees), batch_size):
         l, c, n, r = M.minibatch_metrics(model, trees[i:i + batch_size])
         loss, correct, count, root = loss + l, correct + c, count + n, root + r
+    loss, correct, count, root = dist.allreduce((loss, correct, count, root), "sum")
     return {"loss": loss / max(count, 1), "phrase_acc": correct / max(count, 1),
-            "root_acc": root / max(len(trees), 1)}
+            "root_acc": root / max(total, 1)}
 
 
 def progress(iterable, total, enabled):
@@ -127,14 +137,19 @@ def plot(log, path):
 
 def main(argv=None):
     args = parse_args(argv)
+    comm = dist.init()                  # MPI under mpiexec, else one process
+    if comm.rank != 0:                  # rank 0 alone prints and writes
+        sys.stdout = open(os.devnull, "w")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if comm.rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
     vocab, train, dev, test, classes = load_data(args)
     if args.max_train:
         train = train[:args.max_train]
     if args.max_eval:
         dev, test = dev[:args.max_eval], test[:args.max_eval]
-    model = M.TreeLSTM(len(vocab), classes, args.embedding, args.hidden, args.dropout, rng=args.seed)
+    model = dist.broadcast(M.TreeLSTM(len(vocab), classes, args.embedding, args.hidden, args.dropout,
+                                      rng=args.seed))
     if args.backend == "cupy":
         model = sb.to_device(model, "cupy")
         train, dev, test = (sb.to_device(t, "cupy") for t in (train, dev, test))
@@ -142,22 +157,27 @@ def main(argv=None):
     state = opt.init(model)
     loss_and_grad = sb.value_and_grad(IMPLEMENTATIONS[args.impl], sparse=True)
     rng = np.random.default_rng(args.seed)
-    log = {"config": vars(args), "epochs": []}
+    log = {"config": vars(args), "processes": comm.size, "epochs": []}
     best = -1.0
+    global_batch = args.batch_size * comm.size
     print(f"training {args.impl} Tree-LSTM ({args.hidden} hidden, {args.embedding} embedding) on "
-          f"{len(train)} trees, batch {args.batch_size}, {args.epochs} epochs")
+          f"{len(train)} trees, batch {args.batch_size}, {args.epochs} epochs"
+          + (f", {comm.size} processes (global batch {global_batch})" if comm.size > 1 else ""))
     for epoch in range(1, args.epochs + 1):
         order = rng.permutation(len(train))
-        batches = [[train[i] for i in order[j:j + args.batch_size]]
-                   for j in range(0, len(order), args.batch_size)]
+        batches = [[train[i] for i in order[j:j + global_batch]]
+                   for j in range(0, len(order), global_batch)]
         total_loss, total_nodes, t0 = 0.0, 0, time.perf_counter()
-        bar = progress(batches, len(batches), not args.no_progress)
+        bar = progress(batches, len(batches), not args.no_progress and comm.rank == 0)
         for b, batch in enumerate(bar):
-            keys = (epoch * len(train) + order[b * args.batch_size:(b + 1) * args.batch_size]).astype(np.int64)
-            loss, grads = loss_and_grad(model, batch, keys)
-            model, state = opt.update(model, grads, state, donate=True)
-            total_loss += float(loss)
-            total_nodes += sum(int((t.label >= 0).sum()) for t in batch)
+            keys = (epoch * len(train) + order[b * global_batch:(b + 1) * global_batch]).astype(np.int64)
+            batch, keys = dist.shard(batch, keys)     # this process's slice of the global batch
+            loss, grads = loss_and_grad(model, batch, keys) if batch else (0.0, None)
+            nodes = sum(int((t.label >= 0).sum()) for t in batch)
+            model, state, (loss, nodes) = dist.data_parallel_step(  # summed gradients, same step
+                opt, model, grads, state, metrics=(float(loss), nodes), donate=True)
+            total_loss += loss
+            total_nodes += nodes
             if hasattr(bar, "set_postfix") and b % 10 == 0:
                 done = sum(len(x) for x in batches[:b + 1])
                 bar.set_postfix(trees_per_s=f"{done / (time.perf_counter() - t0):.0f}",
@@ -170,20 +190,23 @@ def main(argv=None):
         improved = dev_metrics["root_acc"] > best
         if improved:
             best = dev_metrics["root_acc"]
-            sb.to_device(model, "numpy").save(out / "best.npz")
+            if comm.rank == 0:
+                sb.to_device(model, "numpy").save(out / "best.npz")
         print(f"epoch {epoch:2d}  train loss {entry['train_loss']:.4f}  {entry['trees_per_s']:.0f} trees/s  "
               f"dev root {dev_metrics['root_acc']:.3f}  dev phrases {dev_metrics['phrase_acc']:.3f}"
               f"{'  (best, saved)' if improved else ''}", flush=True)
-    best_model = M.TreeLSTM(len(vocab), classes, args.embedding, args.hidden, args.dropout).load(out / "best.npz")
+    best_model = M.TreeLSTM(len(vocab), classes, args.embedding, args.hidden, args.dropout)
+    best_model = dist.broadcast(best_model.load(out / "best.npz") if comm.rank == 0 else best_model)
     if args.backend == "cupy":
         best_model = sb.to_device(best_model, "cupy")
     log["test"] = evaluate(best_model, test)
     log["best_dev_root_acc"] = best
     print(f"test of the best dev model: root {log['test']['root_acc']:.3f}  "
           f"phrases {log['test']['phrase_acc']:.3f}")
-    with open(out / "log.json", "w") as fh:
-        json.dump(log, fh, indent=2)
-    plot(log, out / "curves.png")
+    if comm.rank == 0:
+        with open(out / "log.json", "w") as fh:
+            json.dump(log, fh, indent=2)
+        plot(log, out / "curves.png")
     print(f"wrote {out / 'best.npz'}, {out / 'log.json'}, {out / 'curves.png'}")
     return log
 

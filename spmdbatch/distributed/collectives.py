@@ -101,7 +101,8 @@ def _tag(x) -> str:
     return "cupy" if _is_cupy_array(x) else "array"
 
 
-def _prepare(leaf, name, op, allow_sparse=True) -> _Leaf:
+def _prepare(leaf, name, op, allow_sparse=True, shallow=False) -> _Leaf:
+    """The leaf ready for a collective (`shallow`: only checked, no data prepared)."""
     if leaf is NO_GRADIENT:
         return _Leaf("none", (), None)
     if hasattr(leaf, "tape"):
@@ -110,6 +111,9 @@ def _prepare(leaf, name, op, allow_sparse=True) -> _Leaf:
     if type(leaf) is SparseRows:
         if not allow_sparse:
             raise TypeError(f"leaf {name} is row-sparse (SparseRows): broadcast dense arrays")
+        if shallow:
+            _check_dtype(leaf.dtype, name, op)
+            return _Leaf("sparse", leaf.shape, leaf.dtype)
         if not leaf.parts:
             rows, values = np.zeros(0, np.int64), np.zeros((0,) + leaf.shape[1:], dtype=leaf.dtype)
             tag = "array"
@@ -124,7 +128,7 @@ def _prepare(leaf, name, op, allow_sparse=True) -> _Leaf:
     if isinstance(leaf, (int, float, complex)):
         data = np.asarray(leaf)
     elif isinstance(leaf, (np.ndarray, np.generic)) or _is_cupy_array(leaf):
-        data = _host(leaf)
+        data = leaf if shallow else _host(leaf)
     else:
         raise TypeError(f"leaf {name} is a {type(leaf).__name__}: the leaves of a reduced tree must "
                         f"be numbers, numpy (or CuPy) arrays or row-sparse gradients")
@@ -149,14 +153,14 @@ def _names(tree):
         return None
 
 
-def _prepare_all(tree, op, allow_sparse=True):
+def _prepare_all(tree, op, allow_sparse=True, shallow=False):
     """(leaves, treedef, prepared leaves, error): a leaf that cannot be reduced gives an
     error message (raised after the ranks have compared notes, so that all of them raise)."""
     leaves, treedef = pytree.flatten(tree)
     prepared = []
     for i, leaf in enumerate(leaves):
         try:
-            prepared.append(_prepare(leaf, f"#{i}", op, allow_sparse))
+            prepared.append(_prepare(leaf, f"#{i}", op, allow_sparse, shallow))
         except TypeError as exc:
             names = _names(tree)
             message = str(exc).replace(f"leaf #{i}", f"leaf {names[i]}", 1) if names else str(exc)
@@ -210,7 +214,7 @@ def allreduce(tree, op: str = "mean", *, comm=None):
     if op not in OPS:
         raise ValueError(f"op must be 'sum' or 'mean', not {op!r}")
     comm = comm or get_comm()
-    leaves, treedef, prepared, error = _prepare_all(tree, op)
+    leaves, treedef, prepared, error = _prepare_all(tree, op, shallow=comm.size == 1)
     all_descriptors = _exchange(comm, prepared, error, "reduced tree")
     if comm.size == 1:
         if any(p.kind == "none" for p in prepared):
@@ -329,7 +333,8 @@ def broadcast(tree, root: int = 0, *, comm=None):
     comm = comm or get_comm()
     if not 0 <= root < comm.size:
         raise ValueError(f"root {root} is not a rank of this job of {comm.size}")
-    leaves, treedef, prepared, error = _prepare_all(tree, "sum", allow_sparse=False)
+    leaves, treedef, prepared, error = _prepare_all(tree, "sum", allow_sparse=False,
+                                                    shallow=comm.size == 1)
     if error is None and any(p.kind == "none" for p in prepared):
         error = "broadcast of NO_GRADIENT leaves: pass the tree to fill"
     all_descriptors = _exchange(comm, prepared, error, "broadcast tree")
