@@ -297,9 +297,7 @@ def _reduce(prepared, all_descriptors, op, comm, tree):
         all_rows = comm.allgatherv(np.ascontiguousarray(rows, dtype=np.int64), counts)
         all_values = comm.allgatherv(np.ascontiguousarray(values, dtype=dtype).reshape(-1),
                                      [c * row_size for c in counts]).reshape((-1,) + row_shape)
-        union, inverse = np.unique(all_rows, return_inverse=True)
-        summed = np.zeros((len(union),) + row_shape, dtype=dtype)
-        np.add.at(summed, inverse.reshape(-1), all_values)
+        union, summed = combine_rows(all_rows, all_values, counts)
         if op == "mean":
             summed /= n
         out[i] = _sparse_result(p, union, summed)
@@ -307,6 +305,21 @@ def _reduce(prepared, all_descriptors, op, comm, tree):
         if type(out[i]) is not SparseRows:
             out[i] = p.rebuild(out[i])
     return out
+
+
+def combine_rows(rows, values, counts):
+    """(union of the rows, their summed values) of the ranks' gathered (rows, values), rank
+    r's part being the next counts[r] entries with unique rows: each part is added with one
+    indexed add, in rank order, so every rank computes the same bits."""
+    union, inverse = np.unique(rows, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    summed = np.zeros((len(union),) + values.shape[1:], dtype=values.dtype)
+    offset = 0
+    for count in counts:
+        part = slice(offset, offset + count)
+        summed[inverse[part]] += values[part]     # unique rows within a part: no add.at needed
+        offset += count
+    return union, summed
 
 
 def _scatter(p):

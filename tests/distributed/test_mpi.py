@@ -127,3 +127,22 @@ def test_treelstm_cli_under_mpiexec(tmp_path):
                 np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-5, err_msg=k)
             else:
                 assert np.array_equal(a[k], b[k]), k
+
+
+def test_distributed_benchmark_quick(tmp_path):
+    """benchmarks/distributed.py --quick runs 1 and 2 processes and the scaling model and
+    writes its JSON (no timing assertions)."""
+    import json
+    out = tmp_path / "d.json"
+    env = dict(os.environ, PATH=os.pathsep.join([str(Path(_mpiexec()).parent), os.environ.get("PATH", "")]))
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "distributed.py"), "--quick", "--json", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "| processes" in proc.stdout and "| ranks" in proc.stdout
+    data = json.loads(out.read_text())
+    assert [r["processes"] for r in data["results"]] == [1, 2]
+    assert all(r["trees_per_s"] > 0 for r in data["results"])
+    assert [r["ranks"] for r in data["model"]["rows"]] == [8, 16, 32, 64]
+    for row in data["model"]["rows"]:
+        for net in data["model"]["networks"]:
+            assert 0 < row[net]["efficiency"] <= 1.5 and row[net]["megabytes_sent_per_rank"] > 0
