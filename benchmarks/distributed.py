@@ -12,16 +12,18 @@ Modelled (no cluster here): the time of one step at P ranks is
 
     gradient(25 trees) + combine(P) + update(P) + communication(P)
 
-with the gradient time measured above at one process; combine (adding up the gathered
-embedding rows on every rank) and update (the Adagrad step on the union of the rows) timed
-on this machine on the rows real SST minibatches touch; communication from a ring model:
+with the gradient and update times measured above at one process; combine (adding up the
+gathered embedding rows on every rank) and the growth of the update with the union of the
+rows (the Adagrad step on it) timed on this machine on the rows real SST shards touch;
+`--reference-step-ms` adds a table with all these CPU times scaled to another one-process
+step time (that of an idle machine, when this one is shared); communication from a ring model:
 a dense all-reduce of D bytes costs 2 (P-1)/P D / bandwidth + 2 (P-1) latency, a ring
 all-gather of every rank's rows (P-1) r (4 E + 8) / bandwidth + (P-1) latency per
 all-gather (three: descriptors, row indices, rows). Efficiency is the one-process step
 time over the modelled step time (communication not overlapped with computation, as in
 `data_parallel_step`).
 
-    python benchmarks/distributed.py --data ../shared/data/sst
+    python benchmarks/distributed.py --data ../shared/data/sst --reference-step-ms 38
     python benchmarks/distributed.py --quick          # smoke test (synthetic trees)
 """
 from __future__ import annotations
@@ -68,6 +70,9 @@ def parse_args():
     ap.add_argument("--rounds", type=int, default=None, help="runs per process count (default 3; 1 quick)")
     ap.add_argument("--procs", default="1,2", help="process counts to measure")
     ap.add_argument("--quick", action="store_true", help="smoke test: synthetic trees, few steps")
+    ap.add_argument("--reference-step-ms", type=float, default=None,
+                    help="also model with every CPU time scaled so that the one-process step takes this "
+                         "long (e.g. the step time of an idle machine, when this one is shared)")
     ap.add_argument("--json", type=Path, default=RESULTS_DIR / "distributed.json")
     ap.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -166,7 +171,7 @@ def _words(tree):
     return tree.word[np.asarray(tree.left) < 0]
 
 
-def model_inputs(vocab, classes, trees, batch, samples=40):
+def model_inputs(vocab, classes, trees, batch, samples=max(RANKS)):
     """Sizes and timings of the real model on real minibatches (one process, no MPI)."""
     model = make_model(vocab, classes)
     leaves = nn.named_leaves(model)
@@ -229,15 +234,23 @@ def comm_seconds(inputs, p, bandwidth, latency):
     return t, sent, path
 
 
-def scaling_model(inputs, one_process_ms, quick=False):
-    """Rows of the modelled efficiency table (per-rank batch fixed)."""
-    grad_s = one_process_ms["gradient"] / 1e3
-    base_combine, base_update, _ = time_combine_and_update(inputs, 1)
-    base = grad_s + one_process_ms["update"] / 1e3
+def cpu_times(inputs, quick=False):
+    """{ranks: (combine s, update s, union rows)} measured on this machine."""
+    return {p: time_combine_and_update(inputs, p, repeat=1 if quick else 5) for p in [1] + RANKS}
+
+
+def scaling_model(inputs, one_process_ms, cpu, scale=1.0):
+    """Rows of the modelled efficiency table (per-rank batch fixed); CPU times x `scale`."""
+    grad_s = scale * one_process_ms["gradient"] / 1e3
+    update_1 = scale * one_process_ms["update"] / 1e3    # coalescing the rank's own rows included
+    base = grad_s + update_1
     rows = []
     for p in RANKS:
-        combine, update, union = time_combine_and_update(inputs, p, repeat=1 if quick else 5)
-        row = {"ranks": p, "union_rows": union, "combine_ms": 1e3 * combine, "update_ms": 1e3 * update}
+        combine, update, union = cpu[p]
+        # the update grows with the union of the rows: its measured growth from 1 to p ranks
+        combine, update = scale * combine, update_1 + scale * max(0.0, update - cpu[1][1])
+        row = {"ranks": p, "union_rows": union, "combine_ms": 1e3 * combine, "update_ms": 1e3 * update,
+               "step_ms_one_process": 1e3 * base}
         for name, (bw, lat) in NETWORKS.items():
             t, sent, path = comm_seconds(inputs, p, bw, lat)
             step = grad_s + combine + update + t
@@ -275,27 +288,35 @@ def main():
 
     inputs = model_inputs(vocab, classes, trees, args.batch)
     one = next(r for r in results if r["processes"] == 1) if 1 in procs else results[0]
-    model_rows = scaling_model(inputs, one["ms_per_step"], args.quick)
+    cpu = cpu_times(inputs, args.quick)
+    one_ms = one["ms_per_step"]["gradient"] + one["ms_per_step"]["update"]
+    tables = {"as measured": scaling_model(inputs, one["ms_per_step"], cpu)}
+    if args.reference_step_ms:
+        tables[f"scaled to a {args.reference_step_ms:g} ms step"] = scaling_model(
+            inputs, one["ms_per_step"], cpu, args.reference_step_ms / one_ms)
     print(f"\nscaling model: {inputs['dense_parameters']:,} dense parameters "
           f"({4 * inputs['dense_parameters'] / 1e6:.2f} MB), embedding table {inputs['vocabulary']:,} x "
           f"{inputs['embedding']} ({4 * inputs['table_parameters'] / 1e6:.1f} MB), "
           f"{inputs['rows_per_rank']:.0f} rows per rank and step "
           f"({inputs['rows_per_rank'] * (4 * inputs['embedding'] + 8) / 1e6:.2f} MB); "
           f"one-process step {one['ms_per_step']['gradient'] + one['ms_per_step']['update']:.1f} ms")
-    headers = ["ranks", "union rows", "combine ms", "update ms"]
+    headers = ["ranks", "1-process step ms", "union rows", "combine ms", "update ms"]
     for name in NETWORKS:
         headers += [f"{name}: MB sent/rank", "comm ms", "efficiency"]
-    print(markdown_table(headers, [
-        [r["ranks"], r["union_rows"], f"{r['combine_ms']:.1f}", f"{r['update_ms']:.1f}"]
-        + sum(([f"{r[n]['megabytes_sent_per_rank']:.1f}", f"{r[n]['communication_ms']:.1f}",
-                f"{r[n]['efficiency']:.2f}"] for n in NETWORKS), []) for r in model_rows]))
+    for title, model_rows in tables.items():
+        print(f"\nCPU times {title}:")
+        print(markdown_table(headers, [
+            [r["ranks"], f"{r['step_ms_one_process']:.1f}", r["union_rows"], f"{r['combine_ms']:.1f}",
+             f"{r['update_ms']:.1f}"]
+            + sum(([f"{r[n]['megabytes_sent_per_rank']:.1f}", f"{r[n]['communication_ms']:.1f}",
+                    f"{r[n]['efficiency']:.2f}"] for n in NETWORKS), []) for r in model_rows]))
     for k in ("shard_rows", "model"):
         inputs.pop(k)
     write_json(args.json, {
         "benchmark": "distributed", "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "environment": environment(), "data": source, "results": results,
         "model": {"inputs": inputs, "networks": {k: {"bytes_per_s": v[0], "latency_s": v[1]} for k, v in NETWORKS.items()},
-                  "rows": model_rows}})
+                  "rows": tables["as measured"], "tables": tables}})
 
 
 if __name__ == "__main__":
