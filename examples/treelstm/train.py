@@ -16,6 +16,13 @@ Options are checked before training: a bad value, an empty split, a data path th
 or an output folder that cannot be written ends the run with one line ``error: ...`` and exit
 status 2. A loss that is not finite stops training (exit status 1); the last saved state
 (the previous epoch's) is kept.
+
+Data-parallel on N processes: ``mpiexec -n N python -m examples.treelstm.train ...``
+(``pip install -e ".[distributed]"``). --batch-size is then per process: every step
+takes a global minibatch of N x --batch-size trees, each process computes the gradient of
+its slice, and all take the same Adagrad step with the summed gradient
+(`spmdbatch.distributed`). Rank 0 alone prints, shows progress and writes files; a resumed
+run reads its folder on every process (a folder all processes see).
 """
 from __future__ import annotations
 
@@ -31,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 import spmdbatch as sb
+from spmdbatch import distributed as dist
 from spmdbatch import nn
 from spmdbatch.files import CheckpointError
 
@@ -204,12 +212,14 @@ def make_optimizer(args):
 
 
 def evaluate(model, trees, batch_size=200):
+    total, trees = len(trees), dist.shard(trees)   # each process its slice, then the sums
     loss = correct = count = root = 0
     for i in range(0, len(trees), batch_size):
         l, c, n, r = M.minibatch_metrics(model, trees[i:i + batch_size])
         loss, correct, count, root = loss + l, correct + c, count + n, root + r
+    loss, correct, count, root = dist.allreduce((loss, correct, count, root), "sum")
     return {"loss": loss / max(count, 1), "phrase_acc": correct / max(count, 1),
-            "root_acc": root / max(len(trees), 1)}
+            "root_acc": root / max(total, 1)}
 
 
 def progress(iterable, total, enabled):
@@ -279,6 +289,9 @@ def setup(argv):
 def run(argv=None):
     """Check the options, load the data, train (or resume) and test; returns the log."""
     args, out = setup(argv)
+    comm = dist.init()                  # MPI under mpiexec, else one process
+    if comm.rank != 0:                  # rank 0 alone prints and writes
+        sys.stdout = open(os.devnull, "w")
     vocab = None
     if args.resume:
         try:
@@ -291,7 +304,9 @@ def run(argv=None):
         model, state = sb.to_device(model, "cupy"), sb.to_device(state, "cupy")
         train, dev, test = (sb.to_device(t, "cupy") for t in (train, dev, test))
     print(f"training {args.impl} Tree-LSTM ({args.hidden} hidden, {args.embedding} embedding) on "
-          f"{len(train)} trees, batch {args.batch_size}, {args.epochs} epochs")
+          f"{len(train)} trees, batch {args.batch_size}, {args.epochs} epochs"
+          + (f", {comm.size} processes (global batch {args.batch_size * comm.size})"
+             if comm.size > 1 else ""))
     try:
         model, state, status = fit(args, out, model, opt, state, status, train, dev)
     except Interrupted as stop:
@@ -305,8 +320,10 @@ def run(argv=None):
 def start_or_resume(args, out, vocab, classes):
     """``(model, optimizer, optimizer state, status)`` of a new run (its vocabulary saved, the
     folder's previous run state removed) or of the run resumed from ``out``."""
-    model = M.TreeLSTM(len(vocab), classes, args.embedding, args.hidden, args.dropout, rng=args.seed)
+    model = dist.broadcast(M.TreeLSTM(len(vocab), classes, args.embedding, args.hidden,
+                                      args.dropout, rng=args.seed))
     opt = make_optimizer(args)
+    writer = dist.rank() == 0
     state = opt.init(model)
     if args.resume:
         try:
@@ -320,14 +337,16 @@ def start_or_resume(args, out, vocab, classes):
         print(f"resuming {out} after epoch {status.epoch} (best dev root "
               f"{status.best:.3f} at epoch {status.best_epoch})")
     else:
-        if ckpt.has_state(out):
+        if ckpt.has_state(out) and writer:
             print(f"note: {out} held a run (epoch {ckpt.saved_epoch(out)}); a new one replaces it "
                   f"(--resume {out} continues a run instead)")
             (out / ckpt.STATE_FILE).unlink()
-        vocab.save(out / ckpt.VOCAB_FILE)
+        if writer:
+            vocab.save(out / ckpt.VOCAB_FILE)
         status = ckpt.Progress(epoch=0, rng_state=ckpt.make_rng(args.seed).bit_generator.state,
                                best=-1.0, best_epoch=0, log=[], config=vars(args))
-    ckpt.rewrite_log_lines(out, status.log)
+    if writer:
+        ckpt.rewrite_log_lines(out, status.log)
     return model, opt, state, status
 
 
@@ -351,22 +370,27 @@ def fit(args, out, model, opt, state, status, train, dev):
 def _fit(args, out, model, opt, state, status, train, dev):
     loss_and_grad = sb.value_and_grad(IMPLEMENTATIONS[args.impl], sparse=True)
     rng = ckpt.make_rng(args.seed, status.rng_state)
+    writer = dist.rank() == 0
+    global_batch = args.batch_size * dist.size()
     for epoch in range(status.epoch + 1, args.epochs + 1):
         order = rng.permutation(len(train))
-        batches = [[train[i] for i in order[j:j + args.batch_size]]
-                   for j in range(0, len(order), args.batch_size)]
+        batches = [[train[i] for i in order[j:j + global_batch]]
+                   for j in range(0, len(order), global_batch)]
         total_loss, total_nodes, t0 = 0.0, 0, time.perf_counter()
-        bar = progress(batches, len(batches), not args.no_progress)
+        bar = progress(batches, len(batches), not args.no_progress and writer)
         for b, batch in enumerate(bar):
-            keys = (epoch * len(train) + order[b * args.batch_size:(b + 1) * args.batch_size]).astype(np.int64)
-            loss, grads = loss_and_grad(model, batch, keys)
+            keys = (epoch * len(train) + order[b * global_batch:(b + 1) * global_batch]).astype(np.int64)
+            batch, keys = dist.shard(batch, keys)     # this process's slice of the global batch
+            loss, grads = loss_and_grad(model, batch, keys) if batch else (0.0, None)
+            nodes = sum(int((t.label >= 0).sum()) for t in batch)
             loss = float(loss)
-            if not math.isfinite(loss):
+            if not math.isfinite(dist.allreduce(loss, "sum")):   # every process stops together
                 raise TrainingStopped(_stopped(out, status, f"epoch {epoch}, batch {b + 1} of "
-                                               f"{len(batches)}: the training loss is {loss}"))
-            model, state = opt.update(model, grads, state, donate=True)
+                                               f"{len(batches)}: the training loss is not finite"))
+            model, state, (loss, nodes) = dist.data_parallel_step(  # summed gradients, same step
+                opt, model, grads, state, metrics=(loss, nodes), donate=True)
             total_loss += loss
-            total_nodes += sum(int((t.label >= 0).sum()) for t in batch)
+            total_nodes += nodes
             if hasattr(bar, "set_postfix") and b % 10 == 0:
                 done = sum(len(x) for x in batches[:b + 1])
                 bar.set_postfix(trees_per_s=f"{done / (time.perf_counter() - t0):.0f}",
@@ -380,15 +404,16 @@ def _fit(args, out, model, opt, state, status, train, dev):
         entry = {"epoch": epoch, "train_loss": total_loss / max(total_nodes, 1), "seconds": seconds,
                  "trees_per_s": len(train) / seconds, "dev": dev_metrics}
         improved = dev_metrics["root_acc"] > status.best
-        if improved:
+        if improved and writer:
             host_model.save(out / ckpt.BEST_FILE)
         status = ckpt.Progress(
             epoch=epoch, rng_state=rng.bit_generator.state,
             best=dev_metrics["root_acc"] if improved else status.best,
             best_epoch=epoch if improved else status.best_epoch,
             log=status.log + [entry], config=status.config)
-        ckpt.save_state(out, host_model, host_state, status)
-        ckpt.append_log_line(out, entry)
+        if writer:
+            ckpt.save_state(out, host_model, host_state, status)
+            ckpt.append_log_line(out, entry)
         print(f"epoch {epoch:2d}  train loss {entry['train_loss']:.4f}  {entry['trees_per_s']:.0f} trees/s  "
               f"dev root {dev_metrics['root_acc']:.3f}  dev phrases {dev_metrics['phrase_acc']:.3f}"
               f"{'  (best, saved)' if improved else ''}", flush=True)
@@ -413,15 +438,19 @@ def _stopped(out, status, what) -> str:
 
 def finish(args, out, vocab, classes, test, status) -> dict:
     """Test the best dev model, write log.json and the plot; returns the log."""
-    best_model = M.TreeLSTM(len(vocab), classes, args.embedding, args.hidden, args.dropout).load(out / ckpt.BEST_FILE)
+    writer = dist.rank() == 0
+    best_model = M.TreeLSTM(len(vocab), classes, args.embedding, args.hidden, args.dropout)
+    best_model = dist.broadcast(best_model.load(out / ckpt.BEST_FILE) if writer else best_model)
     if args.backend == "cupy":
         best_model = sb.to_device(best_model, "cupy")
-    log = {"config": status.config, "epochs": status.log}
+    log = {"config": status.config, "processes": dist.size(), "epochs": status.log}
     log["test"] = evaluate(best_model, test)
     log["best_dev_root_acc"] = status.best
     log["best_epoch"] = status.best_epoch
     print(f"test of the best dev model: root {log['test']['root_acc']:.3f}  "
           f"phrases {log['test']['phrase_acc']:.3f}")
+    if not writer:
+        return log
     written = [out / ckpt.BEST_FILE, out / ckpt.STATE_FILE, out / ckpt.LOG_LINES_FILE,
                ckpt.write_summary(out, log)]
     if plot(log, out / ckpt.PLOT_FILE):

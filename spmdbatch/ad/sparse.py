@@ -31,6 +31,10 @@ class SparseRows:
     def coalesce(self):
         """(unique rows, summed values): the gradient restricted to the rows it touches."""
         xp = namespace(self.parts[0][1])
+        if len(self.parts) == 1 and self.parts[0][2]:     # already one value per row
+            indices, values, _ = self.parts[0]
+            indices = xp.asarray(indices).reshape(-1)
+            return indices, values.reshape((len(indices),) + self.shape[1:])
         indices = xp.concatenate([xp.asarray(i).reshape(-1) for i, _, _ in self.parts])
         values = xp.concatenate([v.reshape((-1,) + self.shape[1:]) for _, v, _ in self.parts])
         rows, inverse = xp.unique(indices, return_inverse=True)
