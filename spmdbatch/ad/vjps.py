@@ -280,3 +280,11 @@ def _rows_of_sources_vjp(pos, g, ans, *sources, source_of, rows, buffer=None, id
 
 
 defvjp_variadic(P.rows_of_sources, _rows_of_sources_vjp)
+
+
+# --- ragged gather / scatter-add (runtime/segments.py) ----------------------------------------
+from ..runtime import segments as S  # noqa: E402
+
+defvjp(S.gather_rows, lambda g, ans, x, *, plan: S.scatter_rows(g, plan, np.shape(x), g.dtype))
+defvjp(S.scatter_add_rows, lambda g, ans, base, values, *, plan: g,
+       lambda g, ans, base, values, *, plan: S.take_valid_rows(g, plan, values.dtype))
