@@ -225,6 +225,10 @@ RAGGED_RULES[P.cumsum] = _along_axis(P.cumsum, "zero")
 
 def _matmul(args):
     a, b = args
+    if type(a) is Ragged and not isinstance(b, Batched) and _ndim(a) == 2 and _ndim(b) == 2:
+        out = segments.ragged_matmul(a, b)       # (T, d) @ (d, h) on the valid rows only
+        if out is not None:
+            return out
     if type(a) is Ragged and type(b) is not Ragged and _ndim(a) >= 2 and _ndim(b) <= 2:
         return Ragged(P.matmul(_plain(a), b).data, a.lengths)   # (T, d) @ (d[, h])
     if type(a) is Ragged and type(b) is Ragged and _ndim(a) == 1 and _ndim(b) == 1:

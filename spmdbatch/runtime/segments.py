@@ -86,21 +86,42 @@ class RowPlan:
 _PLANS: dict = {}
 
 
-def plan_for(index, valid, nrows: int) -> RowPlan:
-    """The (cached) plan of a flat index; the cache checks the index's contents."""
-    key = (index.shape[0], nrows, None if valid is None else valid.shape)
-    hit = _PLANS.get(key)
-    if hit is not None:
-        idx0, valid0, plan = hit
-        if idx0 is index or namespace(index).array_equal(idx0, index):
-            if valid is None and valid0 is None or \
-                    valid is not None and valid0 is not None and namespace(valid).array_equal(valid0, valid):
-                return plan
-    plan = RowPlan(index, valid, nrows)
-    if len(_PLANS) > 32:
-        _PLANS.clear()
-    _PLANS[key] = (index, valid, plan)
+def _cached(cache, key, arrays, build):
+    """A cache of plans by `key` (shapes), each entry checked against the `arrays` it was
+    built from (their contents, not their identity: a caller may reuse a buffer)."""
+    entries = cache.setdefault(key, [])
+    for entry in entries:
+        if all(a is b or (a is not None and b is not None and namespace(a).array_equal(a, b))
+               for a, b in zip(entry[0], arrays)):
+            return entry[1]
+    plan = build()
+    if len(entries) >= 8:
+        entries.pop(0)
+    if len(cache) > 64:
+        cache.clear()
+        entries = cache.setdefault(key, [])
+    entries.append((arrays, plan))
     return plan
+
+
+def plan_for(index, valid, nrows: int) -> RowPlan:
+    """The (cached) plan of a flat index and its valid positions."""
+    key = (index.shape[0], nrows, None if valid is None else valid.shape)
+    return _cached(_PLANS, key, (index, valid), lambda: RowPlan(index, valid, nrows))
+
+
+_ROWS: dict = {}
+
+
+def valid_rows_plan(lengths, width: int) -> RowPlan:
+    """The plan whose index lists the valid rows of a padded (lanes, width, ...) array,
+    flattened to (lanes * width, ...): each example's rows one after another."""
+    lengths = np.asarray(lengths)
+
+    def build():
+        valid = (np.arange(width)[None, :] < lengths[:, None]).reshape(-1)
+        return RowPlan(np.flatnonzero(valid), None, lengths.shape[0] * width)
+    return _cached(_ROWS, (lengths.shape[0], width), (lengths,), build)
 
 
 # --- primitives (raw arrays or tracers of shape (rows, ...)) ------------------------------------
@@ -113,6 +134,15 @@ def _scatter_add_rows(base, values, *, plan):
     return plan.scatter_add(out, values)
 
 
+def _unpack_rows(values, *, plan):
+    out = namespace(values).zeros((plan.nrows,) + tuple(values.shape[1:]), dtype=values.dtype)
+    out[plan.index] = values
+    return out
+
+
+unpack_rows = primitive("unpack_rows", _unpack_rows)
+"""Zeros of ``plan.nrows`` rows with row ``plan.index[i]`` set to ``values[i]`` (the index
+never repeats: the inverse of gathering the valid rows of a padded array)."""
 gather_rows = primitive("gather_rows", _gather_rows)
 """``x[plan.index]`` along axis 0 (VJP: a scatter-add of the valid positions)."""
 scatter_add_rows = primitive("scatter_add_rows", _scatter_add_rows)
@@ -249,6 +279,29 @@ def scatter_add(x, idx, value):
                            P.reshape(v, shape=(lanes * m,) + rest), plan=plan)
     out = P.reshape(out, shape=(lanes, width) + rest)
     return Ragged(out, x.lengths) if type(x) is Ragged else Batched(out)
+
+
+COMPACT_BELOW = 0.8
+"""A ragged matmul runs on the valid rows only when they are fewer than this share of the
+padded rows (the gather and scatter around it then cost less than the padding's GEMM)."""
+
+
+def ragged_matmul(a, b):
+    """``a @ b`` for a ragged (T, d) `a` and a uniform (d, h) `b`: one GEMM over the valid
+    rows of all examples (their disjoint union) when padding is a large share, else one
+    GEMM over the padded rows."""
+    from .ragged import Ragged
+    data = a.data
+    lanes, width, d = data.shape
+    if lanes * width == 0:
+        return None
+    plan = valid_rows_plan(a.lengths, width)
+    if plan.index.shape[0] >= COMPACT_BELOW * lanes * width:
+        return None
+    rows = gather_rows(P.reshape(data, shape=(lanes * width, d)), plan=plan)
+    out = P.matmul(rows, b)
+    padded = unpack_rows(out, plan=plan)
+    return Ragged(P.reshape(padded, shape=(lanes, width, out.shape[-1])), a.lengths)
 
 
 # --- attention over incoming edges ---------------------------------------------------------------

@@ -578,6 +578,16 @@ def _gather_rows(data):
     return (lambda x: segments.gather_rows(x, plan=plan)), (data.draw(array((nrows,) + tail)),)
 
 
+@case("unpack_rows", "segments.unpack_rows: rows placed at distinct positions of zeros")
+def _unpack_rows(data):
+    from spmdbatch.runtime import segments
+    tail = data.draw(st.sampled_from([(), (2,), (2, 3)]), label="tail")
+    nrows = data.draw(st.integers(1, 5), label="nrows")
+    index = np.array(sorted(data.draw(st.sets(st.integers(0, nrows - 1)), label="rows")), dtype=np.intp)
+    plan = segments.RowPlan(index, None, nrows)
+    return (lambda v: segments.unpack_rows(v, plan=plan)), (data.draw(array((len(index),) + tail)),)
+
+
 @case("scatter_add_rows", "segments.scatter_add_rows: repeated targets accumulate, padding skipped")
 def _scatter_add_rows(data):
     from spmdbatch.runtime import segments
