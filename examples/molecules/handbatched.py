@@ -61,9 +61,9 @@ def predict(model, u: Union, scatter="add.at"):
     h = relu(u.x @ model.W_in + model.b_in)
     for _ in range(model.rounds):
         m = relu(gather(h, 0) @ model.W_msg + u.edge @ model.W_edge + model.b_msg)
-        agg = add(np.zeros((atoms, hidden), dtype=u.x.dtype), 1, m)
+        agg = add(np.zeros((atoms, hidden), dtype=h.dtype), 1, m)
         h = h + np.tanh(agg @ model.W_agg + h @ model.W_self + model.b_upd)
-    total = add(np.zeros((len(u.counts), hidden), dtype=u.x.dtype), 2, h)
+    total = add(np.zeros((len(u.counts), hidden), dtype=h.dtype), 2, h)
     g = np.concatenate([total, total / u.counts], axis=1)
     return (relu(g @ model.W_head + model.b_head) @ model.w_out + model.b_out)[:, 0]
 
