@@ -191,3 +191,17 @@ def test_random_graphs(sizes, seed):
         for f in (two_rounds, attention):
             check_batched(f, params(seed % 7), xs, efs, srcs, dsts, in_axes=(None, 0, 0, 0, 0))
             check_batched_grad(f, params(seed % 7), xs, efs, srcs, dsts, in_axes=(0, 0, 0, 0))
+
+
+def test_nodes_of_one_size_edges_ragged_and_the_reverse():
+    for sizes in ([(4, 0), (4, 5), (4, 2)], [(2, 3), (5, 3), (1, 3)]):
+        xs, efs, srcs, dsts = batch(7, sizes)
+        for f in (two_rounds, attention, add_at_layer_functional):
+            check_batched(f, params(), xs, efs, srcs, dsts, in_axes=(None, 0, 0, 0, 0))
+            check_batched_grad(f, params(), xs, efs, srcs, dsts, in_axes=(0, 0, 0, 0))
+
+
+def test_ragged_mean_keeps_float32():
+    xs = [np.ones((3, 2), np.float32), np.ones((1, 2), np.float32)]
+    got = sb.spmd(lambda x: np.concatenate([x.mean(axis=0), x.var(axis=0)]))(xs)
+    assert got.dtype == np.float32
