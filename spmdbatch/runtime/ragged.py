@@ -257,7 +257,7 @@ def _check_in_range(x, index_data):
 def _getitem(args, index):
     x, *arrays = args
     if index == (P.ARRAY_SLOT,) and isinstance(x, Batched) and x.data.ndim >= 2 \
-            and segments.applies(arrays[0]):
+            and segments.applies(arrays[0], rank=None):
         return segments.gather(x, arrays[0])      # h[src]: rows by a per-example index
     if type(x) is not Ragged:
         # a regular array gathered with a ragged index (table[ids]): the result is ragged

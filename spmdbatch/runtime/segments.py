@@ -181,30 +181,33 @@ def _lane_lengths(x):
 
 
 def _flat_index(x, idx, depth):
-    """(flat index, valid mask or None) of per-example index `idx` (Ragged or Batched, 1-D
-    per example) into the flattened rows of `x`, with negative indices counted from each
-    example's end and out-of-range indices reported as a LaneError."""
+    """(flat index, valid mask or None) of per-example index `idx` (Ragged or Batched, of
+    rank >= 1 per example; ragged along its first axis) into the flattened rows of `x`, with
+    negative indices counted from each example's end and out-of-range indices reported as a
+    LaneError."""
     lanes, width = x.data.shape[0], x.data.shape[1]
     raw = np.asarray(_raw(idx.data))
     if raw.dtype.kind not in "iu":
         raise IndexError("arrays used as indices must be of integer type")
-    lengths = _lane_lengths(x)[:, None]
+    trailing = (1,) * (raw.ndim - 2)
+    lengths = _lane_lengths(x).reshape((-1, 1) + trailing)
     idx_lengths = getattr(idx, "lengths", None)
     valid = None
     if idx_lengths is not None:
-        valid = np.arange(raw.shape[1])[None, :] < np.asarray(idx_lengths)[:, None]
+        valid = np.broadcast_to((np.arange(raw.shape[1])[None, :] < np.asarray(idx_lengths)[:, None])
+                                .reshape(raw.shape[:2] + trailing), raw.shape)
     adjusted = np.where(raw < 0, raw + lengths, raw)
     bad_pos = (adjusted < 0) | (adjusted >= lengths)
     if valid is not None:
         bad_pos &= valid
     if bad_pos.any():
-        bad = np.flatnonzero(bad_pos.any(axis=1)).tolist()
+        bad = np.flatnonzero(bad_pos.reshape(lanes, -1).any(axis=1)).tolist()
         filename, lineno = user_frame(depth)
         raise LaneError(f"IndexError: index out of range for the first axis (length varies per "
                         f"example) in examples {bad}", bad, filename, lineno)
     if valid is not None:
         adjusted = np.where(valid, adjusted, 0)
-    flat = (adjusted + (np.arange(lanes) * width)[:, None]).reshape(-1)
+    flat = (adjusted + (np.arange(lanes) * width).reshape((-1, 1) + trailing)).reshape(-1)
     return flat, (None if valid is None else valid.reshape(-1))
 
 
@@ -219,15 +222,17 @@ def _with_width(x):
                          axis=1)
 
 
-def applies(idx) -> bool:
-    """True when `idx` is a per-example integer index vector these operations take."""
-    return isinstance(idx, Batched) and idx.data.ndim == 2 and _raw(idx.data).dtype.kind in "iu"
+def applies(idx, rank=1) -> bool:
+    """True when `idx` is a per-example integer index array these operations take: of
+    per-example rank 1 (a scatter), or of rank >= 1 when `rank` is None (a gather)."""
+    return isinstance(idx, Batched) and (idx.data.ndim == 2 if rank == 1 else idx.data.ndim >= 2) \
+        and _raw(idx.data).dtype.kind in "iu"
 
 
 def gather(x, idx):
     """``x[idx]`` per example (x: Ragged or Batched with >= 1 per-example axes; idx: a
-    Ragged or Batched integer vector): one take over the flattened rows of all lanes. The
-    result is ragged like `idx`."""
+    Ragged or Batched integer array, such as edges (E,) or (E, 2)): one take over the
+    flattened rows of all lanes. The result is ragged like `idx`."""
     from .ragged import Ragged
     data = _with_width(x)
     lanes, width = data.shape[0], data.shape[1]
@@ -235,7 +240,7 @@ def gather(x, idx):
     rest = tuple(data.shape[2:])
     plan = plan_for(flat, valid, lanes * width)
     rows = gather_rows(P.reshape(data, shape=(lanes * width,) + rest), plan=plan)
-    out = P.reshape(rows, shape=(lanes, idx.data.shape[1]) + rest)
+    out = P.reshape(rows, shape=tuple(idx.data.shape) + rest)
     lengths = getattr(idx, "lengths", None)
     return Batched(out) if lengths is None else Ragged(out, lengths)
 

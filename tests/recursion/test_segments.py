@@ -205,3 +205,15 @@ def test_ragged_mean_keeps_float32():
     xs = [np.ones((3, 2), np.float32), np.ones((1, 2), np.float32)]
     got = sb.spmd(lambda x: np.concatenate([x.mean(axis=0), x.var(axis=0)]))(xs)
     assert got.dtype == np.float32
+
+
+def test_gather_by_a_ragged_index_of_rank_two():
+    """h[edges] with edges (E, 2) per example: both ends' rows, ragged along E."""
+    def f(p, x, edges):
+        h = np.tanh(x @ p["W"])
+        pair = h[edges]                              # (E, 2, H)
+        return (pair[:, 0] * pair[:, 1]).sum(axis=0) + pair.sum(axis=(0, 1))
+    xs, efs, srcs, dsts = batch(8, SIZES)
+    edges = [np.stack([s, d], axis=1).reshape(-1, 2) for s, d in zip(srcs, dsts)]
+    check_batched(f, params(), xs, edges, in_axes=(None, 0, 0))
+    check_batched_grad(f, params(), xs, edges, in_axes=(0, 0))
