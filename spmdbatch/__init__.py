@@ -10,6 +10,7 @@ from .runtime import DEFAULT_FLOAT, get_backend, namespace, tree_map
 from .runtime.array_methods import at, index_update
 from .runtime.device import to_device
 from .runtime.primitives import log_softmax, logsumexp, sigmoid, softmax
+from .runtime.segments import segment_softmax
 from .runtime import batching as _batching  # noqa: F401  (registers the batching rules)
 from .runtime import ragged as _ragged  # noqa: F401  (registers the ragged rules)
 from .masking.calls import batch_polymorphic, native
@@ -20,7 +21,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "spmd", "show", "stats", "native", "batch_polymorphic", "grad", "value_and_grad", "vjp", "check_gradients", "stop_gradient", "Tracer",
-    "sigmoid", "logsumexp", "softmax", "log_softmax", "index_update", "at",
+    "sigmoid", "logsumexp", "softmax", "log_softmax", "index_update", "at", "segment_softmax",
     "SpmdError", "UnsupportedConstruct", "VaryingValueError", "BatchSizeError", "LaneError",
     "DivergentSideEffect",
     "DEFAULT_FLOAT", "get_backend", "namespace", "tree_map", "to_device",

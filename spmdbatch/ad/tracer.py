@@ -52,7 +52,10 @@ class Tracer(ArrayMethods):
     def __setitem__(self, index, value):
         # numpy-style in-place update: this tracer now stands for the updated array.
         from ..runtime.array_methods import index_update
-        updated = index_update(self, index, value, mode="set")
+        self._spmd_assign(index_update(self, index, value, mode="set"))
+
+    def _spmd_assign(self, updated):
+        """Make this tracer stand for `updated` (in-place updates: x[i] = v, numpy.add.at)."""
         self._transposed = None
         if type(updated) is Tracer:
             self.value, self.tape, self.node = updated.value, updated.tape, updated.node

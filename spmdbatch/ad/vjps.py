@@ -141,6 +141,8 @@ def _matmul_vjp_a(g, ans, a, b):
         return g * b
     if b.ndim == 1:                     # (..., m, n) @ (n,) -> (..., m)
         return g[..., None] * b
+    if b.ndim == 2 and a.ndim > 2:      # fold g's leading axes into one GEMM
+        return (g.reshape(-1, g.shape[-1]) @ b.T).reshape(a.shape[:-1] + (b.shape[0],))
     gb = g[..., None, :] if a.ndim == 1 else g
     out = gb @ np.swapaxes(b, -1, -2)
     if a.ndim == 1:
@@ -280,3 +282,12 @@ def _rows_of_sources_vjp(pos, g, ans, *sources, source_of, rows, buffer=None, id
 
 
 defvjp_variadic(P.rows_of_sources, _rows_of_sources_vjp)
+
+
+# --- ragged gather / scatter-add (runtime/segments.py) ----------------------------------------
+from ..runtime import segments as S  # noqa: E402
+
+defvjp(S.gather_rows, lambda g, ans, x, *, plan: S.scatter_rows(g, plan, np.shape(x), g.dtype))
+defvjp(S.unpack_rows, lambda g, ans, values, *, plan: g.take(plan.index, axis=0))
+defvjp(S.scatter_add_rows, lambda g, ans, base, values, *, plan: g,
+       lambda g, ans, base, values, *, plan: S.take_valid_rows(g, plan, values.dtype))

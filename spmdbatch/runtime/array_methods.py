@@ -35,6 +35,8 @@ class ArrayMethods:
                 return bind(prim, inputs, _NO_PARAMS)
         if method == "__call__" and ufunc is np.matmul and not kwargs:
             return P.matmul(*inputs)
+        if method == "at" and ufunc is np.add and not kwargs and len(inputs) == 3:
+            return add_at(*inputs)
         if method == "reduce" and ufunc in _REDUCE_METHODS and len(inputs) == 1:
             axis = kwargs.pop("axis", 0)
             keepdims = kwargs.pop("keepdims", False)
@@ -198,6 +200,24 @@ def index_update(x, index, value, mode="set"):
         raise ValueError(f"index_update mode must be 'set' or 'add', not {mode!r}")
     template, arrays = P.split_index(index)
     return P.index_update(x, value, *arrays, index=template, mode=mode)
+
+
+def add_at(target, indices, values):
+    """``numpy.add.at(target, indices, values)`` on wrapped values: the functional
+    ``index_update(..., mode="add")``, after which `target` (a tracer or a per-example
+    value) stands for the updated array, as numpy's in-place update would leave it."""
+    updated = index_update(target, indices, values, mode="add")
+    assign = getattr(target, "_spmd_assign", None)
+    if assign is None:
+        from ..errors import VaryingValueError
+        from .batched import user_frame
+        filename, lineno = user_frame()
+        raise VaryingValueError(
+            f"numpy.add.at into a {type(target).__name__} that cannot take per-example (or traced) "
+            f"values in place", filename, lineno,
+            "Create the array from per-example shapes (np.zeros(h.shape)), or write "
+            "`out = spmdbatch.index_update(out, idx, values, mode='add')`.")
+    assign(updated)
 
 
 def at(x):

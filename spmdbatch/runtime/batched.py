@@ -79,6 +79,14 @@ class Batched(ArrayMethods):
         data = self.data
         return Batched(getattr(data, "value", data)) if hasattr(data, "tape") else self
 
+    def _spmd_assign(self, other):
+        """Make this value stand for `other` (an in-place update such as numpy.add.at)."""
+        if type(other) is not type(self):
+            raise _concrete_error(f"an in-place update that turns a {type(self).__name__} into a "
+                                  f"{type(other).__name__}",
+                                  "Write `out = spmdbatch.index_update(out, idx, values, mode='add')`.")
+        self.data = other.data
+
     def __setitem__(self, index, value):
         raise _concrete_error(
             "item assignment on", "Item assignment `h[i] = v` works on local variables inside @spmd "

@@ -392,6 +392,9 @@ def _getitem_fast(x, arrays, index):
     if type(k) is not Batched or k.data.dtype.kind not in "iu":
         return None
     if type(x) is Batched:
+        if k.data.ndim >= 2 and x.data.ndim >= 2:   # h[src]: rows by a per-example index
+            from . import segments
+            return segments.gather(x, k)
         if k.data.ndim != 1:
             return None
         lanes = lane_arange(k.data.shape[0], x.xp)   # h[k]: one position per lane
@@ -402,6 +405,10 @@ def _getitem_fast(x, arrays, index):
 def _index_update_rule(args, index, mode):
     x, value, *arrays = args
     data = _as_lanes(x, _lanes(args))
+    if mode == "add" and index == (P.ARRAY_SLOT,) and data.ndim >= 2 and type(arrays[0]) is Batched:
+        from . import segments
+        if segments.applies(arrays[0]):
+            return segments.scatter_add(Batched(data), arrays[0], value)   # add.at(agg, dst, msg)
     plan = _IndexPlan(Batched(data), arrays, index)
     # The value, laid out like the per-example selection with lanes first ...
     sel_ndim = _selection_ndim(data, plan)

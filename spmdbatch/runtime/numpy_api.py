@@ -74,22 +74,28 @@ implements(np.any)(_reduction(P.any, "any"))
 implements(np.all)(_reduction(P.all, "all"))
 
 
-def _count(a, axis):
+def _count(a, axis, like=None):
+    """The number of elements reduced; a per-example count (ragged axis) takes the floating
+    dtype of `like`, as numpy's Python-int count would not promote it."""
     shape = a.shape
     axes = range(len(shape)) if axis is None else normalize_axis(axis, len(shape))
-    return math.prod(shape[i] for i in axes)
+    n = math.prod(shape[i] for i in axes)
+    if like is not None and not isinstance(n, (int, np.integer)) and np.dtype(like.dtype).kind == "f":
+        n = n.astype(like.dtype)
+    return n
 
 
 @implements(np.mean)
 def mean(a, axis=None, dtype=None, out=None, keepdims=False, **unused):
     total = sum(a, axis=axis, dtype=dtype, out=out, keepdims=keepdims, **unused)
-    return total / _count(a, axis)
+    return total / _count(a, axis, like=total)
 
 
 @implements(np.var)
 def var(a, axis=None, dtype=None, out=None, ddof=0, keepdims=False, **unused):
     centered = a - mean(a, axis=axis, dtype=dtype, out=out, keepdims=True)
-    return sum(centered * centered, axis=axis, keepdims=keepdims) / (_count(a, axis) - ddof)
+    total = sum(centered * centered, axis=axis, keepdims=keepdims)
+    return total / (_count(a, axis, like=total) - ddof)
 
 
 @implements(np.std)

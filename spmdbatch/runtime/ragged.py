@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import LaneError
 from . import primitives as P
+from . import segments
 from .batched import Batched, user_frame
 from .dispatch import register_value_type
 
@@ -59,6 +60,10 @@ class Ragged(Batched):
         width = max(g.padded_length for g in group)
         return Ragged(P.concatenate(*[_pad_to(g.data, width) for g in group], axis=0),
                       np.concatenate([g.lengths for g in group]))
+
+    def _spmd_assign(self, other):
+        Batched._spmd_assign(self, other)
+        self.lengths = other.lengths
 
     def _spmd_stop_gradient(self):
         return Ragged(getattr(self.data, "value", self.data), self.lengths)
@@ -220,6 +225,10 @@ RAGGED_RULES[P.cumsum] = _along_axis(P.cumsum, "zero")
 
 def _matmul(args):
     a, b = args
+    if type(a) is Ragged and not isinstance(b, Batched) and _ndim(a) == 2 and _ndim(b) == 2:
+        out = segments.ragged_matmul(a, b)       # (T, d) @ (d, h) on the valid rows only
+        if out is not None:
+            return out
     if type(a) is Ragged and type(b) is not Ragged and _ndim(a) >= 2 and _ndim(b) <= 2:
         return Ragged(P.matmul(_plain(a), b).data, a.lengths)   # (T, d) @ (d[, h])
     if type(a) is Ragged and type(b) is Ragged and _ndim(a) == 1 and _ndim(b) == 1:
@@ -247,6 +256,9 @@ def _check_in_range(x, index_data):
 
 def _getitem(args, index):
     x, *arrays = args
+    if index == (P.ARRAY_SLOT,) and isinstance(x, Batched) and x.data.ndim >= 2 \
+            and segments.applies(arrays[0], rank=None):
+        return segments.gather(x, arrays[0])      # h[src]: rows by a per-example index
     if type(x) is not Ragged:
         # a regular array gathered with a ragged index (table[ids]): the result is ragged
         if index == (P.ARRAY_SLOT,) and type(arrays[0]) is Ragged:
@@ -292,6 +304,11 @@ RAGGED_RULES[P.getitem] = _getitem
 
 def _index_update(args, index, mode):
     x, value, *arrays = args
+    if mode == "add" and index == (P.ARRAY_SLOT,) and np.ndim(x) >= 1 and segments.applies(arrays[0]):
+        if not isinstance(x, Batched):                      # a uniform array: one copy per lane
+            lanes = arrays[0].data.shape[0]
+            x = Batched(P.broadcast_to(x, shape=(lanes,) + tuple(np.shape(x))))
+        return segments.scatter_add(x, arrays[0], value)   # add.at(agg, dst, msg)
     if type(x) is not Ragged or type(value) is Ragged or any(type(a) is Ragged for a in arrays):
         raise NotImplementedError("index update with a ragged value or index is not supported; "
                                   "only updating positions of a ragged array is")

@@ -553,6 +553,51 @@ def _rows_of_sources(data):
     return from_buffer, sources
 
 
+def _row_plan(data, nrows, npos):
+    """A segments.RowPlan: `npos` positions naming rows (repeats allowed), some of them
+    padding (no scatter, no gradient); occasionally more repeats than MAX_ROUNDS allows."""
+    from spmdbatch.runtime import segments
+    index = np.array(data.draw(st.lists(st.integers(0, nrows - 1), min_size=npos, max_size=npos),
+                               label="rows"), dtype=np.intp)
+    valid = np.array(data.draw(st.lists(st.booleans(), min_size=npos, max_size=npos), label="valid"), dtype=bool)
+    if data.draw(st.booleans(), label="no padding"):
+        valid = None
+    return segments.RowPlan(index, valid, nrows)
+
+
+@case("gather_rows", "segments.gather_rows: rows by index, repeats; padding gets no gradient")
+def _gather_rows(data):
+    from spmdbatch.runtime import segments
+    tail = data.draw(st.sampled_from([(), (2,), (2, 3)]), label="tail")
+    nrows, npos = data.draw(st.integers(1, 4)), data.draw(st.integers(0, 6))
+    plan = _row_plan(data, nrows, npos)
+    if plan.padding is not None:       # padding rows carry no cotangent into the gather
+        keep = np.ones((npos,) + tail)
+        keep[plan.padding] = 0
+        return (lambda x: segments.gather_rows(x, plan=plan) * keep), (data.draw(array((nrows,) + tail)),)
+    return (lambda x: segments.gather_rows(x, plan=plan)), (data.draw(array((nrows,) + tail)),)
+
+
+@case("unpack_rows", "segments.unpack_rows: rows placed at distinct positions of zeros")
+def _unpack_rows(data):
+    from spmdbatch.runtime import segments
+    tail = data.draw(st.sampled_from([(), (2,), (2, 3)]), label="tail")
+    nrows = data.draw(st.integers(1, 5), label="nrows")
+    index = np.array(sorted(data.draw(st.sets(st.integers(0, nrows - 1)), label="rows")), dtype=np.intp)
+    plan = segments.RowPlan(index, None, nrows)
+    return (lambda v: segments.unpack_rows(v, plan=plan)), (data.draw(array((len(index),) + tail)),)
+
+
+@case("scatter_add_rows", "segments.scatter_add_rows: repeated targets accumulate, padding skipped")
+def _scatter_add_rows(data):
+    from spmdbatch.runtime import segments
+    tail = data.draw(st.sampled_from([(), (2,), (2, 3)]), label="tail")
+    nrows, npos = data.draw(st.integers(1, 4), label="nrows"), data.draw(st.integers(0, 6), label="npos")
+    plan = _row_plan(data, nrows, npos)
+    return ((lambda base, v: segments.scatter_add_rows(base, v, plan=plan)),
+            (data.draw(array((nrows,) + tail)), data.draw(array((npos,) + tail))))
+
+
 @case("matmul_t", "P.matmul_t: x @ w.T with leading axes on x")
 def _matmul_t(data):
     lead = data.draw(st.sampled_from([(), (2,), (3, 2)]), label="lead")

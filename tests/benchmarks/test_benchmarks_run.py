@@ -78,3 +78,13 @@ def test_tree_benchmarks_quick(tmp_path, script, key):
     for row in rows:
         rates = [v for k, v in row.items() if k.endswith("trees_per_s")]
         assert rates and all(v > 0 for v in rates)
+
+
+def test_molecules_quick(tmp_path):
+    data = _run("molecules.py", tmp_path)
+    assert data["benchmark"] == "molecules"
+    for r in data["results"]:
+        assert r["batch"] == 32 and r["graphs_per_epoch"] > 0
+        for key in ("spmd_graphs_per_s", "numpy_graphs_per_s", "spmd_over_numpy"):
+            for v in r[key].values():
+                assert isinstance(v, float) and v > 0, (key, r[key])

@@ -1,0 +1,352 @@
+"""Gather and scatter-add along a ragged axis: the graph operations of message passing.
+
+Per example, graph code gathers node rows by a ragged edge index (``h[src]``, one row per
+edge) and adds edge rows into node rows (``np.add.at(agg, dst, msg)`` or
+``index_update(agg, dst, msg, mode="add")``). Batched, both run as ONE operation over all
+lanes: a lane's rows live in the padded `data` of a `Ragged` (lanes, width, ...), so lane
+``l``'s row ``i`` is row ``l * width + i`` of the flattened data, and a per-example index
+becomes offsets into that flat buffer (the disjoint union that hand-batched graph code
+builds, without copying the rows into it).
+
+Scatter-add never calls ``numpy.add.at`` (slow on rows). A `RowPlan` sorts the valid
+positions by target row once and splits them into *rounds* whose targets are distinct, so
+each round is one buffered ``out[targets] += values[positions]``; molecules need as many
+rounds as the largest in-degree (4 to 6). Plans are cached per index array, so the rounds,
+the backward pass and the other rounds of a message-passing network reuse one plan.
+Padding positions of the index (past an example's length) are never read into a scatter
+and get no gradient.
+
+`segment_softmax` is the attention softmax over each node's incoming edges, written with
+these operations (per example it is ordinary numpy).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import LaneError
+from . import primitives as P
+from .backend import namespace
+from .batched import Batched, user_frame
+from .dispatch import primitive
+
+MAX_ROUNDS = 64
+"""Above this many rounds (a node with more incoming edges), a scatter uses ``add.at``."""
+
+
+class RowPlan:
+    """Where the rows of a gather come from and the rows of a scatter-add go.
+
+    `index` (one int per position, always a valid row) is what a gather takes; `rounds`
+    lists ``(positions, targets)`` for the valid positions only, each with distinct
+    targets, in position order (so a later write of the same target comes later).
+    """
+
+    __slots__ = ("index", "nrows", "rounds", "valid_positions", "valid_targets", "padding")
+
+    def __init__(self, index, valid, nrows: int):
+        xp = namespace(index)
+        self.index = index
+        self.nrows = int(nrows)
+        positions = xp.arange(index.shape[0]) if valid is None else xp.flatnonzero(valid)
+        targets = index if valid is None else index[positions]
+        self.valid_positions, self.valid_targets = positions, targets
+        self.padding = None if valid is None else xp.flatnonzero(~valid)
+        self.rounds = None
+        if targets.shape[0] == 0:
+            self.rounds = ()
+            return
+        order = xp.argsort(targets, kind="stable")
+        sorted_targets = targets[order]
+        first = xp.empty(sorted_targets.shape[0], dtype=bool)
+        first[0] = True
+        first[1:] = sorted_targets[1:] != sorted_targets[:-1]
+        starts = xp.flatnonzero(first)
+        segment = xp.cumsum(first) - 1
+        rank = xp.arange(sorted_targets.shape[0]) - starts[segment]
+        count = int(rank.max()) + 1
+        if count > MAX_ROUNDS:
+            return                      # rounds stays None: scatter with add.at
+        rounds = []
+        for k in range(count):
+            sel = order[rank == k]
+            sel.sort()
+            rounds.append((positions[sel], targets[sel]))
+        self.rounds = tuple(rounds)
+
+    def scatter_add(self, out, values):
+        """Add ``values[p]`` into ``out[index[p]]`` for every valid position p, in place."""
+        if self.rounds is None:
+            namespace(out).add.at(out, self.valid_targets, values[self.valid_positions])
+            return out
+        for positions, targets in self.rounds:
+            out[targets] += values[positions]
+        return out
+
+
+_PLANS: dict = {}
+
+
+def _cached(cache, key, arrays, build):
+    """A cache of plans by `key` (shapes), each entry checked against the `arrays` it was
+    built from (their contents, not their identity: a caller may reuse a buffer)."""
+    entries = cache.setdefault(key, [])
+    for entry in entries:
+        if all(a is b or (a is not None and b is not None and namespace(a).array_equal(a, b))
+               for a, b in zip(entry[0], arrays)):
+            return entry[1]
+    plan = build()
+    if len(entries) >= 8:
+        entries.pop(0)
+    if len(cache) > 64:
+        cache.clear()
+        entries = cache.setdefault(key, [])
+    entries.append((arrays, plan))
+    return plan
+
+
+def plan_for(index, valid, nrows: int) -> RowPlan:
+    """The (cached) plan of a flat index and its valid positions."""
+    key = (index.shape[0], nrows, None if valid is None else valid.shape)
+    return _cached(_PLANS, key, (index, valid), lambda: RowPlan(index, valid, nrows))
+
+
+_ROWS: dict = {}
+
+
+def valid_rows_plan(lengths, width: int) -> RowPlan:
+    """The plan whose index lists the valid rows of a padded (lanes, width, ...) array,
+    flattened to (lanes * width, ...): each example's rows one after another."""
+    lengths = np.asarray(lengths)
+
+    def build():
+        valid = (np.arange(width)[None, :] < lengths[:, None]).reshape(-1)
+        return RowPlan(np.flatnonzero(valid), None, lengths.shape[0] * width)
+    return _cached(_ROWS, (lengths.shape[0], width), (lengths,), build)
+
+
+# --- primitives (raw arrays or tracers of shape (rows, ...)) ------------------------------------
+def _gather_rows(x, *, plan):
+    return x.take(plan.index, axis=0)
+
+
+def _scatter_add_rows(base, values, *, plan):
+    out = base.copy()
+    return plan.scatter_add(out, values)
+
+
+def _unpack_rows(values, *, plan):
+    out = namespace(values).zeros((plan.nrows,) + tuple(values.shape[1:]), dtype=values.dtype)
+    out[plan.index] = values
+    return out
+
+
+unpack_rows = primitive("unpack_rows", _unpack_rows)
+"""Zeros of ``plan.nrows`` rows with row ``plan.index[i]`` set to ``values[i]`` (the index
+never repeats: the inverse of gathering the valid rows of a padded array)."""
+gather_rows = primitive("gather_rows", _gather_rows)
+"""``x[plan.index]`` along axis 0 (VJP: a scatter-add of the valid positions)."""
+scatter_add_rows = primitive("scatter_add_rows", _scatter_add_rows)
+"""``base`` plus ``values`` added into rows ``plan.index`` (valid positions only)."""
+
+
+def scatter_rows(g, plan, shape, dtype):
+    """Zeros of `shape` with the rows of `g` added at the plan's valid positions (raw): the
+    cotangent of `gather_rows`."""
+    out = namespace(g).zeros(shape, dtype=dtype)
+    return plan.scatter_add(out, g)
+
+
+def take_valid_rows(g, plan, dtype):
+    """``g[plan.index]`` with zero rows at padding positions (raw): the cotangent of the
+    values of `scatter_add_rows`."""
+    out = g.take(plan.index, axis=0)
+    if out.dtype != dtype:
+        out = out.astype(dtype)
+    if plan.padding is not None and plan.padding.shape[0]:
+        out[plan.padding] = 0
+    return out
+
+
+# --- batched (ragged) gather and scatter-add ---------------------------------------------------
+def _raw(a):
+    return getattr(a, "value", a)
+
+
+def _lane_lengths(x):
+    """Each lane's length along the first per-example axis (x: Ragged or Batched)."""
+    lengths = getattr(x, "lengths", None)
+    if lengths is not None:
+        return np.asarray(lengths)
+    return np.full(x.data.shape[0], x.data.shape[1], dtype=np.intp)
+
+
+def _flat_index(x, idx, depth):
+    """(flat index, valid mask or None) of per-example index `idx` (Ragged or Batched, of
+    rank >= 1 per example; ragged along its first axis) into the flattened rows of `x`, with
+    negative indices counted from each example's end and out-of-range indices reported as a
+    LaneError."""
+    lanes, width = x.data.shape[0], x.data.shape[1]
+    raw = np.asarray(_raw(idx.data))
+    if raw.dtype.kind not in "iu":
+        raise IndexError("arrays used as indices must be of integer type")
+    trailing = (1,) * (raw.ndim - 2)
+    lengths = _lane_lengths(x).reshape((-1, 1) + trailing)
+    idx_lengths = getattr(idx, "lengths", None)
+    valid = None
+    if idx_lengths is not None:
+        valid = np.broadcast_to((np.arange(raw.shape[1])[None, :] < np.asarray(idx_lengths)[:, None])
+                                .reshape(raw.shape[:2] + trailing), raw.shape)
+    adjusted = np.where(raw < 0, raw + lengths, raw)
+    bad_pos = (adjusted < 0) | (adjusted >= lengths)
+    if valid is not None:
+        bad_pos &= valid
+    if bad_pos.any():
+        bad = np.flatnonzero(bad_pos.reshape(lanes, -1).any(axis=1)).tolist()
+        filename, lineno = user_frame(depth)
+        raise LaneError(f"IndexError: index out of range for the first axis (length varies per "
+                        f"example) in examples {bad}", bad, filename, lineno)
+    if valid is not None:
+        adjusted = np.where(valid, adjusted, 0)
+    flat = (adjusted + (np.arange(lanes) * width).reshape((-1, 1) + trailing)).reshape(-1)
+    return flat, (None if valid is None else valid.reshape(-1))
+
+
+def _with_width(x):
+    """x's data, padded to width >= 1 along the first per-example axis (so a clamped
+    padding index always names a row)."""
+    data = x.data
+    if data.shape[1] > 0:
+        return data
+    raw = _raw(data)
+    return P.concatenate(data, np.zeros((data.shape[0], 1) + tuple(data.shape[2:]), dtype=raw.dtype),
+                         axis=1)
+
+
+def applies(idx, rank=1) -> bool:
+    """True when `idx` is a per-example integer index array these operations take: of
+    per-example rank 1 (a scatter), or of rank >= 1 when `rank` is None (a gather)."""
+    return isinstance(idx, Batched) and (idx.data.ndim == 2 if rank == 1 else idx.data.ndim >= 2) \
+        and _raw(idx.data).dtype.kind in "iu"
+
+
+def gather(x, idx):
+    """``x[idx]`` per example (x: Ragged or Batched with >= 1 per-example axes; idx: a
+    Ragged or Batched integer array, such as edges (E,) or (E, 2)): one take over the
+    flattened rows of all lanes. The result is ragged like `idx`."""
+    from .ragged import Ragged
+    data = _with_width(x)
+    lanes, width = data.shape[0], data.shape[1]
+    flat, valid = _flat_index(x, idx, 4)
+    rest = tuple(data.shape[2:])
+    plan = plan_for(flat, valid, lanes * width)
+    rows = gather_rows(P.reshape(data, shape=(lanes * width,) + rest), plan=plan)
+    out = P.reshape(rows, shape=tuple(idx.data.shape) + rest)
+    lengths = getattr(idx, "lengths", None)
+    return Batched(out) if lengths is None else Ragged(out, lengths)
+
+
+def scatter_add(x, idx, value):
+    """``x`` with ``value`` rows added at ``x[idx]`` per example, repeated indices
+    accumulating (numpy.add.at): one scatter over all lanes. `value` is a per-example
+    array of shape ``idx.shape + x.shape[1:]`` (ragged like idx), or broadcasts to it."""
+    from .ragged import Ragged
+    data = x.data
+    lanes, width = data.shape[0], data.shape[1]
+    rest = tuple(data.shape[2:])
+    flat, valid = _flat_index(x, idx, 4)
+    m = idx.data.shape[1]
+    if isinstance(value, Batched):
+        v = value.data
+        if type(value) is Ragged and getattr(idx, "lengths", None) is not None and \
+                not np.array_equal(np.asarray(value.lengths), np.asarray(idx.lengths)):
+            raise ValueError("shape mismatch: the values of a scatter have a different length "
+                             "than its index in some example")
+        if v.ndim == 1:
+            v = P.reshape(v, shape=(lanes,) + (1,) * (1 + len(rest)))
+        elif type(value) is not Ragged and v.ndim - 1 <= len(rest):
+            v = P.reshape(v, shape=(lanes, 1) + tuple(v.shape[1:]))
+        if v.shape[1] != m:
+            if v.shape[1] < m and type(value) is Ragged:   # padded less wide than the index
+                raw = _raw(v)
+                v = P.concatenate(v, np.zeros((lanes, m - v.shape[1]) + tuple(v.shape[2:]), raw.dtype), axis=1)
+            elif v.shape[1] != 1:
+                raise ValueError(f"shape mismatch: values of per-example shape {tuple(value.shape)} "
+                                 f"cannot be added at an index of length {m}")
+    else:
+        v = value if np.ndim(value) else np.asarray(value, dtype=_raw(data).dtype)
+        v = P.reshape(v, shape=(1, 1) + tuple(np.shape(v))) if np.ndim(v) else P.reshape(v, shape=(1, 1))
+    target = (lanes, m) + rest
+    if tuple(v.shape) != target:
+        v = P.broadcast_to(P.reshape(v, shape=tuple(v.shape) + (1,) * (len(target) - v.ndim))
+                           if v.ndim < len(target) else v, shape=target)
+    plan = plan_for(flat, valid, lanes * width)
+    out = scatter_add_rows(P.reshape(data, shape=(lanes * width,) + rest),
+                           P.reshape(v, shape=(lanes * m,) + rest), plan=plan)
+    out = P.reshape(out, shape=(lanes, width) + rest)
+    return Ragged(out, x.lengths) if type(x) is Ragged else Batched(out)
+
+
+COMPACT_BELOW = 0.8
+"""A ragged matmul runs on the valid rows only when they are fewer than this share of the
+padded rows (the gather and scatter around it then cost less than the padding's GEMM)."""
+
+
+def ragged_matmul(a, b):
+    """``a @ b`` for a ragged (T, d) `a` and a uniform (d, h) `b`: one GEMM over the valid
+    rows of all examples (their disjoint union) when padding is a large share, else one
+    GEMM over the padded rows."""
+    from .ragged import Ragged
+    data = a.data
+    lanes, width, d = data.shape
+    if lanes * width == 0:
+        return None
+    plan = valid_rows_plan(a.lengths, width)
+    if plan.index.shape[0] >= COMPACT_BELOW * lanes * width:
+        return None
+    rows = gather_rows(P.reshape(data, shape=(lanes * width, d)), plan=plan)
+    out = P.matmul(rows, b)
+    padded = unpack_rows(out, plan=plan)
+    return Ragged(P.reshape(padded, shape=(lanes, width, out.shape[-1])), a.lengths)
+
+
+# --- attention over incoming edges ---------------------------------------------------------------
+def segment_softmax(scores, segment_ids, num_segments):
+    """Softmax of `scores` (one per edge: shape (E,) or (E, heads)) over the edges that share
+    a segment id (the edges into one node): ``exp(s) / (sum of exp over the segment)``.
+
+    Written for ONE example and batched like any per-example code: `scores` and
+    `segment_ids` may be numpy arrays, tracers or per-example (ragged) values, and
+    `num_segments` (the number of nodes) an int or ``len(h)`` inside @spmd code. The scores
+    are shifted by their maximum over all edges (per example and head) before `exp`, which
+    changes neither the result nor its gradient; scores of one example that spread over
+    more than about 80 (float32) or 700 (float64) underflow in segments far below it.
+    """
+    from .array_methods import index_update
+    if (scores.data if isinstance(scores, Batched) else scores).shape[-scores.ndim] == 0:
+        return scores * 1.0                              # no edges (in any example)
+    peak = scores.max(axis=0, keepdims=True)
+    shift = np.where(np.isfinite(peak), _stop(peak), 0)   # (examples without edges: -inf)
+    d = scores - shift
+    e = np.exp(np.where(d <= 0, d, 0))                   # (padding may hold anything)
+    den = index_update(_zeros(num_segments, tuple(scores.shape[1:]), e.dtype), segment_ids, e, mode="add")
+    per_edge = den[segment_ids]
+    return e / np.where(per_edge > 0, per_edge, 1)
+
+
+def _zeros(n, rest, dtype):
+    """Zeros of shape (n,) + rest, where n may be varying (a Batched of lengths)."""
+    if isinstance(n, Batched):
+        from .ragged import Ragged
+        lengths = np.asarray(_raw(n.data)).astype(np.intp)
+        width = max(int(lengths.max()) if lengths.size else 0, 1)
+        return Ragged(np.zeros((lengths.shape[0], width) + rest, dtype=dtype), lengths)
+    return np.zeros((int(n),) + rest, dtype=dtype)
+
+
+def _stop(x):
+    """x without its gradient (batched, traced or raw)."""
+    hook = getattr(x, "_spmd_stop_gradient", None)
+    if hook is not None:
+        return hook()
+    value = getattr(x, "value", None)
+    return x if value is None else value
