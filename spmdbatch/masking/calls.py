@@ -303,10 +303,23 @@ def _dict(*args, **kwargs):
     return LaneDict(*args, **kwargs)
 
 
+def _array_of(value):
+    """`numpy.array` of nested lists/tuples holding per-example values: stacked per example."""
+    if type(value) is RaggedList:
+        return LL.stack_lanes(value, 0, "array")
+    if isinstance(value, (list, tuple)) and len(value) and is_varying(value):
+        return np.stack([_array_of(v) for v in value])
+    return value
+
+
 def _stacker(fn, kind):
     def stack(arrays, *args, **kwargs):
         if type(arrays) is RaggedList:
             return LL.stack_lanes(arrays, kwargs.get("axis", args[0] if args else 0), kind)
+        if kind == "array" and isinstance(arrays, (list, tuple)) and is_varying(arrays):
+            out = _array_of(arrays)
+            dtype = args[0] if args else kwargs.get("dtype")
+            return out if dtype is None else out.astype(dtype)
         return fn(arrays, *args, **kwargs)
     return stack
 
