@@ -12,7 +12,7 @@ Objects that carry per-lane state (batched iterators) implement
 """
 from __future__ import annotations
 
-from types import CellType, FunctionType, MethodType
+from types import BuiltinMethodType, CellType, FunctionType, MethodType
 
 import numpy as np
 
@@ -148,6 +148,9 @@ def take(value, idx, memo=None):
     if kind is MethodType:
         obj = take(value.__self__, idx, memo)
         return value if obj is value.__self__ else MethodType(value.__func__, obj)
+    if kind is BuiltinMethodType and type(value.__self__) in OWNED_CONTAINERS:
+        # (`lst.append` loaded before its argument is computed: bound to this group's copy)
+        return getattr(take(value.__self__, idx, memo), value.__name__)
     if kind is LaneMapped:
         index = value.index
         if memo is None:
@@ -361,7 +364,11 @@ def merge(values, counts, name: str = "a value", disjoint: bool = True, _memo=No
     if all(type(v) is CellType for v in values):
         return _merge_cells(values, counts, name)
     if all(type(v) is MethodType and v.__func__ is first.__func__ for v in values):
-        return MethodType(first.__func__, merge([v.__self__ for v in values], counts, name, disjoint))
+        return MethodType(first.__func__, merge([v.__self__ for v in values], counts, name, disjoint,
+                                                _memo))
+    if all(type(v) is BuiltinMethodType and type(v.__self__) in OWNED_CONTAINERS
+           and v.__name__ == first.__name__ for v in values):
+        return getattr(merge([v.__self__ for v in values], counts, name, disjoint, _memo), first.__name__)
     if all(type(v) is FunctionType for v in values) and \
             all(v.__code__ is values[0].__code__ for v in values):
         closures = [v.__closure__ or () for v in values]

@@ -455,3 +455,17 @@ def test_error_raised_by_every_example_shows_the_first_example_value():
     with pytest.raises(ValueError) as err:
         sb.spmd(all_raise)(np.array([0.5, 3.0]))
     assert str(err.value) == "value 0.5 and 1.0"
+
+
+def method_loaded_before_a_branch(x, n):
+    xs = []
+    for k in range(n):
+        xs.append(x + k)
+    xs.insert(len(xs), 0.5 if not xs else -0.5)      # `xs.insert` is loaded, then lanes split
+    ys = [x]
+    ys.append(0.5 if x > 0.25 else 1.5)
+    return len(xs) + xs[-1] + len(ys) * 10 + ys[-1]
+
+
+def test_a_bound_method_follows_its_list_through_a_split():
+    check_batched(method_loaded_before_a_branch, np.array([0.1, 0.2, 0.3, 0.4]), np.array([2, 0, 5, 1]))
