@@ -175,7 +175,16 @@ def run_batched(fn, self_arg, args, kwargs):
         out = call_polymorphic(fn, self_arg, args, kwargs, when)
         if out is not NOT_PLAIN:
             return out
-    return _TRANSFORMER(fn)(*self_arg, *args, **kwargs)
+    lent = LL.lend(args) if any(type(a) in _OWNED_TYPES for a in args) else None
+    if not lent:
+        return _TRANSFORMER(fn)(*self_arg, *args, **kwargs)
+    try:
+        return _TRANSFORMER(fn)(*self_arg, *args, **kwargs)
+    finally:
+        LL.give_back(lent)
+
+
+_OWNED_TYPES = (LL.LaneList, LL.RaggedList)
 
 
 def _io_guard(fn):
@@ -483,7 +492,7 @@ def call_fused(funcs, args, kwargs):
 def getitem(obj, index):
     """`obj[index]`: arrays indexed by varying indices gather through the batching rules."""
     kind = type(obj)
-    if kind is RaggedList or (kind is LaneList and type(index) is Batched):
+    if kind is RaggedList or ((kind is LaneList or kind is LL.FrozenList) and type(index) is Batched):
         return LL.getitem_lanes(obj, index)
     if type(obj) is LaneMapped and type(index) is Batched and type(index.data) is np.ndarray \
             and index.data.ndim == 1 and obj.base.ndim >= 2 and index.data.dtype.kind in "iu":
@@ -506,7 +515,7 @@ def setitem(obj, index, value):
     if kind is RaggedList or (kind is LaneList and type(index) is Batched):
         LL.setitem_lanes(obj, index, value)
         return obj
-    if kind is LaneList or kind is LaneDict:    # built by this program: its lanes own it
+    if kind is LaneList or kind is LaneDict or kind is LL.FrozenList:   # built by this program
         obj[index] = value
         return obj
     if type(obj) is Batched or hasattr(obj, "shape") and hasattr(obj, "dtype"):
@@ -550,7 +559,7 @@ def inplace(op, a, b):
     if hasattr(a, "shape") and hasattr(a, "dtype"):
         return functional(a, b)
     kind = type(a)
-    if kind is RaggedList or kind is LaneList or kind is LaneDict:
+    if kind is RaggedList or kind is LaneList or kind is LaneDict or kind is LL.FrozenList:
         if op == "+=" and kind is not LaneDict:
             a.extend(b)
             return a

@@ -34,13 +34,26 @@ from ..runtime.ragged import Ragged
 from .lanes import OWNED_CONTAINERS, UNDEFINED, is_varying, merge, take
 
 
+# Lists passed to the batched calls now running (`calls.run_batched`): id -> [list, count].
+# A group of the callee that takes one (its lanes split) gets a read-only copy: a change there
+# could not reach the caller's list.
+BORROWED: dict = {}
+
+
 class LaneList(list):
     """A list built by a batch program, every lane of the holding group at one length."""
 
-    __slots__ = ("lengths",)
+    __slots__ = ("lengths", "frozen")
 
     def _spmd_take_lanes(self, idx, memo=None):
-        out = LaneList(take(v, idx, memo) for v in list.__iter__(self))
+        out = (FrozenList if id(self) in BORROWED else LaneList)(take(v, idx, memo)
+                                                                 for v in list.__iter__(self))
+        out.lengths = None
+        return out
+
+    def _spmd_freeze(self):
+        from .lanes import fresh
+        out = FrozenList(fresh(v) for v in list.__iter__(self))
         out.lengths = None
         return out
 
@@ -71,7 +84,11 @@ class RaggedList(LaneList):
     # --- lanes ---------------------------------------------------------------------------------
     def _spmd_take_lanes(self, idx, memo=None):
         cols = [take(v, idx, memo) for v in list.__iter__(self)]
-        return _make(cols, self.lengths[idx])
+        return _make(cols, self.lengths[idx], _is_frozen(self) or id(self) in BORROWED)
+
+    def _spmd_freeze(self):
+        from .lanes import fresh
+        return _make([fresh(v) for v in list.__iter__(self)], self.lengths.copy(), True)
 
     def _spmd_lane_count(self):
         return len(self.lengths)
@@ -99,6 +116,9 @@ class RaggedList(LaneList):
 
     def copy(self):
         return _make(list.copy(self), self.lengths.copy())
+
+    def _spmd_is_frozen(self):
+        return _is_frozen(self)
 
     def __add__(self, other):
         out = self.copy()
@@ -144,7 +164,66 @@ class RaggedList(LaneList):
     __hash__ = None
 
 
+class FrozenList(LaneList):
+    """A read-only `LaneList`: a callee's copy of a list its caller passed in, once the callee's
+    lanes took different paths (or the list was passed to a recursive call). Reading works;
+    changing it raises `DivergentSideEffect`, since the change could not reach the caller."""
+
+    __slots__ = ()
+
+    def _spmd_take_lanes(self, idx, memo=None):
+        out = FrozenList(take(v, idx, memo) for v in list.__iter__(self))
+        out.lengths = None
+        return out
+
+    def _refuse(self, *args, **kwargs):
+        _refuse_borrowed()
+
+    append = extend = insert = pop = remove = clear = sort = reverse = __setitem__ = __delitem__ = \
+        __iadd__ = __imul__ = _refuse
+
+    def copy(self):
+        out = LaneList(list.__iter__(self))
+        out.lengths = None
+        return out
+
+
+def _is_frozen(lst) -> bool:
+    return type(lst) is FrozenList or (type(lst) is RaggedList and getattr(lst, "frozen", False))
+
+
+def _refuse_borrowed():
+    from ..errors import DivergentSideEffect
+    filename, lineno = user_frame(3)
+    raise DivergentSideEffect(
+        "changing a list that was passed to this function, after its examples took different paths "
+        "here (or inside a recursive call), is not supported: the change would not reach the "
+        "caller's list", filename, lineno,
+        "Return the new items (or a new list) from the function and change the list in the caller.")
+
+
+def lend(values):
+    """Mark the lists among a batched call's arguments as lent to it (see `BORROWED`)."""
+    lent = [v for v in values if type(v) is LaneList or type(v) is RaggedList]
+    for v in lent:
+        entry = BORROWED.get(id(v))
+        if entry is None:
+            BORROWED[id(v)] = [v, 1]
+        else:
+            entry[1] += 1
+    return lent
+
+
+def give_back(lent):
+    for v in lent:
+        entry = BORROWED[id(v)]
+        entry[1] -= 1
+        if not entry[1]:
+            del BORROWED[id(v)]
+
+
 pytree.register_node(LaneList, lambda s: (list(list.__iter__(s)), None), lambda aux, ch: LaneList(ch))
+pytree.register_node(FrozenList, lambda s: (list(list.__iter__(s)), None), lambda aux, ch: FrozenList(ch))
 pytree.register_leaf_type(RaggedList)
 
 
@@ -155,6 +234,10 @@ class LaneDict(dict):
 
     def _spmd_take_lanes(self, idx, memo=None):
         return LaneDict({k: take(v, idx, memo) for k, v in self.items()})
+
+    def _spmd_freeze(self):
+        from .lanes import fresh
+        return {k: fresh(v) for k, v in self.items()}   # (a plain dict: changes are refused)
 
     def _spmd_merge_lanes(self, others, counts):
         return merge_dicts([self] + list(others), counts)
@@ -171,20 +254,17 @@ class LaneDict(dict):
 
 
 # --- state -----------------------------------------------------------------------------------------
-def _make(cols, lengths):
-    """A LaneList (equal lengths) or RaggedList from columns and per-lane lengths."""
-    if not len(lengths):
-        out = LaneList(cols)
-        out.lengths = None
-        return out
-    lo, hi = int(lengths.min()), int(lengths.max())
-    if lo == hi:
-        out = LaneList(cols[:hi])
+def _make(cols, lengths, frozen=False):
+    """A LaneList (equal lengths) or RaggedList from columns and per-lane lengths (read-only
+    ones when `frozen`)."""
+    if not len(lengths) or int(lengths.min()) == int(lengths.max()):
+        out = (FrozenList if frozen else LaneList)(cols[:int(lengths.max())] if len(lengths) else cols)
         out.lengths = None
         return out
     n = len(lengths)
-    out = RaggedList([_varying_column(c, n) for c in cols[:hi]])
+    out = RaggedList([_varying_column(c, n) for c in cols[:int(lengths.max())]])
     out.lengths = lengths
+    out.frozen = frozen
     return out
 
 
@@ -199,11 +279,14 @@ def _varying_column(value, n):
 
 def _store(lst, cols, lengths):
     """Make `lst` (in place: other names of it see the change) hold `cols` and `lengths`."""
+    if _is_frozen(lst):
+        _refuse_borrowed()
     new = _make(cols, lengths)
     list.__init__(lst, list.__iter__(new))
     if type(new) is RaggedList:
         lst.__class__ = RaggedList
         lst.lengths = new.lengths
+        lst.frozen = False
     else:
         lst.__class__ = LaneList
         lst.lengths = None
@@ -560,12 +643,14 @@ def _merge_lists(values, counts, name, disjoint, memo):
             raise UnmergeableGroups(f"{name} holds a list in some examples and a {type(v).__name__} "
                                     f"in others where control flow joins", filename, lineno)
     defined = [v for v in values if v is not UNDEFINED]
-    if all(type(v) is LaneList for v in defined) and len(defined) == len(values):
+    # lanes of fused calls sharing one list, or a callee's copies of a lent list: read-only
+    frozen = not disjoint or any(_is_frozen(v) or id(v) in BORROWED for v in defined)
+    if all(type(v) is LaneList or type(v) is FrozenList for v in defined) and len(defined) == len(values):
         m = list.__len__(values[0])
         if all(list.__len__(v) == m for v in values[1:]):
             cols = [merge([list.__getitem__(v, j) for v in values], counts, name, disjoint, memo)
                     for j in range(m)]
-            out = LaneList(cols)
+            out = (FrozenList if frozen else LaneList)(cols)
             out.lengths = None
             return out
     lengths, cols_of = [], []
@@ -580,7 +665,7 @@ def _merge_lists(values, counts, name, disjoint, memo):
     width = max(len(c) for c in cols_of)
     cols = [merge(_filler([c[j] if j < len(c) else UNDEFINED for c in cols_of], counts), counts, name,
                   disjoint, memo) for j in range(width)]
-    return _make(cols, np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.intp))
+    return _make(cols, np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.intp), frozen)
 
 
 def merge_dicts(values, counts, name="a dict", disjoint=True, memo=None):
@@ -614,6 +699,7 @@ def _list_varying(lst):
 
 
 OWNED_CONTAINERS[LaneList] = (merge_lists, _list_varying)
+OWNED_CONTAINERS[FrozenList] = (merge_lists, _list_varying)
 OWNED_CONTAINERS[RaggedList] = (merge_lists, lambda lst: True)
 OWNED_CONTAINERS[LaneDict] = (merge_dicts, lambda d: any(is_varying(v) for v in d.values()))
 
@@ -628,7 +714,7 @@ def to_user(value, batch, unwrap):
         cols = list(list.__iter__(value))
         return [[_one(take(cols[j], np.array([i])), unwrap) for j in range(int(value.lengths[i]))]
                 for i in range(batch)]
-    if kind is LaneList or kind is list:
+    if kind is LaneList or kind is FrozenList or kind is list:
         return [to_user(v, batch, unwrap) for v in list.__iter__(value)]
     if kind is tuple:
         return tuple(to_user(v, batch, unwrap) for v in value)
@@ -640,7 +726,7 @@ def to_user(value, batch, unwrap):
 def _one(value, unwrap):
     """The caller's view of a one-lane value: its example's own value."""
     kind = type(value)
-    if kind is LaneList or kind is list:
+    if kind is LaneList or kind is FrozenList or kind is list:
         return [_one(v, unwrap) for v in list.__iter__(value)]
     if kind is tuple:
         return tuple(_one(v, unwrap) for v in value)

@@ -260,6 +260,8 @@ def fresh(value):
         return Ragged(value.data, value.lengths)
     if kind is LaneMapped:
         return LaneMapped(value.base, value.index, value.lengths)
+    if kind in OWNED_CONTAINERS:       # (a list passed to a recursive call: read-only there)
+        return value._spmd_freeze()
     if kind in _PLAIN_LEAVES or kind is Tracer or not is_varying(value):
         return value
     if kind is tuple or kind is list:

@@ -469,3 +469,60 @@ def method_loaded_before_a_branch(x, n):
 
 def test_a_bound_method_follows_its_list_through_a_split():
     check_batched(method_loaded_before_a_branch, np.array([0.1, 0.2, 0.3, 0.4]), np.array([2, 0, 5, 1]))
+
+
+# --- lists passed to functions ------------------------------------------------------------------------
+def push(s, v):
+    s.append(v)
+
+
+def push_if(s, v):
+    if v > 0:
+        s.append(v)
+
+
+def total_of(s):
+    t = 0.0
+    for v in s:
+        if v > 0:
+            t = t + v
+    return t
+
+
+def passes_list_to_helpers(x):
+    out = []
+    push(out, x)                 # a helper without branches changes the caller's list
+    if x > 0:
+        push(out, x * 2)
+    return len(out) + total_of(out)
+
+
+def test_helper_changes_and_reads_the_callers_list():
+    check_batched(passes_list_to_helpers, np.array([-1.0, 0.5, 2.0]))
+
+
+def changes_list_after_split_in_helper(x):
+    out = []
+    push_if(out, x)
+    return len(out)
+
+
+def collect(k, out):
+    out.append(k)
+    if k > 0:
+        collect(k - 1, out)
+
+
+def collects_recursively(n):
+    out = []
+    collect(n, out)
+    return len(out)
+
+
+def test_change_of_a_passed_list_that_would_be_lost_is_refused():
+    with pytest.raises(DivergentSideEffect) as err:
+        sb.spmd(changes_list_after_split_in_helper)(np.array([-1.0, 0.5, 2.0]))
+    assert f"{THIS_FILE}:{line_of(push_if, 's.append')}" in str(err.value)
+    with pytest.raises(DivergentSideEffect) as err:
+        sb.spmd(collects_recursively)(np.array([0, 3, 1]))
+    assert f"{THIS_FILE}:{line_of(collect, 'out.append')}" in str(err.value)
