@@ -387,6 +387,11 @@ def call(fn, *args, **kwargs):
         if owner_kind is LaneList:
             if args and type(args[0]) is Batched and fn.__name__ in ("pop", "insert"):
                 return _per_lane_method(owner, fn.__name__, args, kwargs)   # a varying position
+            if args and type(args[-1]) is RaggedList:
+                if fn.__name__ == "extend":
+                    return LL.extend_lanes(owner, args[0])        # items of per-lane count
+                if fn.__name__ in ("append", "insert"):
+                    return getattr(owner, fn.__name__)(*args)     # (a list as one item)
         elif owner_kind in _SHARED_CONTAINERS and fn.__name__ in _MUTATORS:
             _check_shared_mutation(owner, fn.__name__, args, kwargs)
     elif kind is type:
@@ -561,7 +566,10 @@ def inplace(op, a, b):
     kind = type(a)
     if kind is RaggedList or kind is LaneList or kind is LaneDict or kind is LL.FrozenList:
         if op == "+=" and kind is not LaneDict:
-            a.extend(b)
+            if type(b) is RaggedList and kind is LaneList:
+                LL.extend_lanes(a, b)
+            else:
+                a.extend(b)
             return a
         return in_place(a, b)
     if isinstance(a, (list, dict, set, bytearray)):

@@ -72,7 +72,8 @@ class LaneList(list):
 
     def __add__(self, other):
         out = LaneList(list.__iter__(self))
-        out.extend(other)
+        out.lengths = None
+        extend_lanes(out, other) if type(other) is RaggedList else out.extend(other)
         return out
 
 

@@ -526,3 +526,19 @@ def test_change_of_a_passed_list_that_would_be_lost_is_refused():
     with pytest.raises(DivergentSideEffect) as err:
         sb.spmd(collects_recursively)(np.array([0, 3, 1]))
     assert f"{THIS_FILE}:{line_of(collect, 'out.append')}" in str(err.value)
+
+
+def concatenates_lists(x, n):
+    xs = []
+    for k in range(n):
+        xs.append(x + k)
+    a = [x]
+    a.extend(xs[-2:][:2])        # a list of one length extended by a list of per-example length
+    b = [1.0] + xs
+    c = [2.0]
+    c += xs[::-1]
+    return len(a) + a[-1] + len(b) * 10 + b[-1] + c[-1] * 100 + len(c) * 1000
+
+
+def test_extend_add_and_iadd_with_a_list_of_per_example_length():
+    check_batched(concatenates_lists, np.array([0.1, 0.2, 0.3, 0.4]), np.array([2, 0, 5, 1]))
