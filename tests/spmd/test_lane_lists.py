@@ -542,3 +542,28 @@ def concatenates_lists(x, n):
 
 def test_extend_add_and_iadd_with_a_list_of_per_example_length():
     check_batched(concatenates_lists, np.array([0.1, 0.2, 0.3, 0.4]), np.array([2, 0, 5, 1]))
+
+
+def dict_with_keys_set_under_a_branch(x):
+    d = {}
+    if x > 0:
+        d["a"] = x
+    d["b"] = 1.0
+    s = 0.0
+    for key in d:
+        s = s + d[key]
+    return len(d) + s + ("a" in d)
+
+
+def returns_dict_of_per_example_keys(x):
+    d = {"a": x}
+    if x > 0:
+        d["b"] = x
+    return d
+
+
+def test_dict_keys_that_differ_between_examples():
+    check_batched(dict_with_keys_set_under_a_branch, np.array([-1.0, 0.5, 2.0]))
+    with pytest.raises(SpmdError) as err:
+        sb.spmd(returns_dict_of_per_example_keys)(np.array([-1.0, 0.5, 2.0]))
+    assert f"{THIS_FILE}:{line_of(returns_dict_of_per_example_keys, 'return d')}" in str(err.value)
