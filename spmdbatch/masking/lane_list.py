@@ -293,18 +293,23 @@ def _store(lst, cols, lengths):
         lst.lengths = None
 
 
-def _state(lst, n=None):
-    """(columns, lengths array) of a LaneList in either mode."""
+def _state(lst, n=None, *others):
+    """(columns, lengths array) of a LaneList in either mode (`others`: varying operands of
+    the operation, whose lanes are the list's when its items are uniform)."""
     cols = list(list.__iter__(lst))
     if type(lst) is RaggedList:
         return cols, lst.lengths
     if n is None:
-        n = _lanes_or_none(lst)
+        n = _lanes_or_none(lst, *others)
     return cols, np.full(n, len(cols), dtype=np.intp)
 
 
-def _lanes_or_none(lst):
+def _lanes_or_none(lst, *others):
     n = LaneList._spmd_lane_count(lst)
+    for v in others:
+        if n is None and is_varying(v):
+            from .lanes import lane_count
+            n = lane_count(v)
     if n is None:
         from .frame import STATE
         frame = STATE.frame
@@ -393,7 +398,7 @@ def _select(mask, a, b):
 # --- operations ------------------------------------------------------------------------------------
 def append_where(lst, value, mask):
     """`lst.append(value)` in the lanes where `mask` holds (every lane: None)."""
-    cols, lengths = _state(lst)
+    cols, lengths = _state(lst, None, value)
     n = len(lengths)
     if mask is None:
         mask = np.ones(n, dtype=bool)
@@ -428,7 +433,7 @@ def extend_lanes(lst, other):
 
 def getitem_lanes(lst, index):
     """`lst[index]` per lane (an int or a varying int; a slice gives a new list)."""
-    cols, lengths = _state(lst)
+    cols, lengths = _state(lst, None, index)
     if isinstance(index, slice):
         return _slice(cols, lengths, index)
     pos = _positions(index, lengths, "list index")
@@ -465,7 +470,7 @@ def _slice(cols, lengths, index):
 
 def setitem_lanes(lst, index, value):
     """`lst[index] = value` per lane."""
-    cols, lengths = _state(lst)
+    cols, lengths = _state(lst, None, index, value)
     if isinstance(index, slice):
         filename, lineno = user_frame(3)
         raise VaryingValueError("slice assignment into a list whose length differs between examples",
@@ -482,7 +487,7 @@ def setitem_lanes(lst, index, value):
 
 def pop_lanes(lst, index=-1):
     """`lst.pop(index)` per lane."""
-    cols, lengths = _state(lst)
+    cols, lengths = _state(lst, None, index)
     pos = _positions(index, lengths, "pop index")
     bad = ((pos < 0) | (pos >= lengths)).nonzero()[0]
     if bad.size:
@@ -500,7 +505,7 @@ def pop_lanes(lst, index=-1):
 
 def insert_lanes(lst, index, value):
     """`lst.insert(index, value)` per lane."""
-    cols, lengths = _state(lst)
+    cols, lengths = _state(lst, None, index, value)
     pos = _positions(index, lengths, "insert index", insert=True)
     if not cols:
         _store(lst, [value], lengths + 1)

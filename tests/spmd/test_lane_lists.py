@@ -569,3 +569,16 @@ def test_dict_keys_that_differ_between_examples():
     lines = range(line_of(returns_dict_of_per_example_keys, "d = {"),
                   line_of(returns_dict_of_per_example_keys, "return d") + 1)
     assert any(f"{THIS_FILE}:{n}:" in str(err.value) for n in lines), str(err.value)
+
+
+def varying_index_into_a_list_of_constants(i):
+    xs = [1.0, 2.0, 5.0]
+    xs[i % 2] = 7.0
+    return xs[i] + xs.pop(i) * 10 + len(xs)
+
+
+def test_varying_index_into_a_list_of_uniform_items():
+    check_batched(varying_index_into_a_list_of_constants, np.array([0, 2, 1]))
+    with pytest.raises(LaneError) as err:
+        sb.spmd(varying_index_into_a_list_of_constants)(np.array([0, 3, 1]))
+    assert err.value.lanes == [1]
