@@ -98,12 +98,12 @@ def _plain_lane_data(value, n):
         if data.shape[0] != n:
             return NOT_PLAIN
         return data
-    if kind is tuple or kind is list:
+    if kind is tuple or kind is list or kind is LaneList:
         items = [_plain_lane_data(v, n) for v in value]
         for item in items:
             if item is NOT_PLAIN:
                 return NOT_PLAIN
-        return kind(items)
+        return list(items) if kind is LaneList else kind(items)
     if value is None or kind is int or kind is float or kind is bool or kind is str:
         return value
     if kind is LaneMapped and value.lengths is None and len(value.index) == n:
