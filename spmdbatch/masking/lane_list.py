@@ -21,6 +21,12 @@ Representation (fast in the common case, no Python list of lanes):
 
 A `LaneDict` keeps one key set for all lanes of a group; groups whose dicts have different
 keys do not merge (`UnmergeableGroups`: they run on separately, and a return says why).
+
+A list passed to a batched call is lent to it (`BORROWED`, `lend`): a callee that changes it
+while all its lanes run together changes the caller's list, but once the callee's lanes
+split, each group holds a copy, which would not reach the caller; those copies (and the
+copies recursive calls and fused calls get) are `FrozenList`s or frozen `RaggedList`s, whose
+changes raise `DivergentSideEffect` instead of being lost.
 """
 from __future__ import annotations
 
