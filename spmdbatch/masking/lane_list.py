@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..ad.tracer import Tracer
 from ..errors import LaneError, UnmergeableGroups, VaryingValueError
 from ..runtime import primitives as P
 from ..runtime import pytree
@@ -278,6 +279,8 @@ def _make(cols, lengths, frozen=False):
 def _varying_column(value, n):
     """A column of a ragged list as a batched value when it is a plain number or array (so that
     native code that reads the list's storage directly meets a refusal, never padding)."""
+    if type(value) is Tracer:
+        return Batched(P.broadcast_to(value, shape=(n,) + tuple(value.shape)))
     if isinstance(value, (int, float, complex, np.generic, np.ndarray)) and not isinstance(value, Batched):
         a = np.asarray(value)
         return Batched(np.array(np.broadcast_to(a, (n,) + a.shape)))
@@ -608,9 +611,9 @@ def stack_lanes(lst, axis=0, kind="stack"):
             filename, lineno = user_frame(3)
             raise VaryingValueError(f"numpy.{kind} of a list of ragged arrays whose length differs "
                                     f"between examples", filename, lineno)
-        else:
-            a = np.asarray(col)
-            datas.append(P.broadcast_to(a, shape=(n,) + a.shape))
+        else:                                   # (a uniform item: a number, an array, a tracer)
+            a = col if type(col) is Tracer or isinstance(col, np.ndarray) else np.asarray(col)
+            datas.append(P.broadcast_to(a, shape=(n,) + tuple(a.shape)))
     tails = {tuple(d.shape[1:]) for d in datas}
     if len(tails) > 1:
         filename, lineno = user_frame(3)

@@ -582,3 +582,19 @@ def test_varying_index_into_a_list_of_uniform_items():
     with pytest.raises(LaneError) as err:
         sb.spmd(varying_index_into_a_list_of_constants)(np.array([0, 3, 1]))
     assert err.value.lanes == [1]
+
+
+def stacks_uniform_and_varying_items(x, n, v):
+    vs = []
+    for k in range(n):
+        vs.append(np.tanh(v * k) if k % 2 else v)      # `v` is uniform (in_axes=None)
+    return (np.stack(vs).sum() * 0.1 if vs else 0.0) + x
+
+
+def test_gradient_through_a_ragged_stack_of_uniform_traced_items():
+    xs, ns, v = np.array([0.5, 1.0, 2.0]), np.array([2, 0, 3]), np.array([0.1, 0.2, 0.3])
+    batched = sb.spmd(stacks_uniform_and_varying_items, in_axes=(0, 0, None))
+    gx, gv = sb.grad(lambda a, c: batched(a, ns, c).sum(), argnums=(0, 1))(xs, v)
+    per = [sb.grad(stacks_uniform_and_varying_items, argnums=(0, 2))(a, m, v) for a, m in zip(xs, ns)]
+    np.testing.assert_allclose(gx, [p[0] for p in per])
+    np.testing.assert_allclose(gv, sum(p[1] for p in per))
