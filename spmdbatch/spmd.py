@@ -29,6 +29,7 @@ from .runtime import pytree
 from .runtime.backend import namespace
 from .runtime.batched import Batched
 from .runtime.mapped import LaneMapped
+from .masking.lane_list import to_user
 from .runtime.ragged import Ragged, from_examples, to_examples
 
 
@@ -76,7 +77,7 @@ class SpmdFunction:
             STATE.partial, STATE.frame, STATE.lanes = saved
             UNIFORM_OBJECTS.active -= 1
             forget_uniform_objects()
-        return pytree.tree_map(lambda leaf: _unwrap(leaf, batch), out)
+        return to_user(out, batch, _unwrap)
 
 
 def _wrap(arg, spec, where, sizes):

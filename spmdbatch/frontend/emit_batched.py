@@ -111,6 +111,21 @@ class BatchedEmitter(PlainEmitter):
     def expr_GetIter(self, e):
         return f"{self.h('get_iter')}({self.op(e.x)})"
 
+    def expr_BuildList(self, e):
+        # a list the lanes own: each group of lanes gets its own (masking/lane_list.py)
+        return f"{self.h('LaneList')}([{self.ops(e.items)}])"
+
+    def expr_BuildMap(self, e):
+        return f"{self.h('LaneDict')}({super().expr_BuildMap(e)})"
+
+    def expr_FormatValue(self, e):
+        conversion = repr(e.conversion) if e.conversion is not None else "None"
+        spec = self.op(e.spec) if e.spec is not None else "''"
+        return f"{self.h('format_value')}({self.op(e.value)}, {conversion}, {spec})"
+
+    def expr_BuildString(self, e):
+        return f"{self.h('build_string')}(({''.join(self.op(x) + ', ' for x in e.items)}))"
+
     def stmt_Assign(self, s):
         e = s.value
         if isinstance(e, ir.BinOp) and e.op.endswith("=") and e.op not in ("==", "!=", "<=", ">="):
@@ -217,6 +232,8 @@ class BatchedEmitter(PlainEmitter):
             flags += f", empty={self.sched.position[empty]}"
         c, blk, E = self.names.helper("c"), self.names.helper("blk"), self.names.helper("E")
         self.w.line(f"{c} = {cond}")
+        # (a list whose length differs between lanes is true in some lanes only)
+        self.w.line(f"if type({c}) is {self.h('RaggedList')}: {c} = {self.h('list_truth')}({c})")
         # a uniform condition and no other waiting group: go on at once, like plain Python
         self.w.line(f"if type({c}) is not {self.h('Batched')} and not {self.F}.fwd and not {self.F}.back:")
         self.w.line(f"    if {c}:")

@@ -16,7 +16,7 @@ import re
 import types
 
 from ..errors import HasExceptionHandling, UnsupportedConstruct, VaryingValueError
-from ..masking import calls, frame, iterators, lanes, sums
+from ..masking import calls, formatting, frame, iterators, lane_list, lanes, sums
 from ..runtime.batched import Batched
 from .emit_batched import BatchedEmitter
 from .emit_plain import _HELPERS as PLAIN_HELPERS
@@ -35,6 +35,9 @@ BATCH_HELPERS = {
     "store_nonlocal": calls.store_nonlocal, "call_fused": calls.call_fused,
     "inplace": calls.inplace, "raise_all_lanes": frame.raise_all_lanes,
     "count_call": frame.count_call, "Batched": Batched,
+    "LaneList": lane_list.LaneList, "LaneDict": lane_list.LaneDict, "RaggedList": lane_list.RaggedList,
+    "list_truth": lane_list.truth, "format_value": formatting.format_value,
+    "build_string": formatting.build_string,
 }
 
 _LINE_COMMENT = re.compile(r"^\s*# (\d+): ")

@@ -28,6 +28,9 @@ from ..runtime.ragged import Ragged
 from ..runtime import primitives as P
 from .frame import STATE
 from .iterators import batched_range
+from . import lane_list as LL
+from .lane_list import LaneDict, LaneList, RaggedList
+from .formatting import lane_strings
 from .lanes import forget_uniform_objects, is_varying, lane_count, merge, take
 from .stats import STATS
 
@@ -107,12 +110,12 @@ def _plain_lane_data(value, n):
         if data.shape[0] != n:
             return NOT_PLAIN
         return data
-    if kind is tuple or kind is list:
+    if kind is tuple or kind is list or kind is LaneList:
         items = [_plain_lane_data(v, n) for v in value]
         for item in items:
             if item is NOT_PLAIN:
                 return NOT_PLAIN
-        return kind(items)
+        return list(items) if kind is LaneList else kind(items)
     if value is None or kind is int or kind is float or kind is bool or kind is str:
         return value
     if kind is LaneMapped and value.lengths is None and len(value.index) == n:
@@ -184,7 +187,16 @@ def run_batched(fn, self_arg, args, kwargs):
         out = call_polymorphic(fn, self_arg, args, kwargs, when)
         if out is not NOT_PLAIN:
             return out
-    return _TRANSFORMER(fn)(*self_arg, *args, **kwargs)
+    lent = LL.lend(args) if any(type(a) in _OWNED_TYPES for a in args) else None
+    if not lent:
+        return _TRANSFORMER(fn)(*self_arg, *args, **kwargs)
+    try:
+        return _TRANSFORMER(fn)(*self_arg, *args, **kwargs)
+    finally:
+        LL.give_back(lent)
+
+
+_OWNED_TYPES = (LL.LaneList, LL.RaggedList)
 
 
 def _io_guard(fn):
@@ -281,6 +293,8 @@ def _creator(fill):
 
 
 def _len(value):
+    if type(value) is RaggedList:
+        return LL.length(value)
     if type(value) is LaneMapped:
         value = value.materialize()
     if type(value) is Ragged:
@@ -288,7 +302,54 @@ def _len(value):
     return builtins.len(value)
 
 
+def _sum(iterable, start=0):
+    if type(iterable) is RaggedList:
+        return LL.sum_lanes(iterable, start)
+    return builtins.sum(iterable, start)
+
+
+def _list(*args):
+    """`list(x)` in a batch program: a list the lanes own (see masking/lane_list.py)."""
+    if not args:
+        return LaneList()
+    (value,) = args
+    out = LaneList()
+    if type(value) is RaggedList:
+        return value.copy()
+    out.extend(value) if type(value) is not Ragged else LL.extend_lanes(out, value)
+    return out
+
+
+def _dict(*args, **kwargs):
+    return LaneDict(*args, **kwargs)
+
+
+def _array_of(value):
+    """`numpy.array` of nested lists/tuples holding per-example values: stacked per example."""
+    if type(value) is RaggedList:
+        return LL.stack_lanes(value, 0, "array")
+    if isinstance(value, (list, tuple)) and len(value) and is_varying(value):
+        return np.stack([_array_of(v) for v in value])
+    return value
+
+
+def _stacker(fn, kind):
+    def stack(arrays, *args, **kwargs):
+        if type(arrays) is RaggedList:
+            return LL.stack_lanes(arrays, kwargs.get("axis", args[0] if args else 0), kind)
+        if kind == "array" and isinstance(arrays, (list, tuple)) and is_varying(arrays):
+            out = _array_of(arrays)
+            dtype = args[0] if args else kwargs.get("dtype")
+            return out if dtype is None else out.astype(dtype)
+        return fn(arrays, *args, **kwargs)
+    return stack
+
+
 _SPECIAL = {
+    np.stack: _stacker(np.stack, "stack"), np.concatenate: _stacker(np.concatenate, "concatenate"),
+    np.array: _stacker(np.array, "array"), np.asarray: _stacker(np.asarray, "array"),
+    builtins.sum: _sum, builtins.list: _list, builtins.dict: _dict,
+    builtins.str: lane_strings(str), builtins.repr: lane_strings(repr), builtins.format: lane_strings(format),
     np.zeros: _creator(0), np.ones: _creator(1), np.empty: _creator(None), np.full: _creator("full"),
     builtins.len: _len,
     builtins.setattr: lambda obj, name, value: store_attr(obj, name, value),
@@ -333,8 +394,24 @@ def call(fn, *args, **kwargs):
         special = _SPECIAL.get(fn)
         if special is not None:
             return special(*args, **kwargs)
-    elif kind is type and fn is builtins.range:
-        return batched_range(*args)
+        owner = fn.__self__
+        owner_kind = type(owner)
+        if owner_kind is LaneList:
+            if args and type(args[0]) is Batched and fn.__name__ in ("pop", "insert"):
+                return _per_lane_method(owner, fn.__name__, args, kwargs)   # a varying position
+            if args and type(args[-1]) is RaggedList:
+                if fn.__name__ == "extend":
+                    return LL.extend_lanes(owner, args[0])        # items of per-lane count
+                if fn.__name__ in ("append", "insert"):
+                    return getattr(owner, fn.__name__)(*args)     # (a list as one item)
+        elif owner_kind in _SHARED_CONTAINERS and fn.__name__ in _MUTATORS:
+            _check_shared_mutation(owner, fn.__name__, args, kwargs)
+    elif kind is type:
+        if fn is builtins.range:
+            return batched_range(*args)
+        special = _SPECIAL.get(fn)
+        if special is not None:
+            return special(*args, **kwargs)
     elif kind is Batched:
         filename, lineno = user_frame()
         raise SpmdError("calling a varying value (each example would call a different function)",
@@ -344,7 +421,48 @@ def call(fn, *args, **kwargs):
         if type(method) is types.FunctionType and is_user_function(method) and \
                 (_any_varying(args, kwargs) or is_varying(fn)):
             return run_batched(method, (fn,), args, kwargs)
+        special = _SPECIAL.get(fn) if kind is np.stack.__class__ else None
+        if special is not None:
+            return special(*args, **kwargs)
+    for i, a in enumerate(args):           # native code reads a list's storage: give it an array
+        if type(a) is RaggedList:
+            args = args[:i] + (LL.stack_lanes(a, 0, "array"),) + args[i + 1:]
     return fn(*args, **kwargs)
+
+
+_SHARED_CONTAINERS = (list, dict, set, bytearray)
+_MUTATORS = frozenset({"append", "extend", "insert", "pop", "remove", "clear", "sort", "reverse",
+                       "update", "setdefault", "popitem", "add", "discard", "__setitem__",
+                       "__delitem__", "__iadd__", "difference_update", "intersection_update",
+                       "symmetric_difference_update"})
+
+
+def _check_shared_mutation(owner, name, args, kwargs):
+    """Mutating a container the batch program did not build (a global, a closure's, an argument
+    passed with in_axes=None, an attribute's): refused under a varying condition, and refused
+    with a varying value (per-example data must never reach an object the caller can see)."""
+    what = f"{type(owner).__name__}.{name}() on a {type(owner).__name__} this function did not create"
+    if STATE.partial:
+        _refuse_divergent(what, "Build the list in the function (out = []) and return it, or move "
+                                "the call out of the data-dependent branch or loop.")
+    if _any_varying(args, kwargs):
+        filename, lineno = user_frame(3)
+        raise DivergentSideEffect(f"{what}, with a per-example value (the object is shared by all "
+                                  f"examples and outlives the call)", filename, lineno,
+                                  "Build the list in the function (out = []) and return it.")
+
+
+def _per_lane_method(lst, name, args, kwargs):
+    """A LaneList method called with a varying position: per lane."""
+    if name == "pop" and not kwargs:
+        return LL.pop_lanes(lst, *args)
+    if name == "insert" and not kwargs:
+        return LL.insert_lanes(lst, *args)
+    if name == "__getitem__":
+        return LL.getitem_lanes(lst, *args)
+    if name == "__setitem__":
+        return LL.setitem_lanes(lst, *args)
+    return getattr(lst, name)(*args, **kwargs)
 
 
 def _same_function(a, b) -> bool:
@@ -390,6 +508,9 @@ def call_fused(funcs, args, kwargs):
 
 def getitem(obj, index):
     """`obj[index]`: arrays indexed by varying indices gather through the batching rules."""
+    kind = type(obj)
+    if kind is RaggedList or ((kind is LaneList or kind is LL.FrozenList) and type(index) is Batched):
+        return LL.getitem_lanes(obj, index)
     if type(obj) is LaneMapped and type(index) is Batched and type(index.data) is np.ndarray \
             and index.data.ndim == 1 and obj.base.ndim >= 2 and index.data.dtype.kind in "iu":
         return mapped_rows(obj, index.data)         # (the common `tree.left[k]`, directly)
@@ -407,6 +528,13 @@ def setitem(obj, index, value):
     array never see the write, and autodiff records it); lists and dicts are updated in
     place, which is only allowed while every lane runs together.
     """
+    kind = type(obj)
+    if kind is RaggedList or (kind is LaneList and type(index) is Batched):
+        LL.setitem_lanes(obj, index, value)
+        return obj
+    if kind is LaneList or kind is LaneDict or kind is LL.FrozenList:   # built by this program
+        obj[index] = value
+        return obj
     if type(obj) is Batched or hasattr(obj, "shape") and hasattr(obj, "dtype"):
         from ..runtime.array_methods import index_update
         return index_update(obj, index, value, mode="set")
@@ -418,6 +546,12 @@ def setitem(obj, index, value):
         _refuse_divergent(f"item assignment into a {type(obj).__name__}",
                           "Use an array, which each example updates separately, or move the "
                           "assignment out of the data-dependent branch.")
+    if is_varying(value):
+        filename, lineno = user_frame()
+        raise DivergentSideEffect(
+            f"item assignment of a per-example value into a {type(obj).__name__} this function did "
+            f"not create (it is shared by all examples and outlives the call)", filename, lineno,
+            "Build the container in the function ({} or []) and return it.")
     obj[index] = value
     return obj
 
@@ -441,9 +575,24 @@ def inplace(op, a, b):
     in_place, functional = _INPLACE[op]
     if hasattr(a, "shape") and hasattr(a, "dtype"):
         return functional(a, b)
-    if STATE.partial and isinstance(a, (list, dict, set, bytearray)):
-        _refuse_divergent(f"in-place update ({op}) of a {type(a).__name__}",
-                          "Use an array, or build a new list instead of extending a shared one.")
+    kind = type(a)
+    if kind is RaggedList or kind is LaneList or kind is LaneDict or kind is LL.FrozenList:
+        if op == "+=" and kind is not LaneDict:
+            if type(b) is RaggedList and kind is LaneList:
+                LL.extend_lanes(a, b)
+            else:
+                a.extend(b)
+            return a
+        return in_place(a, b)
+    if isinstance(a, (list, dict, set, bytearray)):
+        if STATE.partial:
+            _refuse_divergent(f"in-place update ({op}) of a {type(a).__name__}",
+                              "Use an array, or build a new list instead of extending a shared one.")
+        if is_varying(b):
+            filename, lineno = user_frame()
+            raise DivergentSideEffect(
+                f"in-place update ({op}) of a {type(a).__name__} this function did not create with "
+                f"per-example values", filename, lineno, "Build a new list in the function and return it.")
     return in_place(a, b)
 
 
@@ -451,4 +600,6 @@ def logical_not(value):
     """`not value`, batched when varying."""
     if type(value) is Batched:
         return P.logical_not(value)
+    if type(value) is RaggedList:
+        return Batched(value.lengths == 0)
     return not value

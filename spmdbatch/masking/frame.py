@@ -57,6 +57,10 @@ def raise_all_lanes(exc):
     if isinstance(exc, type):
         exc = exc()
     frame = STATE.frame
+    if frame is None:
+        exc = _own_exception(exc, None, 0)
+    else:
+        exc = _own_exception(exc, frame, STATE.lanes if STATE.lanes is not None else frame.n)
     if not STATE.partial or frame is None:
         raise exc
     lanes = STATE.lanes if STATE.lanes is not None else np.arange(frame.n)
@@ -64,6 +68,21 @@ def raise_all_lanes(exc):
     filename, lineno = user_frame(2)
     raise LaneError(f"{type(exc).__name__}{': ' + str(exc) if str(exc) else ''} (raised in "
                     f"examples {which} of the batch only)", which, filename, lineno) from exc
+
+
+def _own_exception(exc, frame, lanes):
+    """`exc` with the message of the first example that raises it, when it was built from
+    per-example values (an f-string of a varying value): `lanes` are the raising group's lanes
+    of `frame` (or their count)."""
+    from .formatting import example_exception
+    from .lanes import is_varying
+    if not any(is_varying(a) for a in getattr(exc, "args", ())):
+        return exc
+    local = np.arange(lanes) if isinstance(lanes, int) else np.asarray(lanes)
+    if frame is None or not len(local):
+        return example_exception(exc, 0)
+    first = min(range(len(local)), key=lambda p: frame.batch_indices(local[p:p + 1])[0])
+    return example_exception(exc, first)
 
 
 def count_call(function, *args):
@@ -302,6 +321,7 @@ class Frame:
         indices of the outermost @spmd call) when only some examples raise it."""
         if isinstance(exc, type):
             exc = exc()
+        exc = _own_exception(exc, self, np.arange(n) if lanes is None else lanes)
         if not self.base_partial and (
                 n == self.n if self.recursion is None else
                 len(np.unique(self.recursion.origin[np.arange(n) if lanes is None else lanes])) == self.n):

@@ -134,6 +134,9 @@ class LaneSequenceIterator:
 
 def get_iter(value):
     """`iter(value)` for batch programs."""
+    from .lane_list import RaggedList, iterate
+    if type(value) is RaggedList:
+        return iterate(value)
     if type(value) is LaneMapped:
         value = value.materialize()
     if type(value) is BatchedRange:
@@ -160,12 +163,15 @@ def get_iter(value):
 def iter_next(iterator):
     """One `for` step: ``(item, more)``; `more` may be varying."""
     kind = type(iterator)
-    if kind is BatchedRangeIterator or kind is LaneSequenceIterator:
+    if kind is BatchedRangeIterator or kind is LaneSequenceIterator or kind is RaggedListIterator:
         return iterator.next()
     try:
         return next(iterator), True
     except StopIteration:
         return UNDEFINED, False
+
+
+from .lane_list import RaggedListIterator  # noqa: E402  (lane_list imports lanes only)
 
 
 def batched_range(*args):

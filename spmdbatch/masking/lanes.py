@@ -12,7 +12,7 @@ Objects that carry per-lane state (batched iterators) implement
 """
 from __future__ import annotations
 
-from types import CellType, FunctionType, MethodType
+from types import BuiltinMethodType, CellType, FunctionType, MethodType
 
 import numpy as np
 
@@ -52,6 +52,11 @@ class _UniformObjects(dict):
 
 UNIFORM_OBJECTS = _UniformObjects()
 
+# Lists and dicts built by batch programs (masking/lane_list.py registers them): type ->
+# (merge(values, counts, name, disjoint), is_varying(value)). Each group of lanes owns its
+# own copy of such a container, so `take` copies them even when they hold no varying value.
+OWNED_CONTAINERS: dict = {}
+
 
 def forget_uniform_objects():
     UNIFORM_OBJECTS.clear()
@@ -70,6 +75,9 @@ def is_varying(value, _seen=None) -> bool:
         return any(is_varying(v, _seen) for v in value)
     if kind is dict:
         return any(is_varying(v, _seen) for v in value.values())
+    owned = OWNED_CONTAINERS.get(kind)
+    if owned is not None:                   # a list or dict built by the batch program
+        return owned[1](value)
     if hasattr(value, "_spmd_take_lanes"):
         return True
     if hasattr(kind, "__dataclass_fields__") and hasattr(value, "__dict__"):
@@ -128,11 +136,21 @@ def take(value, idx, memo=None):
         return value
     if kind in _PLAIN_LEAVES or kind is Tracer:
         return value
+    if kind in OWNED_CONTAINERS:            # (two names of one list stay one list)
+        if memo is None:
+            return value._spmd_take_lanes(idx, {})
+        hit = memo.get(id(value))
+        if hit is None:
+            hit = memo[id(value)] = value._spmd_take_lanes(idx, memo)
+        return hit
     if isinstance(value, tuple) and hasattr(kind, "_fields"):    # NamedTuple: no tree walk
         return _take_record(value, kind, idx, memo)
     if kind is MethodType:
         obj = take(value.__self__, idx, memo)
         return value if obj is value.__self__ else MethodType(value.__func__, obj)
+    if kind is BuiltinMethodType and type(value.__self__) in OWNED_CONTAINERS:
+        # (`lst.append` loaded before its argument is computed: bound to this group's copy)
+        return getattr(take(value.__self__, idx, memo), value.__name__)
     if kind is LaneMapped:
         index = value.index
         if memo is None:
@@ -146,7 +164,7 @@ def take(value, idx, memo=None):
     if hook is not None:
         return hook(idx)
     if kind is CellType or kind is FunctionType:
-        if not is_varying(value):
+        if not is_varying(value) and not _holds_owned(value):
             return value
         memo = {} if memo is None else memo
         if id(value) in memo:
@@ -170,6 +188,16 @@ def take(value, idx, memo=None):
         leaves, treedef = pytree.flatten(value)
         return treedef.unflatten([take(leaf, idx, memo) for leaf in leaves])
     return value
+
+
+def _holds_owned(value) -> bool:
+    """True for a cell (or a function's closure) holding a list or dict of the batch program."""
+    if type(value) is CellType:
+        try:
+            return type(value.cell_contents) in OWNED_CONTAINERS
+        except ValueError:
+            return False
+    return any(_holds_owned(c) for c in value.__closure__ or ())
 
 
 def _shared_lane_map(record):
@@ -232,6 +260,8 @@ def fresh(value):
         return Ragged(value.data, value.lengths)
     if kind is LaneMapped:
         return LaneMapped(value.base, value.index, value.lengths)
+    if kind in OWNED_CONTAINERS:       # (a list passed to a recursive call: read-only there)
+        return value._spmd_freeze()
     if kind in _PLAIN_LEAVES or kind is Tracer or not is_varying(value):
         return value
     if kind is tuple or kind is list:
@@ -287,6 +317,14 @@ def merge(values, counts, name: str = "a value", disjoint: bool = True, _memo=No
         if not all(v is first for v in values[1:]) or not (disjoint or mappable(first)):
             # (one small value held by the calls of a fused site: repeated for each call)
             return Batched(P.concatenate(*[v.data for v in values], axis=0))
+    owned = OWNED_CONTAINERS.get(kind)
+    if owned is None and first is UNDEFINED:
+        for v in values:
+            owned = OWNED_CONTAINERS.get(type(v))
+            if owned is not None:
+                break
+    if owned is not None:                  # lists and dicts of the batch program
+        return owned[0](values, counts, name, disjoint, _memo)
     if all(_same(first, v) for v in values[1:]) and (disjoint or not is_varying(first)):
         return first                       # (the same object stays the same object)
     if (kind is tuple or kind is list) and all(type(v) is kind and len(v) == len(first) for v in values):
@@ -328,7 +366,11 @@ def merge(values, counts, name: str = "a value", disjoint: bool = True, _memo=No
     if all(type(v) is CellType for v in values):
         return _merge_cells(values, counts, name)
     if all(type(v) is MethodType and v.__func__ is first.__func__ for v in values):
-        return MethodType(first.__func__, merge([v.__self__ for v in values], counts, name, disjoint))
+        return MethodType(first.__func__, merge([v.__self__ for v in values], counts, name, disjoint,
+                                                _memo))
+    if all(type(v) is BuiltinMethodType and type(v.__self__) in OWNED_CONTAINERS
+           and v.__name__ == first.__name__ for v in values):
+        return getattr(merge([v.__self__ for v in values], counts, name, disjoint, _memo), first.__name__)
     if all(type(v) is FunctionType for v in values) and \
             all(v.__code__ is values[0].__code__ for v in values):
         closures = [v.__closure__ or () for v in values]
@@ -376,8 +418,9 @@ def check_row_shapes(datas, name):
 def merge_envs(envs, counts, names=None):
     """Environment tuples of lane groups merged slot by slot (`names`: the slots' variables,
     for error messages)."""
+    memo: dict = {}       # (one list held by two variables stays one list)
     return tuple(merge([e[i] for e in envs], counts,
-                       f"variable {names[i]!r}" if names else "a variable")
+                       f"variable {names[i]!r}" if names else "a variable", True, memo)
                  for i in range(len(envs[0])))
 
 

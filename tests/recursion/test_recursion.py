@@ -173,10 +173,14 @@ def test_tree_arrays_follow_lanes_by_index_map():
     from spmdbatch.runtime.mapped import LaneMapped
     seen = []
 
+    @sb.native
+    def record(name):        # (a probe: appending to a shared list in batched code is refused)
+        seen.append(name)
+
     def probe(tree, k):
         if tree.left[k] < 0:
             return 0
-        seen.append(type(tree.word).__name__)
+        record(type(tree.word).__name__)
         return probe(tree, tree.left[k]) + probe(tree, tree.right[k]) + 1
 
     check_batched(probe, forest(6, [10, 4, 1, 7]), [9 * 2 - 2, 3 * 2 - 2, 0, 6 * 2 - 2])
@@ -186,6 +190,12 @@ def test_tree_arrays_follow_lanes_by_index_map():
 SHARED_MAPS: list = []
 
 
+@sb.native
+def _record_shared(flag):
+    """A probe (appending to a shared list in the batched code itself is refused)."""
+    SHARED_MAPS.append(flag)
+
+
 def fields_share_a_map(tree, k):
     """(module level: a closure would be called as an ordinary batched call, not by height)"""
     if tree.left[k] < 0:
@@ -193,8 +203,8 @@ def fields_share_a_map(tree, k):
     total = fields_share_a_map(tree, tree.left[k]) + fields_share_a_map(tree, tree.right[k]) + 1
     if type(tree.word).__name__ == "LaneMapped":      # (the batched run, not the oracle)
         index = tree.word.index
-        SHARED_MAPS.append(tree.left.index is index and tree.right.index is index
-                           and tree.label.index is index)
+        _record_shared(tree.left.index is index and tree.right.index is index
+                       and tree.label.index is index)
     return total
 
 

@@ -45,21 +45,26 @@ class Program:
 class Scope:
     """Variables usable at a point of the program, by kind, and which are writable."""
 
-    def __init__(self, floats, ints, vecs, fwrite, vwrite, iwrite, in_loop=False, ret_kind="f"):
+    def __init__(self, floats, ints, vecs, fwrite, vwrite, iwrite, in_loop=False, ret_kind="f",
+                 lists=(), vlists=()):
         self.floats, self.ints, self.vecs = list(floats), list(ints), list(vecs)
         self.fwrite, self.vwrite, self.iwrite = list(fwrite), list(vwrite), list(iwrite)
         self.in_loop = in_loop
         self.ret_kind = ret_kind
+        self.lists, self.vlists = list(lists), list(vlists)   # lists of floats, of vectors
 
-    def child(self, in_loop=None):
+    def child(self, in_loop=None, without=()):
         return Scope(self.floats, self.ints, self.vecs, self.fwrite, self.vwrite, self.iwrite,
-                     self.in_loop if in_loop is None else in_loop, self.ret_kind)
+                     self.in_loop if in_loop is None else in_loop, self.ret_kind,
+                     [x for x in self.lists if x not in without],
+                     [x for x in self.vlists if x not in without])
 
 
 class Gen:
-    def __init__(self, draw, smooth=False):
+    def __init__(self, draw, smooth=False, lists=False):
         self.draw = draw
         self.smooth = smooth
+        self.use_lists = lists
         self.counter = 0
         self.helpers: list[str] = []      # callable helper names (signature (a, b, m) -> float)
         self.recursive = None             # name of the recursive helper, if any
@@ -82,11 +87,15 @@ class Gen:
         kinds = ["var", "const", "var"]
         if depth > 0:
             kinds += ["add", "mod", "mul"]
+        if sc.lists or sc.vlists:
+            kinds += ["len"]
         k = self.choice(kinds)
         if k == "var":
             return self.choice(sc.ints)
         if k == "const":
             return self.choice(("1", "2", "0", "3"))
+        if k == "len":
+            return f"len({self.choice(sc.lists + sc.vlists)})"
         a = self.int_expr(sc, depth - 1)
         if k == "add":
             return f"({a} + {self.choice(('1', '2'))})"
@@ -103,10 +112,35 @@ class Gen:
                 kinds += ["sum", "index"]
             if not self.smooth:
                 kinds += ["abs", "maximum", "clip", "minmax"]
+            if sc.lists:
+                kinds += ["lget", "lget", "lsum", "lstack"]
+            if sc.vlists:
+                kinds += ["vstack"]
         k = self.choice(kinds)
         d = depth - 1
         if k == "var":
             return self.choice(sc.floats)
+        if k == "lget":
+            lst = self.choice(sc.lists)
+            idx = self.choice(("-1", "0", f"{self.int_expr(sc, 1)} % len({lst})", f"len({lst}) - 1",
+                               f"-({self.int_expr(sc, 1)} % len({lst})) - 1"))
+            return f"({lst}[{idx}] if {lst} else {self.float_expr(sc, d)})"
+        if k == "lsum":
+            lst = self.choice(sc.lists)
+            return self.choice((f"np.tanh(sum({lst}))", f"(len({lst}) * 0.125)",
+                                f"(0.5 if not {lst} else -0.5)"))
+        if k == "lstack":
+            lst = self.choice(sc.lists)
+            forms = [f"(np.tanh(np.stack({lst})).sum() * 0.25 if {lst} else 0.0)"]
+            if not self.smooth:    # (np.array of traced values is refused by grad itself)
+                forms += [f"(np.array({lst}).sum() * 0.1 if len({lst}) > 0 else 1.0)",
+                          f"(np.array({lst}).max() if {lst} else 0.0)"]
+            return self.choice(forms)
+        if k == "vstack":
+            lst = self.choice(sc.vlists)
+            return self.choice((f"(np.stack({lst}).sum() * 0.1 if {lst} else 0.0)",
+                                f"(np.concatenate({lst}).sum() * 0.1 if {lst} else 0.5)",
+                                f"({lst}[-1].sum() if {lst} else 0.25)"))
         if k == "const":
             return self.choice(FLOAT_CONSTS)
         if k == "bin":
@@ -281,7 +315,16 @@ class Gen:
         kinds += ["guarded_exit"]
         if sc.in_loop:
             kinds += ["guarded_exit"]
+        if sc.lists:
+            kinds += ["lappend", "lappend", "lpop", "lpop", "linsert", "lextend", "lset"]
+            if depth > 0:
+                kinds += ["lfor", "lwhile"]
+        if sc.vlists:
+            kinds += ["vappend", "vpop"]
         k = self.choice(kinds)
+        if k.startswith(("l", "v")) and k not in ("vassign", "vaug"):
+            self.list_stmt(k, sc, indent, depth)
+            return False
         if k == "assign":
             self.emit(indent, f"{self.choice(sc.fwrite)} = {self.bounded(self.float_expr(sc))}")
         elif k == "augassign":
@@ -405,6 +448,62 @@ class Gen:
             raise AssertionError(k)
         return False
 
+    def list_stmt(self, k, sc, indent, depth):
+        """Per-example list operations (lists built in `f`; any control flow around them)."""
+        if k == "lappend":
+            self.emit(indent, f"{self.choice(sc.lists)}.append(np.tanh({self.float_expr(sc, 1)}))")
+        elif k == "lpop":
+            lst, target = self.choice(sc.lists), self.choice(sc.fwrite)
+            form = self.choice(("last", "first", "index", "expr"))
+            if form == "last":
+                self.emit(indent, f"if {lst}:")
+                self.emit(indent + 1, f"{target} = {lst}.pop()")
+            elif form == "first":
+                self.emit(indent, f"if len({lst}) > 1:")
+                self.emit(indent + 1, f"{target} = {lst}.pop(0)")
+            elif form == "index":
+                self.emit(indent, f"if {lst}:")
+                self.emit(indent + 1, f"{target} = np.tanh({target} + {lst}.pop({self.int_expr(sc, 1)} % len({lst})))")
+            else:
+                self.emit(indent, f"{target} = {lst}.pop() if {lst} else {self.bounded(self.float_expr(sc, 1))}")
+        elif k == "linsert":
+            pos = self.choice((f"{self.int_expr(sc, 1)} % 3", "0", "-1", f"len({self.choice(sc.lists)})"))
+            self.emit(indent, f"{self.choice(sc.lists)}.insert({pos}, np.tanh({self.float_expr(sc, 1)}))")
+        elif k == "lextend":
+            a = self.choice(sc.lists)
+            others = [x for x in sc.lists if x != a]
+            if others and self.coin(50):
+                self.emit(indent, f"{a}.extend({self.choice(others)}[{self.choice(('1:', ':2', '-2:', '::-1'))}][:2])")
+            else:
+                self.emit(indent, f"{a}.extend([np.tanh({self.float_expr(sc, 1)}), {self.choice(FLOAT_CONSTS)}])")
+        elif k == "lset":
+            lst = self.choice(sc.lists)
+            self.emit(indent, f"if {lst}:")
+            self.emit(indent + 1, f"{lst}[{self.choice(('-1', '0', f'{self.int_expr(sc, 1)} % len({lst})'))}] = "
+                                  f"np.tanh({self.float_expr(sc, 1)})")
+        elif k == "lfor":
+            lst, e = self.choice(sc.lists), self.fresh("e")
+            self.emit(indent, f"for {e} in {lst}{self.choice(('', '', '[1:]', '[::-1]'))}:")
+            body = sc.child(in_loop=True, without=(lst,))   # (never grows the list it iterates)
+            body.floats.append(e)
+            self.block(body, indent + 1, depth - 1)
+        elif k == "lwhile":
+            lst, target = self.choice(sc.lists), self.choice(sc.fwrite)
+            self.emit(indent, f"while {lst}:")
+            self.emit(indent + 1, f"{target} = np.tanh({target} + {lst}.pop({self.choice(('', '0'))}))")
+            self.block(sc.child(in_loop=True, without=(lst,)), indent + 1, depth - 1, min_stmts=0)
+        elif k == "vappend":
+            self.emit(indent, f"{self.choice(sc.vlists)}.append(np.tanh({self.vec_expr(sc, 1)}))")
+        elif k == "vpop":
+            lst = self.choice(sc.vlists)
+            if sc.vwrite and self.coin(50):
+                self.emit(indent, f"if {lst}:")
+                self.emit(indent + 1, f"{self.choice(sc.vwrite)} = {lst}.pop({self.choice(('', '0'))})")
+            else:
+                self.emit(indent, f"{self.choice(sc.fwrite)} = {lst}.pop().sum() if {lst} else 0.5")
+        else:
+            raise AssertionError(k)
+
     def loop_else(self, sc, indent, depth):
         if self.coin(20):
             self.emit(indent, "else:")
@@ -486,19 +585,34 @@ class Gen:
             self.tuple_helper("g0")
         returns_tuple = (not self.smooth) and self.coin(25)
         ret_kind = "fv" if returns_tuple else "f"
+        lists = ["L0", "L1"] if self.use_lists else []
+        vlists = ["V0"] if self.use_lists else []
         sc = Scope(["x", "y", "z"], ["n", "k"], ["v", "w", "u"], ["x", "y", "z"], ["w", "u"], ["k"],
-                   ret_kind=ret_kind)
+                   ret_kind=ret_kind, lists=lists, vlists=vlists)
         self.emit(0, "def f(x, n, v):")
         self.emit(1, f"y = {self.choice(('x * 0.5', 'x', 'np.tanh(x)', 'v.sum()'))}")
         self.emit(1, f"z = {self.choice(('1.0', 'np.tanh(x)', 'v[0]', '-x'))}")
         self.emit(1, "k = 0")
         self.emit(1, f"w = {self.choice(('v * 1.0', 'np.tanh(v + x)', 'v.copy()'))}")
         self.emit(1, "u = np.tanh(v - x)")
+        if self.use_lists:
+            self.emit(1, f"L0 = {self.choice(('[]', '[x]', '[np.tanh(y), 0.5]'))}")
+            self.emit(1, f"L1 = {self.choice(('[]', '[z]'))}")
+            self.emit(1, f"V0 = {self.choice(('[]', '[np.tanh(v)]'))}")
         self.block(sc, 1, 3, min_stmts=2)
-        self.emit(1, f"return {self.ret_expr(sc)}")
+        if self.use_lists:   # what the lists hold at the end decides the result too
+            self.emit(1, "y = y + 0.125 * len(L0) - 0.25 * len(L1) + (np.tanh(sum(L0)) if L0 else 0.0)")
+            self.emit(1, "z = z + (np.stack(V0).sum() * 0.1 if V0 else 0.0) + (L1[-1] if L1 else 0.0)")
+            sc.ret_kind = "f"
+            ret = f"{self.ret_expr(sc)} + 0.5 * (y + z)"
+            self.emit(1, f"return ({ret}, {self.vbounded(self.fresh_vec_expr(sc, 1))})" if returns_tuple
+                      else f"return {ret}")
+        else:
+            self.emit(1, f"return {self.ret_expr(sc)}")
         return Program("\n".join(self.lines) + "\n", returns_tuple, self.smooth)
 
 
 @st.composite
-def programs(draw, smooth=False):
-    return Gen(draw, smooth).program()
+def programs(draw, smooth=False, lists=False):
+    """Random programs; `lists=True` adds per-example lists (see `Gen.list_stmt`)."""
+    return Gen(draw, smooth, lists).program()

@@ -104,6 +104,18 @@ def _oracle(f, args, axes, B):
 @settings(max_examples=EXAMPLES, **FUZZ_SETTINGS)
 @given(program=programs(), batch=batches())
 def test_batched_equals_per_example(program, batch):
+    check_program(program, batch)
+
+
+@settings(max_examples=EXAMPLES, **FUZZ_SETTINGS)
+@given(program=programs(lists=True), batch=batches())
+def test_batched_equals_per_example_with_lists(program, batch):
+    """Programs with per-example lists (append/pop/insert/extend/indexing/len/truth/iteration/
+    stack under divergence)."""
+    check_program(program, batch)
+
+
+def check_program(program, batch):
     B, axes, args = batch
     f = load_program(program.source)
     try:
@@ -126,6 +138,16 @@ def test_batched_equals_per_example(program, batch):
 @settings(max_examples=GRAD_EXAMPLES, **FUZZ_SETTINGS)
 @given(program=programs(smooth=True), batch=batches())
 def test_batched_gradient_equals_per_example(program, batch):
+    check_program_gradient(program, batch)
+
+
+@settings(max_examples=GRAD_EXAMPLES, **FUZZ_SETTINGS)
+@given(program=programs(smooth=True, lists=True), batch=batches())
+def test_batched_gradient_equals_per_example_with_lists(program, batch):
+    check_program_gradient(program, batch)
+
+
+def check_program_gradient(program, batch):
     B, axes, args = batch
     if axes[0] is None:   # differentiate w.r.t. a batched x
         axes = (0,) + axes[1:]
