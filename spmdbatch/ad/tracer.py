@@ -7,18 +7,20 @@ integer results return raw arrays. Tracers of a finished tape act as constants.
 """
 from __future__ import annotations
 
+import threading
 
 from ..runtime.array_methods import ArrayMethods
 from ..runtime.backend import namespace
 from ..runtime.dispatch import register_value_type
 
 
-class _State:
+class _State(threading.local):
     tape = None
 
 
 STATE = _State()
-"""The active tape (one at a time: nested differentiation is not supported)."""
+"""The active tape of this thread (one at a time per thread: nested differentiation is not
+supported; threads differentiate independently)."""
 
 
 class Tracer(ArrayMethods):

@@ -12,6 +12,7 @@ Objects that carry per-lane state (batched iterators) implement
 """
 from __future__ import annotations
 
+import threading
 from types import CellType, FunctionType, MethodType
 
 import numpy as np
@@ -42,19 +43,22 @@ _SCALARS = (int, float, bool, complex, str, bytes, type(None), np.integer, np.fl
 _PLAIN_LEAVES = (float, int, bool, str, np.ndarray, type(None), np.float32, np.float64, np.int64)
 
 
-class _UniformObjects(dict):
-    """id -> object: parameter containers (dataclass-like objects) found uniform during the
-    running @spmd call, so they are walked once per call. Only filled while an @spmd call
-    runs (`active`); emptied when one starts and ends and when batch code assigns or deletes
-    an attribute (`forget_uniform_objects`)."""
+class _UniformObjects(threading.local):
+    """`objects`, id -> object: parameter containers (dataclass-like objects) found uniform
+    during the running @spmd call of this thread, so they are walked once per call. Only
+    filled while an @spmd call runs (`active`); emptied when one starts and ends and when
+    batch code assigns or deletes an attribute (`forget_uniform_objects`)."""
     active = 0
+
+    def __init__(self):
+        self.objects = {}
 
 
 UNIFORM_OBJECTS = _UniformObjects()
 
 
 def forget_uniform_objects():
-    UNIFORM_OBJECTS.clear()
+    UNIFORM_OBJECTS.objects.clear()
 
 
 def is_varying(value, _seen=None) -> bool:
@@ -73,7 +77,8 @@ def is_varying(value, _seen=None) -> bool:
     if hasattr(value, "_spmd_take_lanes"):
         return True
     if hasattr(kind, "__dataclass_fields__") and hasattr(value, "__dict__"):
-        if id(value) in UNIFORM_OBJECTS:
+        known = UNIFORM_OBJECTS.objects
+        if id(value) in known:
             return False
         fields = vars(value).values()
         if any(is_varying(v, _seen) for v in fields):   # modules: no tree walk
@@ -81,8 +86,8 @@ def is_varying(value, _seen=None) -> bool:
         # only objects of arrays, numbers and such objects are remembered: a list or dict
         # field could change in place without an attribute assignment
         if UNIFORM_OBJECTS.active and all(type(v) in _PLAIN_LEAVES or type(v) is Tracer
-                                          or id(v) in UNIFORM_OBJECTS for v in fields):
-            UNIFORM_OBJECTS[id(value)] = value
+                                          or id(v) in known for v in fields):
+            known[id(value)] = value
         return False
     if kind is CellType or kind is FunctionType:
         _seen = set() if _seen is None else _seen
