@@ -22,7 +22,7 @@ from .errors import BatchSizeError
 from .frontend.transform import program_of
 from .masking.calls import run_batched
 from .masking.frame import STATE
-from .masking.lanes import UNIFORM_OBJECTS, forget_uniform_objects
+from .masking.lanes import UNIFORM_OBJECTS, forget_uniform_objects, weak_merge_dtype
 from .runtime import primitives as P
 from .runtime import pytree
 from .runtime.backend import namespace
@@ -155,6 +155,11 @@ def _stack_leaf(values, where):
         arrays = [np.asarray(v) for v in values]
     ranks = {a.ndim for a in arrays}
     kinds = {a.dtype.kind for a in arrays}
+    if len(kinds) == 1 and arrays is not values:
+        weak = weak_merge_dtype(values)   # Python numbers among arrays: as numpy promotes them
+        if weak is not None:
+            arrays = [np.asarray(v, dtype=weak) if type(v) in (int, float, bool, complex) else a
+                      for v, a in zip(values, arrays)]
     if len(ranks) > 1:
         raise BatchSizeError(f"{where}: per-example arrays differ in rank ({sorted(ranks)})",
                              hint="Every example's value must have the same number of axes.")

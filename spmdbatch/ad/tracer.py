@@ -12,7 +12,7 @@ import threading
 from ..errors import GradientError
 from ..runtime.array_methods import ArrayMethods
 from ..runtime.batched import user_frame
-from ..runtime.backend import namespace
+from ..runtime.backend import is_float_dtype, namespace
 from ..runtime.dispatch import register_value_type
 
 
@@ -126,7 +126,8 @@ def trace_apply(prim, args, params):
             raw.append(a)
         pos += 1
     ans = prim.impl(*raw, **params)
-    if not parents or not prim.differentiable or ans.dtype.kind not in "fc":
+    if not parents or not prim.differentiable or (ans.dtype.kind not in "fc"
+                                                  and not is_float_dtype(ans.dtype)):
         return ans
     if prim.vjp is None:
         raise NotImplementedError(f"primitive {prim.name!r} has no VJP rule; add one in spmdbatch/ad/vjps.py")

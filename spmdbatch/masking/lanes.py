@@ -341,7 +341,8 @@ def merge(values, counts, name: str = "a value", disjoint: bool = True, _memo=No
                       for i in range(len(closures[0])))
         return _rebuild_function(values[0], cells)
     if any(type(v) is Batched for v in values) or all(_is_array_like(v) for v in values):
-        datas = [_lane_data(v, n) for v, n in zip(values, counts)]
+        dtype = weak_merge_dtype(values)
+        datas = [_lane_data(v, n, dtype) for v, n in zip(values, counts)]
         check_row_shapes(datas, name)
         return Batched(P.concatenate(*datas, axis=0))
     if all(isinstance(v, _CONTAINERS) or _is_struct(v) for v in values):
@@ -417,12 +418,39 @@ def _is_array_like(value) -> bool:
     return isinstance(value, (int, float, bool, np.generic, np.ndarray)) or hasattr(value, "dtype")
 
 
-def _lane_data(value, n):
-    """Lane-major data of a value for a group of `n` lanes."""
+_PYTHON_NUMBERS = (int, float, bool, complex)
+
+
+def weak_merge_dtype(values):
+    """The dtype Python numbers take when merged with arrays: numpy's promotion with the
+    numbers weak (NEP 50), as each example's own arithmetic would treat them (a per-example
+    0.0 accumulator meeting float32 values stays float32). None when no Python number meets an
+    array, or when a number does not fit the promoted dtype (an integer out of its range, a
+    finite float that overflows it): then it is an int64 or float64 array, as before."""
+    numbers = [v for v in values if type(v) in _PYTHON_NUMBERS]
+    if not numbers or len(numbers) == len(values):
+        return None
+    try:
+        dtype = np.result_type(*[v if type(v) in _PYTHON_NUMBERS else v.dtype for v in values])
+        with np.errstate(over="ignore", invalid="ignore"):
+            for v in numbers:
+                cast = np.asarray(v, dtype=dtype)
+                if dtype.kind in "iub" and cast != v:
+                    return None
+                if dtype.kind in "fc" and np.isinf(cast) and not np.isinf(v):
+                    return None
+    except (OverflowError, TypeError, ValueError, AttributeError):
+        return None
+    return dtype
+
+
+def _lane_data(value, n, dtype=None):
+    """Lane-major data of a value for a group of `n` lanes (a Python number as `dtype` when
+    given: see `weak_merge_dtype`)."""
     if type(value) is Batched:
         return value.data
     if isinstance(value, (int, float, bool, complex)):
-        value = np.asarray(value)
+        value = np.asarray(value, dtype=dtype if type(value) in _PYTHON_NUMBERS else None)
     return P.broadcast_to(value, shape=(n,) + tuple(np.shape(value) if not hasattr(value, "shape")
                                                   else value.shape))
 
