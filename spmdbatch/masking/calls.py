@@ -272,7 +272,7 @@ def _len(value):
     if type(value) is LaneMapped:
         value = value.materialize()
     if type(value) is Ragged:
-        return Batched(value.lengths)
+        return Batched(value.lengths, weak=True)    # a Python int in each example
     return builtins.len(value)
 
 

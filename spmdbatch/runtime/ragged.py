@@ -30,10 +30,11 @@ class Ragged(Batched):
     def __init__(self, data, lengths):
         self.data = data
         self.lengths = lengths
+        self.weak = False
 
     @property
     def shape(self):
-        return (Batched(self.lengths),) + tuple(self.data.shape[2:])
+        return (Batched(self.lengths, weak=True),) + tuple(self.data.shape[2:])   # Python ints
 
     @property
     def padded_length(self) -> int:
