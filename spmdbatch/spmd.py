@@ -139,7 +139,9 @@ def _stack_examples(examples, where, sizes):
         if type(stacked) is Ragged:
             key = stacked.lengths.tobytes()
             stacked = Ragged(stacked.data, lengths.setdefault(key, stacked.lengths))
-        out.append(stacked if type(stacked) is Ragged else Batched(stacked))
+        if type(stacked) is not Ragged:     # Python numbers stay Python numbers (weak) per example
+            stacked = Batched(stacked, weak=all(type(v) in (int, float, bool, complex) for v in values))
+        out.append(stacked)
     return treedef.unflatten(out)
 
 

@@ -428,7 +428,11 @@ def inplace(op, a, b):
     """
     in_place, functional = _INPLACE[op]
     if hasattr(a, "shape") and hasattr(a, "dtype"):
-        return functional(a, b)
+        out = functional(a, b)
+        if (type(a) is np.ndarray or a.ndim >= 1) and getattr(out, "dtype", a.dtype) != a.dtype \
+                and np.can_cast(out.dtype, a.dtype, "same_kind"):
+            out = out.astype(a.dtype)   # an array updated in place keeps its dtype, as in numpy
+        return out
     if STATE.partial and isinstance(a, (list, dict, set, bytearray)):
         _refuse_divergent(f"in-place update ({op}) of a {type(a).__name__}",
                           "Use an array, or build a new list instead of extending a shared one.")
