@@ -88,10 +88,12 @@ def lane_arange(lanes: int, xp=np):
 # --- elementwise ----------------------------------------------------------------------------
 _PYTHON_NUMBERS = (int, float, bool, complex)
 _WEAK_KEEPING = frozenset([P.add, P.subtract, P.multiply, P.divide, P.power, P.remainder,
-                           P.floor_divide, P.negative, P.absolute, P.maximum, P.minimum,
+                           P.floor_divide, P.negative, P.absolute,
                            P.less, P.less_equal, P.greater, P.greater_equal, P.equal, P.not_equal])
-"""Primitives that Python numbers' operators (and builtin abs/min/max) map to: on Python numbers
-they give Python numbers, so on weak values a weak value."""
+"""Primitives that Python numbers' operators (and builtin abs) map to: on Python numbers they
+give Python numbers, so on weak values a weak value. The same primitives called as numpy
+functions (`np.add`, `np.abs`) give numpy scalars: ArrayMethods.__array_ufunc__ drops the
+mark. (Builtin min/max of weak values give strong values: a known approximation.)"""
 _WEAK_EXAMPLE = {"b": False, "i": 0, "u": 0, "f": 0.0, "c": 0j}
 
 
