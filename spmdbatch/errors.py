@@ -58,6 +58,12 @@ class DivergentSideEffect(SpmdError):
     varying condition: only some examples reach it, but its effect would be shared by all."""
 
 
+class GradientError(SpmdError, TypeError):
+    """A gradient would be silently lost: `grad` of an object that is not a pytree (its arrays
+    are hidden from autodiff), or a traced value leaving the tracer (`float(x)`, `x.item()`,
+    `x.tolist()`, `numpy.asarray(x)`) while its gradient is being recorded."""
+
+
 class LaneError(SpmdError):
     """An exception was raised in some lanes (examples) only; names them by batch index."""
 

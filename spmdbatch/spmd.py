@@ -23,7 +23,7 @@ from .frontend.decode import check_python_version
 from .frontend.transform import program_of
 from .masking.calls import run_batched
 from .masking.frame import STATE
-from .masking.lanes import UNIFORM_OBJECTS, forget_uniform_objects
+from .masking.lanes import UNIFORM_OBJECTS, forget_uniform_objects, weak_merge_dtype
 from .runtime import primitives as P
 from .runtime import pytree
 from .runtime.backend import namespace
@@ -142,7 +142,9 @@ def _stack_examples(examples, where, sizes):
         if type(stacked) is Ragged:
             key = stacked.lengths.tobytes()
             stacked = Ragged(stacked.data, lengths.setdefault(key, stacked.lengths))
-        out.append(stacked if type(stacked) is Ragged else Batched(stacked))
+        if type(stacked) is not Ragged:     # Python numbers stay Python numbers (weak) per example
+            stacked = Batched(stacked, weak=all(type(v) in (int, float, bool, complex) for v in values))
+        out.append(stacked)
     return treedef.unflatten(out)
 
 
@@ -158,6 +160,11 @@ def _stack_leaf(values, where):
         arrays = [np.asarray(v) for v in values]
     ranks = {a.ndim for a in arrays}
     kinds = {a.dtype.kind for a in arrays}
+    if len(kinds) == 1 and arrays is not values:
+        weak = weak_merge_dtype(values)   # Python numbers among arrays: as numpy promotes them
+        if weak is not None:
+            arrays = [np.asarray(v, dtype=weak) if type(v) in (int, float, bool, complex) else a
+                      for v, a in zip(values, arrays)]
     if len(ranks) > 1:
         raise BatchSizeError(f"{where}: per-example arrays differ in rank ({sorted(ranks)})",
                              hint="Every example's value must have the same number of axes.")

@@ -7,11 +7,15 @@ is a zero array of their shape. The gradient has the structure of the argument.
 from __future__ import annotations
 
 import functools
+import inspect
+import types
 from typing import Callable
 
 import numpy as np
 
+from ..errors import GradientError
 from ..runtime import pytree
+from ..runtime.batched import user_frame
 from ..runtime.backend import is_floating, namespace
 from .sparse import SparseRows, densify
 from .tape import Tape
@@ -35,11 +39,39 @@ class _Activate:
         STATE.tape = None
 
 
-def _trace_leaves(tape, tree):
-    """Replace the floating leaves of `tree` by tracers; returns (traced tree, leaves, nodes)."""
+def _hides_arrays(leaf) -> bool:
+    """True for a leaf that is an object with attributes (an instance of a class that is not a
+    pytree): arrays it holds would get no gradient. Functions, classes, modules and other
+    callables are data."""
+    if type(leaf) in _DATA_LEAF_TYPES or isinstance(leaf, (np.ndarray, np.generic)):
+        return False
+    if callable(leaf) and (inspect.isroutine(leaf) or isinstance(leaf, (type, functools.partial, np.ufunc))):
+        return False
+    return hasattr(leaf, "__dict__") and not isinstance(leaf, types.ModuleType)
+
+
+_DATA_LEAF_TYPES = frozenset([int, float, bool, complex, str, bytes, Tracer])
+
+
+def _trace_leaves(tape, tree, fname="f", argnum=0):
+    """Replace the floating leaves of `tree` by tracers; returns (traced tree, leaves, nodes).
+
+    A leaf that is an object of a class that is not a pytree is refused (GradientError): its
+    arrays would silently get no gradient."""
     leaves, treedef = pytree.flatten(tree)
     traced, nodes = [], []
     for leaf in leaves:
+        if _hides_arrays(leaf):
+            paths = pytree.leaf_paths(tree)
+            where = paths[next(i for i, x in enumerate(leaves) if x is leaf)]
+            cls = type(leaf).__qualname__
+            filename, lineno = user_frame()
+            raise GradientError(
+                f"differentiating {fname} with respect to argument {argnum}: "
+                f"{'the argument' if not where else 'its part ' + where} is a {cls} object, which "
+                f"is not a pytree, so the arrays it holds cannot get a gradient", filename, lineno,
+                f"Make {cls} a dataclass, a NamedTuple or a spmdbatch.nn.Module, or register it "
+                f"with spmdbatch.runtime.pytree.register_node; or pass its arrays instead.")
         if type(leaf) is Tracer:
             leaf = leaf.value
         if is_floating(leaf):
@@ -113,7 +145,7 @@ def value_and_grad(f: Callable, argnums=0, has_aux: bool = False, sparse: bool =
         with _Activate(tape):
             records = {}
             for n in nums:
-                args[n], leaves, nodes, treedef = _trace_leaves(tape, args[n])
+                args[n], leaves, nodes, treedef = _trace_leaves(tape, args[n], fname, n)
                 records[n] = (leaves, nodes, treedef)
             out = f(*args, **kwargs)
         aux = None
@@ -156,8 +188,8 @@ def vjp(f: Callable, *args):
     with _Activate(tape):
         records = []
         traced_args = []
-        for a in args:
-            traced, leaves, nodes, treedef = _trace_leaves(tape, a)
+        for i, a in enumerate(args):
+            traced, leaves, nodes, treedef = _trace_leaves(tape, a, getattr(f, "__name__", "f"), i)
             traced_args.append(traced)
             records.append((leaves, nodes, treedef))
         out = f(*traced_args)

@@ -7,18 +7,22 @@ integer results return raw arrays. Tracers of a finished tape act as constants.
 """
 from __future__ import annotations
 
+import threading
 
+from ..errors import GradientError
 from ..runtime.array_methods import ArrayMethods
-from ..runtime.backend import namespace
+from ..runtime.batched import user_frame
+from ..runtime.backend import is_float_dtype, namespace
 from ..runtime.dispatch import register_value_type
 
 
-class _State:
+class _State(threading.local):
     tape = None
 
 
 STATE = _State()
-"""The active tape (one at a time: nested differentiation is not supported)."""
+"""The active tape of this thread (one at a time per thread: nested differentiation is not
+supported; threads differentiate independently)."""
 
 
 class Tracer(ArrayMethods):
@@ -62,26 +66,46 @@ class Tracer(ArrayMethods):
         else:
             self.value = updated
 
-    # concrete views of the value (Python control flow on traced values is allowed)
+    # concrete views of the value. Python control flow on traced values is allowed (truth
+    # values and integers carry no gradient); a float leaving the tracer while its tape
+    # records would lose its gradient, so it is refused (a finished tape's tracer is a constant).
     def __bool__(self): return bool(self.value)
-    def __float__(self):
-        raise TypeError(
-            "float() of a traced value would drop its gradient (numpy also calls it when a traced "
-            "scalar is written into an array element). Use spmdbatch.index_update(a, i, x) to build "
-            "arrays, or x.item() when no gradient is wanted.")
     def __int__(self): return int(self.value)
     def __index__(self): return int(self.value)
+
+    def __float__(self):
+        self._check_exit("float()", "numpy also calls float() when a traced scalar is written into "
+                         "an array element: use spmdbatch.index_update(a, i, x) to build arrays")
+        return float(self.value)
+
     def __complex__(self):
-        raise TypeError("complex() of a traced value would drop its gradient; use x.item() "
-                        "when no gradient is wanted")
-    def item(self, *args): return self.value.item(*args)
-    def tolist(self): return self.value.tolist()
+        self._check_exit("complex()", "keep it an array")
+        return complex(self.value)
+
+    def item(self, *args):
+        self._check_exit(".item()", "keep it an array (x.reshape(()) for a 0-d one)")
+        return self.value.item(*args)
+
+    def tolist(self):
+        self._check_exit(".tolist()", "keep it an array; numpy.stack / numpy.concatenate combine "
+                         "traced values")
+        return self.value.tolist()
 
     def __array__(self, dtype=None, copy=None):
-        raise TypeError(
-            "converting a traced array to a numpy array (numpy.asarray / numpy.array) would drop "
-            "its gradient. Use numpy.stack / numpy.concatenate to build arrays from traced values, "
-            "or spmdbatch.stop_gradient(x) when no gradient is wanted.")
+        self._check_exit("converting to a numpy array (numpy.asarray / numpy.array)",
+                         "use numpy.stack / numpy.concatenate to build arrays from traced values")
+        value = self.value if dtype is None else self.value.astype(dtype)
+        return value.copy() if copy else value
+
+    def _check_exit(self, what, hint):
+        tape = self.tape
+        if tape is not None and tape is STATE.tape:
+            filename, lineno = user_frame(3)
+            raise GradientError(
+                f"{what} of a value being differentiated would drop its gradient (the result is a "
+                f"plain number that autodiff cannot follow)", filename, lineno,
+                f"Fix: {hint}; or write spmdbatch.stop_gradient(x) first where no gradient "
+                f"should flow through it.")
 
     def __repr__(self):
         return f"Tracer({self.value!r})"
@@ -105,7 +129,8 @@ def trace_apply(prim, args, params):
             raw.append(a)
         pos += 1
     ans = prim.impl(*raw, **params)
-    if not parents or not prim.differentiable or ans.dtype.kind not in "fc":
+    if not parents or not prim.differentiable or (ans.dtype.kind not in "fc"
+                                                  and not is_float_dtype(ans.dtype)):
         return ans
     if prim.vjp is None:
         raise NotImplementedError(f"primitive {prim.name!r} has no VJP rule; add one in spmdbatch/ad/vjps.py")

@@ -55,9 +55,11 @@ def _expand_reduced(g, x, axis, keepdims):
 
 
 def _tie_split(g, ans, x, axis, keepdims):
-    """Cotangent of max/min: shared equally between the positions that attain it."""
+    """Cotangent of max/min: shared equally between the positions that attain it (the count
+    of ties in the cotangent's dtype, so a float32 cotangent stays float32)."""
     hits = x == _expand_reduced(ans, x, axis, keepdims)
-    return _expand_reduced(g, x, axis, keepdims) * hits / hits.sum(axis=axis, keepdims=True)
+    ties = hits.sum(axis=axis, keepdims=True, dtype=g.dtype)
+    return namespace(g).where(hits, _expand_reduced(g, x, axis, keepdims), 0) / ties
 
 
 def _binary_max(g, x, y, wins):

@@ -298,7 +298,7 @@ def _len(value):
     if type(value) is LaneMapped:
         value = value.materialize()
     if type(value) is Ragged:
-        return Batched(value.lengths)
+        return Batched(value.lengths, weak=True)    # a Python int in each example
     return builtins.len(value)
 
 
@@ -574,7 +574,11 @@ def inplace(op, a, b):
     """
     in_place, functional = _INPLACE[op]
     if hasattr(a, "shape") and hasattr(a, "dtype"):
-        return functional(a, b)
+        out = functional(a, b)
+        if (type(a) is np.ndarray or a.ndim >= 1) and getattr(out, "dtype", a.dtype) != a.dtype \
+                and np.can_cast(out.dtype, a.dtype, "same_kind"):
+            out = out.astype(a.dtype)   # an array updated in place keeps its dtype, as in numpy
+        return out
     kind = type(a)
     if kind is RaggedList or kind is LaneList or kind is LaneDict or kind is LL.FrozenList:
         if op == "+=" and kind is not LaneDict:

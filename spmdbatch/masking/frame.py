@@ -18,6 +18,7 @@ A group is ``(lanes, count, env)``: `lanes` are the group's positions in the cal
 """
 from __future__ import annotations
 
+import threading
 from types import FunctionType
 
 import numpy as np
@@ -29,7 +30,8 @@ from .recursion import Recursion
 from .stats import STATS
 
 
-class _State:
+class _State(threading.local):
+    """The running batch program of this thread (threads run batch programs independently)."""
     partial = False   # True while the running group is not every lane of the top-level batch
     frame = None      # the innermost running Frame
     lanes = None      # the running group's lanes in that frame (None: all, in order)

@@ -88,6 +88,8 @@ class BatchedRangeIterator:
         current = self.current
         more = current < self.stop if self.step > 0 else current > self.stop
         self.current = current + self.step
+        if type(current) is Batched and not current.weak:
+            current = Batched(current.data, weak=True)      # a Python int in each example
         return current, more
 
 

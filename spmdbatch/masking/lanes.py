@@ -12,6 +12,7 @@ Objects that carry per-lane state (batched iterators) implement
 """
 from __future__ import annotations
 
+import threading
 from types import BuiltinMethodType, CellType, FunctionType, MethodType
 
 import numpy as np
@@ -42,12 +43,15 @@ _SCALARS = (int, float, bool, complex, str, bytes, type(None), np.integer, np.fl
 _PLAIN_LEAVES = (float, int, bool, str, np.ndarray, type(None), np.float32, np.float64, np.int64)
 
 
-class _UniformObjects(dict):
-    """id -> object: parameter containers (dataclass-like objects) found uniform during the
-    running @spmd call, so they are walked once per call. Only filled while an @spmd call
-    runs (`active`); emptied when one starts and ends and when batch code assigns or deletes
-    an attribute (`forget_uniform_objects`)."""
+class _UniformObjects(threading.local):
+    """`objects`, id -> object: parameter containers (dataclass-like objects) found uniform
+    during the running @spmd call of this thread, so they are walked once per call. Only
+    filled while an @spmd call runs (`active`); emptied when one starts and ends and when
+    batch code assigns or deletes an attribute (`forget_uniform_objects`)."""
     active = 0
+
+    def __init__(self):
+        self.objects = {}
 
 
 UNIFORM_OBJECTS = _UniformObjects()
@@ -59,7 +63,7 @@ OWNED_CONTAINERS: dict = {}
 
 
 def forget_uniform_objects():
-    UNIFORM_OBJECTS.clear()
+    UNIFORM_OBJECTS.objects.clear()
 
 
 def is_varying(value, _seen=None) -> bool:
@@ -81,7 +85,8 @@ def is_varying(value, _seen=None) -> bool:
     if hasattr(value, "_spmd_take_lanes"):
         return True
     if hasattr(kind, "__dataclass_fields__") and hasattr(value, "__dict__"):
-        if id(value) in UNIFORM_OBJECTS:
+        known = UNIFORM_OBJECTS.objects
+        if id(value) in known:
             return False
         fields = vars(value).values()
         if any(is_varying(v, _seen) for v in fields):   # modules: no tree walk
@@ -89,8 +94,8 @@ def is_varying(value, _seen=None) -> bool:
         # only objects of arrays, numbers and such objects are remembered: a list or dict
         # field could change in place without an attribute assignment
         if UNIFORM_OBJECTS.active and all(type(v) in _PLAIN_LEAVES or type(v) is Tracer
-                                          or id(v) in UNIFORM_OBJECTS for v in fields):
-            UNIFORM_OBJECTS[id(value)] = value
+                                          or id(v) in known for v in fields):
+            known[id(value)] = value
         return False
     if kind is CellType or kind is FunctionType:
         _seen = set() if _seen is None else _seen
@@ -126,8 +131,8 @@ def take(value, idx, memo=None):
         if type(data) is np.ndarray:
             if data.size >= MIN_MAPPED_SIZE * max(1, data.shape[0]):
                 return LaneMapped(data, idx)    # large raw per-lane data: map, do not copy
-            return Batched(data.take(idx, axis=0))
-        return Batched(P.take_lanes(data, idx))
+            return Batched(data.take(idx, axis=0), value.weak)
+        return Batched(P.take_lanes(data, idx), value.weak)
     if kind is tuple:                       # (environments are tuples: the common case)
         items = [take(v, idx, memo) for v in value]
         for a, b in zip(items, value):
@@ -238,7 +243,7 @@ def repeat_lanes(value, m, n):
     if kind is Batched:
         data = value.data
         if type(data) is not np.ndarray or data.size < MIN_MAPPED_SIZE * max(1, data.shape[0]):
-            return Batched(P.concatenate(*[data] * m, axis=0))
+            return Batched(P.concatenate(*[data] * m, axis=0), value.weak)
     elif kind in _PLAIN_LEAVES or kind is Tracer:
         return value
     elif isinstance(value, tuple) and hasattr(kind, "_fields"):
@@ -255,7 +260,7 @@ def fresh(value):
     it came from."""
     kind = type(value)
     if kind is Batched:
-        return Batched(value.data)
+        return Batched(value.data, value.weak)
     if kind is Ragged:
         return Ragged(value.data, value.lengths)
     if kind is LaneMapped:
@@ -316,6 +321,9 @@ def merge(values, counts, name: str = "a value", disjoint: bool = True, _memo=No
     if kind is Batched and all(type(v) is Batched for v in values):
         if not all(v is first for v in values[1:]) or not (disjoint or mappable(first)):
             # (one small value held by the calls of a fused site: repeated for each call)
+            for v in values:
+                if v.weak:
+                    return _merge_numbers(values, counts, name)
             return Batched(P.concatenate(*[v.data for v in values], axis=0))
     owned = OWNED_CONTAINERS.get(kind)
     if owned is None and first is UNDEFINED:
@@ -378,9 +386,7 @@ def merge(values, counts, name: str = "a value", disjoint: bool = True, _memo=No
                       for i in range(len(closures[0])))
         return _rebuild_function(values[0], cells)
     if any(type(v) is Batched for v in values) or all(_is_array_like(v) for v in values):
-        datas = [_lane_data(v, n) for v, n in zip(values, counts)]
-        check_row_shapes(datas, name)
-        return Batched(P.concatenate(*datas, axis=0))
+        return _merge_numbers(values, counts, name)
     if all(isinstance(v, _CONTAINERS) or _is_struct(v) for v in values):
         flat = [pytree.flatten(v) for v in values]
         treedef = flat[0][1]
@@ -455,12 +461,60 @@ def _is_array_like(value) -> bool:
     return isinstance(value, (int, float, bool, np.generic, np.ndarray)) or hasattr(value, "dtype")
 
 
-def _lane_data(value, n):
-    """Lane-major data of a value for a group of `n` lanes."""
+_PYTHON_NUMBERS = (int, float, bool, complex)
+_WEAK_EXAMPLE = {"b": False, "i": 0, "u": 0, "f": 0.0, "c": 0j}
+
+
+def _is_weak(v) -> bool:
+    """A Python number, or a varying value that is a Python number in each example."""
+    return type(v) in _PYTHON_NUMBERS or (type(v) is Batched and v.weak)
+
+
+def _merge_numbers(values, counts, name):
+    """Lane groups of arrays and numbers as one `Batched`: weak (Python numbers per example)
+    when every group holds Python numbers, else in the dtype `weak_merge_dtype` gives."""
+    weak = all(_is_weak(v) for v in values)
+    dtype = None if weak else weak_merge_dtype(values)
+    datas = [_lane_data(v, n, dtype) for v, n in zip(values, counts)]
+    check_row_shapes(datas, name)
+    return Batched(P.concatenate(*datas, axis=0), weak=weak)
+
+
+def weak_merge_dtype(values):
+    """The dtype Python numbers take when merged with arrays: numpy's promotion with the
+    numbers weak (NEP 50), as each example's own arithmetic would treat them (a per-example
+    0.0 accumulator meeting float32 values stays float32). None when no Python number meets an
+    array, or when a number does not fit the promoted dtype (an integer out of its range, a
+    finite float that overflows it): then it is an int64 or float64 array, as before."""
+    numbers = [v for v in values if _is_weak(v)]
+    if not numbers or len(numbers) == len(values):
+        return None
+    try:
+        dtype = np.result_type(*[(v if type(v) in _PYTHON_NUMBERS else _WEAK_EXAMPLE[v.dtype.kind])
+                                 if _is_weak(v) else v.dtype for v in values])
+        with np.errstate(over="ignore", invalid="ignore"):
+            for v in numbers:
+                if type(v) is Batched:
+                    v = getattr(v.data, "value", v.data)
+                cast = np.asarray(v).astype(dtype)
+                if dtype.kind in "iub" and np.any(cast != v):
+                    return None
+                if dtype.kind in "fc" and np.any(np.isinf(cast) & ~np.isinf(v)):
+                    return None
+    except (OverflowError, TypeError, ValueError, AttributeError, KeyError):
+        return None
+    return dtype
+
+
+def _lane_data(value, n, dtype=None):
+    """Lane-major data of a value for a group of `n` lanes (a Python number as `dtype` when
+    given: see `weak_merge_dtype`)."""
     if type(value) is Batched:
-        return value.data
+        data = value.data
+        return P.astype(data, dtype=dtype) if value.weak and dtype is not None and data.dtype != dtype \
+            else data
     if isinstance(value, (int, float, bool, complex)):
-        value = np.asarray(value)
+        value = np.asarray(value, dtype=dtype if type(value) in _PYTHON_NUMBERS else None)
     return P.broadcast_to(value, shape=(n,) + tuple(np.shape(value) if not hasattr(value, "shape")
                                                   else value.shape))
 
@@ -469,7 +523,7 @@ def _broadcast_one_lane(value, n):
     if type(value) is Batched:
         data = value.data
         first = P.take_lanes(data, np.zeros(1, dtype=np.intp)) if data.shape[0] else data
-        return Batched(P.broadcast_to(first, shape=(n,) + tuple(data.shape[1:])))
+        return Batched(P.broadcast_to(first, shape=(n,) + tuple(data.shape[1:])), value.weak)
     return value
 
 

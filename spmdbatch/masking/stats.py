@@ -9,10 +9,12 @@
 
 A batched call is one run of a function's batch program (the outermost @spmd call
 included). A call made by a group that is not every lane of the calling batch leaves the
-other lanes out: they are counted in `skipped_lanes`.
+other lanes out: they are counted in `skipped_lanes`. A `stats()` block counts the calls
+made by its own thread only.
 """
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 
 
@@ -42,13 +44,10 @@ class Stats:
         return "\n".join(rows)
 
 
-class _Recorder:
-    """The active counters (None when no `stats()` block is open)."""
+class _Recorder(threading.local):
+    """The active counters of this thread (None when no `stats()` block is open in it)."""
 
-    __slots__ = ("active",)
-
-    def __init__(self):
-        self.active = None
+    active = None
 
     def record_call(self, name, lanes, skipped):
         s = self.active

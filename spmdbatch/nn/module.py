@@ -11,7 +11,11 @@ Modules are values: methods that change something (`load_state_dict`, `load`, `e
 `train`, `replace`, `astype`) return a new module and leave the original unchanged.
 
 A subclass with no ``__init__`` of its own gets the dataclass constructor (one keyword per
-field); one with an ``__init__`` builds its fields there. ``cls.from_fields(**fields)``
+field); one with an ``__init__`` builds its fields there. An attribute assigned without a
+class annotation (``self.cell = nn.LSTMCell(...)`` in ``__init__``, or later) becomes a field
+on assignment, as torch.nn registers sub-modules: one holding arrays or modules (or
+containers of them, or None) is a parameter field, anything else (numbers, strings,
+functions) a static one. ``cls.from_fields(**fields)``
 always builds one from ready field values. Inside ``@spmd`` code, ``module(x)`` runs the
 class's ``__call__`` as a batch program, so data-dependent ``if``/``while`` work in it.
 """
@@ -63,6 +67,13 @@ class Module:
         custom_init = "__init__" in cls.__dict__ or getattr(cls, "_nn_custom_init", False)
         cls._nn_custom_init = custom_init
         dataclasses.dataclass(cls, init=not custom_init, repr=False, eq=False)
+
+    def __setattr__(self, name, value):
+        object.__setattr__(self, name, value)
+        field = type(self).__dataclass_fields__.get(name)
+        if field is None or (field.metadata.get("auto", False) and value is not None
+                             and field.metadata["static"] == _holds_parameters(value)):
+            _register_field(type(self), name, value)
 
     # --- construction ------------------------------------------------------------------------
     @classmethod
@@ -181,6 +192,27 @@ class Module:
     # --- display -----------------------------------------------------------------------------
     def __repr__(self):
         return _format(self, 0)
+
+
+def _holds_parameters(value) -> bool:
+    """True for what an unannotated attribute keeps as parameters: arrays, modules,
+    containers of them, None (an empty container); numbers, strings and functions are
+    hyper-parameters."""
+    if value is None or isinstance(value, Module):
+        return True
+    return any(hasattr(leaf, "dtype") and hasattr(leaf, "shape") or isinstance(leaf, Module)
+               for leaf in pytree.leaves(value))
+
+
+def _register_field(cls, name, value):
+    """Make attribute `name` (assigned without a class annotation) a field of `cls`: a
+    parameter field or a static one, by its value (see the module docstring)."""
+    meta = {"static": not _holds_parameters(value), "auto": True}
+    made = dataclasses.make_dataclass(
+        "_Field", [(name, Any, dataclasses.field(default=None, metadata=meta))])
+    cls.__dataclass_fields__ = {**cls.__dataclass_fields__, name: made.__dataclass_fields__[name]}
+    if not hasattr(cls, name):        # instances that never set it read None
+        setattr(cls, name, None)
 
 
 def _raw(leaf):

@@ -32,7 +32,10 @@ class ArrayMethods:
         if method == "__call__" and not kwargs:
             prim = P.UFUNC_PRIMITIVES.get(ufunc)
             if prim is not None:
-                return bind(prim, inputs, _NO_PARAMS)
+                out = bind(prim, inputs, _NO_PARAMS)
+                if getattr(out, "weak", False):   # a numpy function returns a numpy scalar,
+                    out = type(out)(out.data)     # even of Python numbers (not weak)
+                return out
         if method == "__call__" and ufunc is np.matmul and not kwargs:
             return P.matmul(*inputs)
         if method == "at" and ufunc is np.add and not kwargs and len(inputs) == 3:

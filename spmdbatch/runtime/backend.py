@@ -75,4 +75,27 @@ def is_floating(value) -> bool:
     if isinstance(value, float):
         return True
     dtype = getattr(value, "dtype", None)
-    return dtype is not None and np.issubdtype(dtype, np.floating)
+    return dtype is not None and is_float_dtype(dtype)
+
+
+_EXTENSION_FLOATS: dict = {}
+
+
+def is_float_dtype(dtype) -> bool:
+    """True for numpy's floating dtypes and for float types that register with numpy as
+    extension dtypes (ml_dtypes' bfloat16, float8_*: kind 'V', with `numpy.finfo`)."""
+    dtype = np.dtype(dtype)
+    kind = dtype.kind
+    if kind == "f":
+        return True
+    if kind != "V" or dtype.names is not None:
+        return False
+    known = _EXTENSION_FLOATS.get(dtype)
+    if known is None:
+        try:
+            np.finfo(dtype)
+            known = True
+        except (ValueError, TypeError):
+            known = False
+        _EXTENSION_FLOATS[dtype] = known
+    return known

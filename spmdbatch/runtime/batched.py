@@ -46,12 +46,18 @@ def _concrete_error(what: str, hint: str) -> VaryingValueError:
 
 
 class Batched(ArrayMethods):
-    """Per-example values stacked on axis 0 of `data` (a raw array or a tracer)."""
+    """Per-example values stacked on axis 0 of `data` (a raw array or a tracer).
 
-    __slots__ = ("data",)
+    `weak` marks values that are Python numbers in each example (a loop counter, `len` of a
+    ragged value, a number assigned on some paths): their data is int64/float64, but like
+    Python numbers under numpy's promotion (NEP 50) they take the dtype of the arrays they
+    meet (runtime/batching.py), so ``x32 / len(xs)`` stays float32 as in the loop."""
 
-    def __init__(self, data):
+    __slots__ = ("data", "weak")
+
+    def __init__(self, data, weak=False):
         self.data = data
+        self.weak = weak
 
     @property
     def shape(self):
@@ -121,7 +127,8 @@ class Batched(ArrayMethods):
                               "inside @spmd code; use numpy.stack / numpy.concatenate to combine them.")
 
     def __repr__(self):
-        return f"Batched(lanes={self.data.shape[0]}, shape={self.shape}, dtype={self.dtype})"
+        weak = ", weak" if self.weak else ""
+        return f"Batched(lanes={self.data.shape[0]}, shape={self.shape}, dtype={self.dtype}{weak})"
 
 
 from .pytree import register_leaf_type  # noqa: E402

@@ -86,9 +86,49 @@ def lane_arange(lanes: int, xp=np):
 
 
 # --- elementwise ----------------------------------------------------------------------------
+_PYTHON_NUMBERS = (int, float, bool, complex)
+_WEAK_KEEPING = frozenset([P.add, P.subtract, P.multiply, P.divide, P.power, P.remainder,
+                           P.floor_divide, P.negative, P.absolute,
+                           P.less, P.less_equal, P.greater, P.greater_equal, P.equal, P.not_equal])
+"""Primitives that Python numbers' operators (and builtin abs) map to: on Python numbers they
+give Python numbers, so on weak values a weak value. The same primitives called as numpy
+functions (`np.add`, `np.abs`) give numpy scalars: ArrayMethods.__array_ufunc__ drops the
+mark. (Builtin min/max of weak values give strong values: a known approximation.)"""
+_WEAK_EXAMPLE = {"b": False, "i": 0, "u": 0, "f": 0.0, "c": 0j}
+
+
+def _weak_operands(prim, args, params, plain):
+    """An elementwise primitive with a weak operand (`Batched.weak`: Python numbers per
+    example). Among weak operands and Python numbers only, the result is weak (for Python
+    operators, `_WEAK_KEEPING`); otherwise the weak operands take numpy's promotion with the
+    other operands' dtypes (NEP 50), as each example's Python number would."""
+    strong = [a for a in args if not (type(a) is Batched and a.weak) and type(a) not in _PYTHON_NUMBERS]
+    if not strong:
+        out = plain(args, params)
+        return Batched(out.data, weak=True) if prim in _WEAK_KEEPING else out
+    weak = [_WEAK_EXAMPLE.get(a.dtype.kind, 0.0) for a in args if type(a) is Batched and a.weak]
+    try:
+        dtype = np.result_type(*[a.dtype if hasattr(a, "dtype") else np.asarray(a).dtype for a in strong],
+                               *weak)
+    except TypeError:
+        dtype = None
+    cast = []
+    for a in args:
+        if type(a) is Batched and a.weak:
+            a = Batched(a.data if dtype is None or a.dtype == dtype else P.astype(a.data, dtype=dtype))
+        cast.append(a)
+    return plain(tuple(cast), params)
+
+
 def elementwise(prim):
     """Rule for elementwise primitives: align per-example ranks, then apply to the data."""
     def rule(args, **params):
+        for a in args:
+            if type(a) is Batched and a.weak:
+                return _weak_operands(prim, args, params, plain)
+        return plain(args, params)
+
+    def plain(args, params):
         if len(args) == 2:                      # the common binary case, without generators
             a, b = args
             if type(a) is Batched:

@@ -54,7 +54,7 @@ class LaneMapped(ArrayMethods):
     @property
     def shape(self):
         if self.lengths is not None:
-            return (Batched(self.lane_lengths()),) + tuple(self.base.shape[2:])
+            return (Batched(self.lane_lengths(), weak=True),) + tuple(self.base.shape[2:])
         return self.base.shape[1:]
 
     ndim = property(lambda self: self.base.ndim - 1)

@@ -85,17 +85,25 @@ def _count(a, axis, like=None):
     return n
 
 
+def _per_count(total, count):
+    """``total / count``; a count that differs per example (a ragged axis: an integer array)
+    is taken in the floating dtype of `total`, as numpy divides by a Python int (a float32
+    mean stays float32)."""
+    if not isinstance(count, int) and total.dtype.kind in "fc":
+        count = count.astype(total.dtype)
+    return total / count
+
+
 @implements(np.mean)
 def mean(a, axis=None, dtype=None, out=None, keepdims=False, **unused):
     total = sum(a, axis=axis, dtype=dtype, out=out, keepdims=keepdims, **unused)
-    return total / _count(a, axis, like=total)
+    return _per_count(total, _count(a, axis))
 
 
 @implements(np.var)
 def var(a, axis=None, dtype=None, out=None, ddof=0, keepdims=False, **unused):
     centered = a - mean(a, axis=axis, dtype=dtype, out=out, keepdims=True)
-    total = sum(centered * centered, axis=axis, keepdims=keepdims)
-    return total / (_count(a, axis, like=total) - ddof)
+    return _per_count(sum(centered * centered, axis=axis, keepdims=keepdims), _count(a, axis) - ddof)
 
 
 @implements(np.std)

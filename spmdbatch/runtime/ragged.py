@@ -31,10 +31,11 @@ class Ragged(Batched):
     def __init__(self, data, lengths):
         self.data = data
         self.lengths = lengths
+        self.weak = False
 
     @property
     def shape(self):
-        return (Batched(self.lengths),) + tuple(self.data.shape[2:])
+        return (Batched(self.lengths, weak=True),) + tuple(self.data.shape[2:])   # Python ints
 
     @property
     def padded_length(self) -> int:
@@ -88,7 +89,8 @@ def _pad_to(data, width):
 
 
 def from_examples(arrays):
-    """A Ragged from per-example numpy arrays of equal rank (>= 1) and different lengths."""
+    """A Ragged from per-example numpy arrays of equal rank (>= 1) and different lengths; its
+    dtype is numpy's promotion over all examples (as numpy.stack would give)."""
     rest = {a.shape[1:] for a in arrays}
     if len(rest) > 1:
         raise NotImplementedError(
@@ -96,7 +98,7 @@ def from_examples(arrays):
             f"{sorted({a.shape for a in arrays})[:4]}; pad them to a common shape")
     lengths = np.array([a.shape[0] for a in arrays], dtype=np.intp)
     width = int(lengths.max()) if len(arrays) else 0
-    data = np.zeros((len(arrays), width) + next(iter(rest)), dtype=arrays[0].dtype)
+    data = np.zeros((len(arrays), width) + next(iter(rest)), dtype=np.result_type(*arrays))
     if len(arrays):
         # the valid positions in row-major order are the examples' elements one after another
         data[np.arange(width) < lengths[:, None]] = np.concatenate(arrays)

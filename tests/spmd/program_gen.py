@@ -20,11 +20,16 @@ item assignment `w[i % 3] = ...` means the same per example as in the batch prog
 
 With ``smooth=True`` (for gradient checks) the non-smooth operations (abs, clip, maximum,
 min/max, truth value of floats) are left out; branches remain.
+
+`mixed_dtype_inputs` draws the arguments of a batch as per-example lists of mixed dtypes
+(int8/int32/int64/Python int, float32/float64/Python float); `loop_dtype` is the dtype the
+batched result must have.
 """
 from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 from hypothesis import strategies as st
 
 FLOAT_CONSTS = ("0.5", "-1.0", "2.0", "0.25", "1.5", "-0.75", "3.0")
@@ -616,3 +621,80 @@ class Gen:
 def programs(draw, smooth=False, lists=False):
     """Random programs; `lists=True` adds per-example lists (see `Gen.list_stmt`)."""
     return Gen(draw, smooth, lists).program()
+
+
+# --- mixed-dtype inputs ------------------------------------------------------------------------
+PYTHON_NUMBERS = (int, float, bool, complex)
+INT_DTYPES = ("int8", "int32", "int64", "python")
+"""Per-example dtypes of the int argument `n` (``python``: a Python int)."""
+
+
+def loop_dtype(results):
+    """The dtype the per-example results make together: numpy's promotion with Python numbers
+    weak (NEP 50), so Python floats among float32 results give float32. When every result is
+    a Python number there is no numpy dtype to match, only a kind: the kind's default dtype
+    (int64, float64) is returned, and `dtype_matches` accepts any dtype of that kind."""
+    return np.result_type(*[r if type(r) in PYTHON_NUMBERS else np.asarray(r).dtype for r in results])
+
+
+def dtype_matches(dtype, results) -> bool:
+    """True when a batched result of `dtype` has the per-example results' dtype.
+
+    - every result an array or numpy scalar of one dtype, or Python numbers among them: that
+      dtype (`loop_dtype`: Python numbers are weak);
+    - every result a Python number: any dtype of their kind (Python numbers merged with
+      arrays in the batch take the arrays' dtype, as numpy's promotion gives them, even where
+      every example happened to keep the number);
+    - results of several dtypes (a lane that kept a Python float until a numpy function made
+      it float64, while the others were float32): one array holds all lanes, so it has one of
+      those dtypes or their promotion;
+    - Python numbers among arrays of one dtype: that dtype, or the promotion with the numbers
+      taken as float64/int64. The second is a known limit of the batch: weakness is one flag
+      per value, not per lane, so a variable that holds a Python float in some lanes and a
+      numpy float64 in others is float64 in all of them, also where a lane returns it.
+    """
+    dtype = np.dtype(dtype)
+    want = loop_dtype(results)
+    arrays = {np.asarray(r).dtype for r in results if type(r) not in PYTHON_NUMBERS}
+    if not arrays:
+        return dtype.kind == want.kind
+    strong = np.result_type(*[np.asarray(r).dtype for r in results])
+    if len(arrays) == 1:
+        return dtype == want or (len(arrays) < len(results) and dtype == strong)
+    return dtype == want or dtype in arrays
+
+
+@st.composite
+def mixed_dtype_inputs(draw, B, xs, ns, vs, float32=True):
+    """Per-example lists ``(x, n, v)`` of the values `xs`, `ns`, `vs` in mixed dtypes.
+
+    - float64 batches: `x` examples numpy float64 or Python floats, mixed; `n` examples int8,
+      int32, int64 or Python ints, mixed; `v` float64;
+    - float32 batches: `x` examples all numpy float32 or all Python floats; `n` examples all
+      of one of int8, int32, int64, Python int; `v` float32.
+
+    What is not drawn, and why: a batch holds one dtype per argument (numpy's promotion over
+    all examples), so examples that would compute in different precisions in the loop
+    (float32 with float64 examples, Python floats with numpy float32 ones) compute in one
+    precision in the batch, which moves values near a branch threshold across it; and in a
+    float32 program an int32 example meets float32 as float64 but an int8 or Python int
+    example as float32, so mixing those changes the dtype of lanes whose path mixes them.
+
+    With ``float32=False`` only float64 batches are drawn. Float32 batches still find a known
+    class of mismatches: a value whose dtype in the loop depends on the path an example takes
+    (builtin ``min(a, b)``, ``a or b`` or a conditional expression choosing between a float32
+    and a float64 or Python float, a variable holding a Python float in some lanes and a
+    numpy float64 in others) has one dtype in the batch, the promotion of all lanes'.
+    """
+    if not float32 or draw(st.booleans()):
+        ints = [draw(st.sampled_from(INT_DTYPES)) for _ in range(B)]
+        kinds = [draw(st.sampled_from(("numpy", "python"))) for _ in range(B)]
+        x = [float(a) if k == "python" else np.float64(a) for a, k in zip(xs, kinds)]
+        v = [np.array(r, dtype=np.float64) for r in vs]
+    else:
+        ints = [draw(st.sampled_from(INT_DTYPES))] * B
+        python = draw(st.booleans())
+        x = [float(np.float32(a)) if python else np.float32(a) for a in xs]
+        v = [np.array(r, dtype=np.float32) for r in vs]
+    n = [int(k) if d == "python" else np.dtype(d).type(k) for k, d in zip(ns, ints)]
+    return x, n, v

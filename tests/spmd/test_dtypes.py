@@ -1,0 +1,237 @@
+"""Dtypes are the loop's dtypes (issue 15, section 3).
+
+- a ragged list of examples of several integer dtypes is promoted over all examples;
+- a Python number merged with array lanes takes numpy's weak-scalar promotion (NEP 50), as
+  each example's own arithmetic does (a 0.0 accumulator meeting float32 stays float32);
+- a ragged mean of float32 stays float32; the VJP of max/min keeps the cotangent's dtype;
+- bfloat16 (ml_dtypes) parameters get bfloat16 gradients (not zeros, not float64);
+- a float32 model's forward and backward pass never computes in float64: every array on the
+  tape and every cotangent a VJP rule returns is checked.
+"""
+from __future__ import annotations
+
+import collections
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import spmdbatch as sb
+from spmdbatch import nn
+from spmdbatch.ad import api as ad_api
+from spmdbatch.ad.tape import Tape
+from spmdbatch.runtime.dispatch import PRIMITIVES
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from oracle import check_batched  # noqa: E402
+
+F32 = np.float32
+
+
+# --- a watch over every tape and every VJP rule -------------------------------------------------
+class Float64Watch:
+    """Counts float64 arrays recorded on tapes and returned by VJP rules (by primitive)."""
+
+    def __init__(self, monkeypatch):
+        self.found = collections.Counter()
+        self.tapes = []
+        watch = self
+
+        class WatchedTape(Tape):
+            def __init__(self):
+                super().__init__()
+                watch.tapes.append(self)
+
+        monkeypatch.setattr(ad_api, "Tape", WatchedTape)
+        for prim in PRIMITIVES.values():
+            rules = prim.vjp
+            if rules is None:
+                continue
+            if type(rules) is tuple:
+                monkeypatch.setattr(prim, "vjp", tuple(None if r is None else self._wrap(prim.name, r, False)
+                                                       for r in rules))
+            else:
+                monkeypatch.setattr(prim, "vjp", self._wrap(prim.name, rules, True))
+
+    def _wrap(self, name, rule, variadic):
+        found = self.found
+
+        def check(c):
+            if c is not None and getattr(c, "dtype", None) == np.float64:
+                found[f"cotangent from the VJP of {name}"] += 1
+            return c
+
+        if variadic:
+            return lambda pos, g, *a, **k: check(rule(pos, g, *a, **k))
+        return lambda g, *a, **k: check(rule(g, *a, **k))
+
+    def float64_arrays(self):
+        """{what: count} of float64 arrays seen (tapes are read at the end)."""
+        out = collections.Counter(self.found)
+        for tape in self.tapes:
+            for entry in tape.nodes:
+                if entry is not None:
+                    prim, raw, _, ans, _ = entry
+                    if ans.dtype == np.float64:
+                        out[f"result of {prim.name} on the tape"] += 1
+                    for r in raw:
+                        if getattr(r, "dtype", None) == np.float64:
+                            out[f"operand of {prim.name} on the tape"] += 1
+        return dict(out)
+
+
+@pytest.fixture
+def float64_watch(monkeypatch):
+    return Float64Watch(monkeypatch)
+
+
+def test_the_watch_sees_float64():
+    """The watch itself: a float32 model that mixes in a float64 array is caught."""
+    mp = pytest.MonkeyPatch()
+    try:
+        watch = Float64Watch(mp)
+        sb.grad(lambda p: (p * np.ones(2)).sum())(np.ones(2, F32))
+        assert watch.float64_arrays()
+    finally:
+        mp.undo()
+
+
+# --- models --------------------------------------------------------------------------------------
+class Pooler(nn.Module):
+    """Ragged sequences -> max/min/mean pooling, a data-dependent accumulator, a maximum."""
+
+    proj: nn.Linear
+    out: nn.Linear
+
+    def __call__(self, xs):
+        h = np.tanh(self.proj(xs))                  # (T, 4), T ragged
+        pooled = np.concatenate([h.max(axis=0), h.min(axis=0), h.mean(axis=0)])
+        acc = 0.0                                   # a Python float merged with float32 lanes
+        for t in range(len(xs)):
+            if h[t, 0] > 0:
+                acc += h[t].sum()
+        score = self.out(np.maximum(pooled, -0.5)).sum() + acc + np.max(h) * np.min(h)
+        return score + h.var() + np.abs(h).sum() / len(xs)
+
+
+def ragged_batch(seed=0, n=6, d=3, dtype=F32):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((int(k), d)).astype(dtype) for k in rng.integers(1, 6, size=n)]
+
+
+def test_float32_model_with_pooling_and_ragged_ops_never_runs_in_float64(float64_watch):
+    m = Pooler(proj=nn.Linear(3, 4, rng=0, dtype=F32), out=nn.Linear(12, 1, rng=1, dtype=F32))
+    xs = ragged_batch()
+    loss, g = sb.value_and_grad(lambda mm: sb.spmd(lambda mm, x: mm(x), in_axes=(None, 0))(mm, xs).sum())(m)
+    assert float64_watch.float64_arrays() == {}
+    assert np.asarray(loss).dtype == F32 and all(v.dtype == F32 for _, v in g.parameters())
+    # the same values as the loop, in float64 (the float32 run is checked in dtype above)
+    m64 = m.astype(np.float64)
+    xs64 = [x.astype(np.float64) for x in xs]
+    check_batched(lambda mm, x: mm(x), m64, xs64, in_axes=(None, 0))
+    per = sum(sb.grad(lambda mm: mm(x))(m64).proj.W for x in xs64)
+    np.testing.assert_allclose(g.proj.W, per, rtol=2e-4, atol=1e-5)
+
+
+def test_float32_treelstm_forward_and_backward_never_run_in_float64(float64_watch):
+    from examples.treelstm import data, model as M
+    vocab, trees = data.synthetic_treebank(10, vocab_size=40, seed=0, num_classes=5)
+    m = M.TreeLSTM(len(vocab), 5, embedding=7, hidden=5, rng=0, dtype=F32)
+    loss, g = sb.value_and_grad(M.minibatch_loss)(m, trees, np.arange(10))
+    assert float64_watch.float64_arrays() == {}
+    assert float64_watch.tapes and len(float64_watch.tapes[0].nodes) > 100
+    assert np.asarray(loss).dtype == F32 and all(v.dtype == F32 for _, v in g.parameters())
+
+
+# --- single reproducers --------------------------------------------------------------------------
+def first(x):
+    return x[0]
+
+
+def test_ragged_examples_of_several_integer_dtypes_promote_over_all_examples():
+    xs = [np.array([3], np.int8), np.array([1007, 2], np.int64)]
+    got = sb.spmd(first)(xs)
+    assert got.dtype == np.int64 and got.tolist() == [3, 1007]
+    ys = [np.array([1, 2], np.int16), np.array([70000], np.int32), np.array([5, 6, 7], np.int8)]
+    got = sb.spmd(first)(ys)
+    assert got.dtype == np.result_type(*ys) and got.tolist() == [1, 70000, 5]
+
+
+def accumulate(x):
+    y = 0.0
+    for i in range(3):
+        if x > i:
+            y += x
+    return y
+
+
+def branch(x):
+    if x > 1.5:
+        y = x * 2
+    else:
+        y = 0.1
+    return y * x
+
+
+def branch_returned(x):
+    if x > 1.5:
+        return x * 2
+    return 0.5
+
+
+@pytest.mark.parametrize("fn", [accumulate, branch, branch_returned])
+def test_python_float_merged_with_float32_lanes_stays_float32(fn):
+    xs = np.array([1.0, 2.0, -1.0, 0.5], F32)
+    loop = [fn(x) for x in xs]
+    expected = np.result_type(*loop)            # NEP 50: Python floats are weak
+    assert expected == F32
+    got = sb.spmd(fn)(xs)
+    assert got.dtype == expected
+    np.testing.assert_allclose(got, np.array(loop, dtype=F32), rtol=1e-6)
+
+
+def test_python_int_too_large_for_the_lanes_keeps_its_value():
+    def f(x):
+        y = x if x > 1 else 1000             # int8 lanes, a Python int out of int8's range
+        return y
+
+    got = sb.spmd(f)(np.array([1, 2], np.int8))
+    assert got.tolist() == [1000, 2]
+
+
+def test_ragged_mean_var_std_of_float32_stay_float32():
+    xs = ragged_batch(seed=1)
+    for fn in (lambda x: x.mean(), lambda x: x.mean(axis=0), lambda x: x.var(), lambda x: np.std(x)):
+        got = sb.spmd(fn)(xs)
+        loop = [fn(x) for x in xs]
+        if isinstance(got, list):
+            got = np.stack(got)
+        assert got.dtype == F32 and np.result_type(*loop) == F32
+        np.testing.assert_allclose(got, np.stack(loop), rtol=1e-5, atol=1e-6)
+
+
+def test_max_min_vjp_keeps_float32(float64_watch):
+    p = np.array([1.0, 3.0, 3.0, 2.0], F32)
+    g = sb.grad(lambda p: p.max() + 2 * p.min() + np.max(p.reshape(2, 2), axis=1).sum())(p)
+    assert float64_watch.float64_arrays() == {}
+    np.testing.assert_array_equal(g, np.array([2.0, 1.5, 1.5, 0.0], F32))
+
+
+def test_bfloat16_gradients_are_bfloat16_and_right():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    bf16 = ml_dtypes.bfloat16
+    W = np.array([[0.5, -1.0], [0.25, 2.0], [1.0, 0.0]], bf16)
+    xs = np.array([[1.0, 2.0, -1.0], [0.5, 0.0, 1.0]], bf16)
+
+    def loss(W, xs):
+        return sb.spmd(lambda W, x: np.tanh(W.T @ x).max() + (x * x).mean(), in_axes=(None, 0))(W, xs).sum()
+
+    g = sb.grad(loss)(W, xs)
+    assert g.dtype == bf16
+    ref = sb.grad(loss)(W.astype(np.float64), xs.astype(np.float64))
+    assert np.abs(ref).sum() > 0
+    np.testing.assert_allclose(g.astype(np.float64), ref, rtol=3e-2, atol=3e-2)
