@@ -185,6 +185,27 @@ def _einsum_vjp(pos, g, ans, *operands, spec):
 
 defvjp_variadic(P.einsum, _einsum_vjp)
 
+def _sort_vjp(g, ans, x, axis=-1):
+    xp = namespace(g)
+    if axis is None:
+        return _sort_vjp(g, ans.reshape(-1), x.reshape(-1), 0).reshape(np.shape(x))
+    order = xp.argsort(x, axis=axis, kind="stable")
+    out = xp.zeros(np.shape(x), dtype=g.dtype)
+    xp.put_along_axis(out, order, g, axis=axis)
+    return out
+
+
+defvjp(P.sort, _sort_vjp)
+
+
+def _pad_vjp(g, ans, x, pad_width, constant=0):
+    return g[tuple(slice(before, g.shape[i] - after) for i, (before, after) in enumerate(pad_width))]
+
+
+defvjp(P.pad, _pad_vjp)
+defvjp(P.roll, lambda g, ans, x, shift, axis=None: namespace(g).roll(
+    g, tuple(-s for s in shift) if isinstance(shift, tuple) else -shift, axis))
+
 # --- shapes -------------------------------------------------------------------------------
 defvjp(P.reshape, lambda g, ans, x, shape: g.reshape(np.shape(x)))
 defvjp(P.transpose, lambda g, ans, x, axes=None:

@@ -9,8 +9,10 @@
 - the same functions called with uniform arguments only run natively, at Python speed;
 - library code (numpy, the standard library, spmdbatch's runtime) runs natively and sees
   varying values through numpy's protocols;
-- a few builtins get batched meanings: `range` with a varying bound, `min`/`max` of
-  several values, and I/O (`print`, `open`, `input`) is refused under divergent control.
+- a few builtins get batched meanings: `range` and `numpy.arange` with a varying bound,
+  `min`/`max` of several values, `sum`/`min`/`max` of a per-example sequence, `zip` and
+  `enumerate` over varying sequences, and I/O (`print`, `open`, `input`) is refused under
+  divergent control.
 """
 from __future__ import annotations
 
@@ -21,13 +23,13 @@ import types
 
 import numpy as np
 
-from ..errors import DivergentSideEffect, SpmdError
-from ..runtime.batched import Batched, user_frame
+from ..errors import DivergentSideEffect, SpmdError, UnsupportedConstruct
+from ..runtime.batched import Batched, lane_error, user_frame
 from ..runtime.mapped import LaneMapped, mapped_rows
-from ..runtime.ragged import Ragged
+from ..runtime.ragged import Ragged, ragged_arange
 from ..runtime import primitives as P
 from .frame import STATE
-from .iterators import batched_range
+from .iterators import batched_range, lane_enumerate, lane_zip
 from .lanes import forget_uniform_objects, is_varying, lane_count, merge, take
 from .stats import STATS
 
@@ -231,15 +233,71 @@ def store_nonlocal(cell, name, value):
     cell.cell_contents = value
 
 
-def _extreme(builtin, ufunc):
+def _per_example_sequence(value):
+    """`value` as a Ragged or Batched array when it is a per-example sequence (an array with
+    a first axis that varies), else None."""
+    if type(value) is LaneMapped:
+        value = value.materialize()
+    if type(value) is Ragged or (type(value) is Batched and value.data.ndim >= 2):
+        return value
+    return None
+
+
+def _extreme(builtin, ufunc, arg_prim):
     def extreme(*args, **kwargs):
         if len(args) > 1 and not kwargs and any(type(a) is Batched for a in args):
             out = args[0]
             for a in args[1:]:
                 out = ufunc(out, a)
             return out
-        return builtin(*args, **kwargs)
+        seq = _per_example_sequence(args[0]) if len(args) == 1 and set(kwargs) <= {"default"} else None
+        if seq is None:
+            return builtin(*args, **kwargs)
+        return _extreme_of_sequence(builtin.__name__, arg_prim, seq, kwargs)
     return extreme
+
+
+def _extreme_of_sequence(name, arg_prim, seq, kwargs):
+    """Builtin min/max over each example's sequence: its first extreme element (the one the
+    builtin returns, and the one that gets the gradient)."""
+    if seq.data.ndim != 2:
+        filename, lineno = user_frame(3)
+        raise UnsupportedConstruct(f"builtin {name}() over the rows of a per-example array compares "
+                                   f"arrays (ambiguous truth value)", filename, lineno,
+                                   f"Use numpy.{name}(x, axis=0) for elementwise extremes.")
+    lanes = seq.data.shape[0]
+    lengths = np.asarray(seq.lengths) if type(seq) is Ragged else np.full(lanes, seq.data.shape[1])
+    empty = lengths == 0
+    if empty.any() and "default" not in kwargs:
+        raise lane_error(ValueError(f"{name}() iterable argument is empty"), np.flatnonzero(empty))
+    if empty.all():
+        return kwargs["default"]
+    pos = arg_prim(seq, axis=0)
+    pos = np.where(empty, 0, getattr(pos.data, "value", pos.data))
+    out = Batched(P.getitem(seq.data, np.arange(lanes), pos, index=(P.ARRAY_SLOT, P.ARRAY_SLOT)))
+    return P.where(Batched(empty), kwargs["default"], out) if empty.any() else out
+
+
+def _sum(iterable, /, start=0):
+    """Builtin sum: over a per-example sequence, one reduction (in the loop's dtype)."""
+    seq = _per_example_sequence(iterable)
+    if seq is None:
+        return builtins.sum(iterable, start)
+    total = P.sum(seq, axis=(0,), keepdims=False)
+    dtype = np.result_type(start, seq.dtype)
+    if total.dtype != dtype:
+        total = P.astype(total, dtype=dtype)
+    return total if type(start) is int and start == 0 else start + total
+
+
+def _arange(*args, **kwargs):
+    if any(isinstance(a, Batched) for a in args):
+        if any(isinstance(a, Batched) and a.data.ndim != 1 for a in args) or set(kwargs) - {"dtype"}:
+            filename, lineno = user_frame()
+            raise UnsupportedConstruct("numpy.arange with a per-example bound that is not a number",
+                                       filename, lineno, "Give numbers (len(x), n) as bounds.")
+        return ragged_arange(*args, dtype=kwargs.get("dtype"))
+    return np.arange(*args, **kwargs)
 
 
 def _creator(fill):
@@ -282,8 +340,10 @@ _SPECIAL = {
     builtins.setattr: lambda obj, name, value: store_attr(obj, name, value),
     builtins.delattr: lambda obj, name: del_attr(obj, name),
     builtins.range: batched_range,
-    builtins.min: _extreme(builtins.min, P.minimum),
-    builtins.max: _extreme(builtins.max, P.maximum),
+    builtins.min: _extreme(builtins.min, P.minimum, P.argmin),
+    builtins.max: _extreme(builtins.max, P.maximum, P.argmax),
+    builtins.sum: _sum,
+    np.arange: _arange,
     builtins.print: _io_guard(builtins.print),
     builtins.open: _io_guard(builtins.open),
     builtins.input: _io_guard(builtins.input),
@@ -323,6 +383,8 @@ def call(fn, *args, **kwargs):
             return special(*args, **kwargs)
     elif kind is type and fn is builtins.range:
         return batched_range(*args)
+    elif kind is type and (fn is builtins.enumerate or fn is builtins.zip):
+        return (lane_enumerate if fn is builtins.enumerate else lane_zip)(*args, **kwargs)
     elif kind is Batched:
         filename, lineno = user_frame()
         raise SpmdError("calling a varying value (each example would call a different function)",

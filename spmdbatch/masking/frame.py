@@ -23,7 +23,7 @@ from types import FunctionType
 import numpy as np
 
 from ..errors import LaneError, UnmergeableGroups
-from ..runtime.batched import Batched, user_frame
+from ..runtime.batched import Batched, set_lane_namer, user_frame
 from .lanes import UNDEFINED, fresh, merge, merge_envs, repeat_lanes, take
 from .recursion import Recursion
 from .stats import STATS
@@ -323,5 +323,17 @@ class Frame:
             frame = frame.parent
         return sorted({int(i) for i in np.asarray(idx).reshape(-1)})
 
+
+def _examples_of_lanes(local):
+    """Batch indices of the running group's lanes at positions `local` (for runtime errors)."""
+    local = np.asarray(local, dtype=np.intp).reshape(-1)
+    frame = STATE.frame
+    if frame is None:
+        return sorted({int(i) for i in local})
+    lanes = STATE.lanes
+    return frame.batch_indices(local if lanes is None else np.asarray(lanes)[local])
+
+
+set_lane_namer(_examples_of_lanes)
 
 from .sums import may_defer, record_sums_of, total  # noqa: E402  (sums reads STATE, defined above)
