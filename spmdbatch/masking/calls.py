@@ -174,7 +174,24 @@ def run_batched(fn, self_arg, args, kwargs):
         out = call_polymorphic(fn, self_arg, args, kwargs, when)
         if out is not NOT_PLAIN:
             return out
-    return _TRANSFORMER(fn)(*self_arg, *args, **kwargs)
+    try:
+        return _TRANSFORMER(fn)(*self_arg, *args, **kwargs)
+    except RecursionError:
+        raise _too_deep(args, kwargs) from None
+
+
+def _too_deep(args, kwargs):
+    """Python's stack ran out in a recursion through batched calls (one that is not scheduled
+    by height: mutual recursion, say): a LaneError naming the examples of the deepest group,
+    the ones still recursing. (The innermost handler may itself run out of stack; an outer
+    one then builds the error: the deepest frame stays recorded in STATE.)"""
+    frame = STATE.frame
+    if frame is None:
+        n = lane_count(*args, *kwargs.values())
+    else:
+        n = frame.n if STATE.lanes is None else len(STATE.lanes)
+    return lane_error(RecursionError(f"maximum recursion depth exceeded (Python's limit, "
+                                     f"{sys.getrecursionlimit()} frames)"), np.arange(n), depth=4)
 
 
 def _io_guard(fn):

@@ -18,6 +18,7 @@ A group is ``(lanes, count, env)``: `lanes` are the group's positions in the cal
 """
 from __future__ import annotations
 
+import sys
 from types import FunctionType
 
 import numpy as np
@@ -33,6 +34,7 @@ class _State:
     partial = False   # True while the running group is not every lane of the top-level batch
     frame = None      # the innermost running Frame
     lanes = None      # the running group's lanes in that frame (None: all, in order)
+    max_depth = None  # limit of recursive calls per example (None: sys.getrecursionlimit())
 
 
 STATE = _State()
@@ -172,6 +174,15 @@ class Frame:
             STATS.record_fused(m)
         ids = np.arange(self.n) if lanes is None else lanes
         callees = rec.start(ids, m)
+        limit = STATE.max_depth if STATE.max_depth is not None else sys.getrecursionlimit()
+        deep = rec.too_deep(callees, limit)
+        if len(deep):
+            which = self.batch_indices(deep)
+            filename, lineno = user_frame(2)
+            raise LaneError(f"RecursionError: maximum recursion depth ({limit} calls) exceeded (in "
+                            f"examples {which} of the batch)", which, filename, lineno,
+                            "The recursion does not end for these examples (a cycle in a tree?). "
+                            "The limit is spmd(..., max_depth=N), by default sys.getrecursionlimit().")
         # (one call: the callee lanes get their own copies of the caller's varying objects,
         # since one object in two groups of the frame would read as uniform)
         if m > 1:

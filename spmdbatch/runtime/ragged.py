@@ -335,16 +335,18 @@ def _reshape(args, shape):
     (x,) = args
     shape = tuple(shape)
     rest = x.data.shape[2:]
-    if shape == (-1,) or (len(shape) == 1 and type(shape[0]) is Batched):
+    def free(d):        # the per-example length: given as x.shape[0] or -1
+        return type(d) is Batched or (isinstance(d, (int, np.integer)) and d == -1)
+
+    if len(shape) == 1 and free(shape[0]):
         return _flatten(x)
-    if len(shape) >= 1 and (shape[0] == -1 or type(shape[0]) is Batched) and \
-            all(isinstance(d, (int, np.integer)) and d >= 0 for d in shape[1:]) and \
-            int(np.prod(shape[1:])) == int(np.prod(rest)):
-        return Ragged(P.reshape(x.data, shape=x.data.shape[:2] + shape[1:]), x.lengths)
-    if len(shape) >= 2 and (shape[1] == -1 or type(shape[1]) is Batched) and _ndim(x) == 1 and \
-            shape[0] == 1 and len(shape) == 2:
-        raise _refusal("a reshape that moves the ragged axis (to (1, T): x[None], numpy.stack along "
-                       "axis 0) is not supported",
+    fixed = [d for d in shape if not free(d)]
+    if len(shape) >= 1 and free(shape[0]) and len(fixed) == len(shape) - 1 and \
+            int(np.prod(fixed)) == int(np.prod(rest)):
+        return Ragged(P.reshape(x.data, shape=x.data.shape[:2] + tuple(fixed)), x.lengths)
+    if len(shape) >= 2 and any(free(d) for d in shape[1:]):
+        raise _refusal("a reshape that moves the ragged axis (x[None], numpy.stack along axis 0) "
+                       "is not supported",
                        "Keep the per-example length first: x[:, None], numpy.stack(xs, axis=-1).")
     raise _refusal(f"reshape of a ragged value (examples of different lengths) to {shape}",
                    "Only reshapes that keep the ragged axis first are supported: (T, a, b) <-> "
