@@ -454,6 +454,8 @@ def pad(array, pad_width, mode="constant", **kwargs):
         raise NotImplementedError("numpy.pad with per-axis constant_values is not supported on "
                                   "traced or batched values; give one number")
     nd = np.ndim(array)
+    if nd == 0:
+        return array
     widths = np.broadcast_to(np.asarray(pad_width, dtype=np.intp), (nd, 2))
     return P.pad(array, pad_width=tuple((int(b), int(e)) for b, e in widths),
                  constant=constant.item() if hasattr(constant, "item") else constant)
