@@ -23,7 +23,7 @@ import types
 
 import numpy as np
 
-from ..errors import DivergentSideEffect, SpmdError, UnsupportedConstruct
+from ..errors import DivergentSideEffect, SpmdError, UnmergeableGroups, UnsupportedConstruct
 from ..runtime.batched import Batched, lane_error, user_frame
 from ..runtime.mapped import LaneMapped, mapped_rows
 from ..runtime.ragged import Ragged, ragged_arange
@@ -440,10 +440,15 @@ def call_fused(funcs, args, kwargs):
         return tuple(call(f, *a, **k) for f, a, k in zip(funcs, args, kwargs))
     n = lane_count(*args[0], *kwargs[0].values())
     counts = [n] * len(funcs)
-    merged = [merge([a[i] for a in args], counts, f"argument {i}", disjoint=False)
-              for i in range(len(args[0]))]
-    merged_kw = {key: merge([k[key] for k in kwargs], counts, f"argument {key!r}", disjoint=False)
-                 for key in kwargs[0]}
+    try:
+        merged = [merge([a[i] for a in args], counts, f"argument {i}", disjoint=False)
+                  for i in range(len(args[0]))]
+        merged_kw = {key: merge([k[key] for k in kwargs], counts, f"argument {key!r}", disjoint=False)
+                     for key in kwargs[0]}
+    except (ValueError, UnmergeableGroups):
+        # arguments that cannot become one batch (arrays of different shapes per call, as
+        # slices of different lengths are): the calls run one after the other
+        return tuple(call(f, *a, **k) for f, a, k in zip(funcs, args, kwargs))
     STATS.record_fused(len(funcs))
     saved = STATE.lanes
     # lane i of the fused call is lane i % n of the caller (errors name the right examples)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import UnsupportedOperation
 from . import primitives as P
 from .batched import Batched, lane_error
 from .dispatch import bind, register_value_type
@@ -29,8 +30,9 @@ def batched_apply(prim, args, params):
     """Dispatch handler for operands of type `Batched`."""
     rule = prim.batch
     if rule is None:
-        raise NotImplementedError(f"primitive {prim.name!r} has no batching rule; "
-                                  f"add one in spmdbatch/runtime/batching.py")
+        from .batched import user_frame
+        raise UnsupportedOperation(f"primitive {prim.name!r} has no batching rule", *user_frame(),
+                                   hint="Add one in spmdbatch/runtime/batching.py.")
     return rule(args, **params)
 
 

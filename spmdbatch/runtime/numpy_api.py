@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from ..errors import UnsupportedOperation
 from . import primitives as P
 
 FUNCTIONS: dict = {}
@@ -27,11 +28,14 @@ def implements(*numpy_functions):
     return register
 
 
-def unsupported(name: str, what: str = "traced or batched values") -> NotImplementedError:
-    return NotImplementedError(
+def unsupported(name: str, what: str = "traced or batched values") -> UnsupportedOperation:
+    from .batched import user_frame      # (batched imports this module)
+    filename, lineno = user_frame(3)
+    return UnsupportedOperation(
         f"numpy.{name} is not supported on {what} by spmdbatch; it would lose the gradient or "
-        f"the batch axis. Rewrite it with supported functions (see spmdbatch.runtime.numpy_api), "
-        f"or apply spmdbatch.stop_gradient to its input if no gradient is needed.")
+        f"the batch axis", filename, lineno,
+        "Rewrite it with supported functions (see spmdbatch.runtime.numpy_api), or apply "
+        "spmdbatch.stop_gradient to its input if no gradient is needed.")
 
 
 def _no_out(out, name):

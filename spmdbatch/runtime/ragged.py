@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import UnsupportedConstruct
+from ..errors import UnsupportedOperation
 from . import primitives as P
 from .batched import Batched, lane_error, user_frame
 from .dispatch import register_value_type
@@ -82,9 +82,9 @@ class Ragged(Batched):
 
 def _refusal(what: str, hint: str = "Pad the examples to one length before batching, or "
                                      "index, reduce or iterate over the ragged axis instead.",
-             depth: int = 3) -> UnsupportedConstruct:
+             depth: int = 3) -> UnsupportedOperation:
     filename, lineno = user_frame(depth)
-    return UnsupportedConstruct(what, filename, lineno, hint)
+    return UnsupportedOperation(what, filename, lineno, hint)
 
 
 def as_ragged(x):
