@@ -460,8 +460,84 @@ def call_fused(funcs, args, kwargs):
     return tuple(take(result, np.arange(i * n, (i + 1) * n), {}) for i in range(len(funcs)))
 
 
+class LaneSwitch:
+    """The callables a uniform container holds under each lane's key (``OPS[mode]`` with a
+    varying `mode`): calling it calls each lane's own choice on that lane (see `_lane_lookup`)."""
+
+    __slots__ = ("which", "choices")
+
+    def __init__(self, which, choices):
+        self.which = which          # per lane: position in `choices`
+        self.choices = choices
+
+    def _spmd_take_lanes(self, idx):
+        return LaneSwitch(self.which[idx], self.choices)
+
+    def _spmd_merge_lanes(self, others, counts):
+        if any(type(o) is not LaneSwitch or o.choices != self.choices for o in others):
+            raise UnmergeableGroups("different selections of functions meet where control flow joins")
+        return LaneSwitch(np.concatenate([self.which] + [o.which for o in others]), self.choices)
+
+    def __call__(self, *args, **kwargs):
+        """Each group of lanes with the same choice calls it (like the sides of a branch)."""
+        n = len(self.which)
+        if n == 0:
+            return call(self.choices[0], *args, **kwargs)
+        results, positions = [], []
+        saved_partial, saved_lanes = STATE.partial, STATE.lanes
+        for j in np.unique(self.which):
+            idx = (self.which == j).nonzero()[0]
+            sub_args = take(tuple(args), idx, {})
+            sub_kwargs = {key: take(v, idx, {}) for key, v in kwargs.items()}
+            STATE.partial = saved_partial or len(idx) < n
+            STATE.lanes = idx if saved_lanes is None else np.asarray(saved_lanes)[idx]
+            try:
+                results.append(call(self.choices[int(j)], *sub_args, **sub_kwargs))
+            finally:
+                STATE.partial, STATE.lanes = saved_partial, saved_lanes
+            positions.append(idx)
+        if len(results) == 1:
+            return results[0]
+        value = merge(results, [len(p) for p in positions], "the result of a call through a varying key")
+        return take(value, np.concatenate(positions).argsort(kind="stable"), {})
+
+
+def _lane_lookup(obj, key):
+    """``obj[key]`` of a list, tuple or dict with a per-example key (a number per lane): each
+    lane's own entry. Arrays and numbers become one varying value (a gather from their stack,
+    so gradients reach traced entries); callables a `LaneSwitch`. A missing key raises a
+    LaneError naming the examples, as the loop's KeyError/IndexError."""
+    raw = np.asarray(getattr(key.data, "value", key.data))
+    distinct, which = np.unique(raw, return_inverse=True)
+    choices, bad, first = [], [], None
+    for j, k in enumerate(distinct):
+        try:
+            choices.append(obj[k.item()])
+        except (KeyError, IndexError, TypeError) as exc:
+            bad.append((which == j).nonzero()[0])
+            first = first or exc
+    if bad:
+        raise lane_error(first, np.concatenate(bad))
+    if len(choices) == 1:
+        return choices[0]
+    if all(callable(c) and not hasattr(c, "shape") for c in choices):
+        return LaneSwitch(which.reshape(-1), tuple(choices))
+    if all(isinstance(c, (int, float, bool, complex, np.generic)) or hasattr(c, "shape") for c in choices):
+        try:
+            stacked = np.stack(choices)
+        except ValueError:
+            stacked = None
+        if stacked is not None:
+            return getitem(stacked, Batched(which.reshape(-1)))
+    filename, lineno = user_frame(3)
+    raise UnsupportedConstruct(f"a per-example key selects different kinds of objects from a "
+                               f"{type(obj).__name__} ({', '.join(sorted({type(c).__name__ for c in choices}))})",
+                               filename, lineno, "Branch on the key with if/elif instead.")
+
+
 def getitem(obj, index):
-    """`obj[index]`: arrays indexed by varying indices gather through the batching rules."""
+    """`obj[index]`: arrays indexed by varying indices gather through the batching rules;
+    lists, tuples and dicts indexed by a varying key give each lane its own entry."""
     if type(obj) is LaneMapped and type(index) is Batched and type(index.data) is np.ndarray \
             and index.data.ndim == 1 and obj.base.ndim >= 2 and index.data.dtype.kind in "iu":
         return mapped_rows(obj, index.data)         # (the common `tree.left[k]`, directly)
@@ -469,6 +545,9 @@ def getitem(obj, index):
             isinstance(i, (Batched, LaneMapped)) for i in index))):
         template, arrays = P.split_index(index)
         return P.getitem(obj, *arrays, index=template)
+    if type(index) is Batched and index.data.ndim == 1 and (type(obj) is list or type(obj) is tuple
+                                                           or type(obj) is dict):
+        return _lane_lookup(obj, index)
     return obj[index]
 
 
