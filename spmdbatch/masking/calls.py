@@ -548,7 +548,21 @@ def getitem(obj, index):
     if type(index) is Batched and index.data.ndim == 1 and (type(obj) is list or type(obj) is tuple
                                                            or type(obj) is dict):
         return _lane_lookup(obj, index)
+    if type(obj) is np.ndarray and obj.ndim and _varying_slice(index):
+        # a uniform array sliced with a per-example bound (v[:n]): each example's own slice
+        bound = next(b for s in (index if type(index) is tuple else (index,)) if type(s) is slice
+                     for b in (s.start, s.stop) if type(b) is Batched)
+        lanes = bound.data.shape[0]
+        template, arrays = P.split_index(index)
+        return P.getitem(Batched(np.broadcast_to(obj, (lanes,) + obj.shape)), *arrays, index=template)
     return obj[index]
+
+
+def _varying_slice(index) -> bool:
+    for item in (index if type(index) is tuple else (index,)):
+        if type(item) is slice and (type(item.start) is Batched or type(item.stop) is Batched):
+            return True
+    return False
 
 
 def setitem(obj, index, value):
