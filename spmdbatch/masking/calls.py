@@ -548,13 +548,16 @@ def getitem(obj, index):
     if type(index) is Batched and index.data.ndim == 1 and (type(obj) is list or type(obj) is tuple
                                                            or type(obj) is dict):
         return _lane_lookup(obj, index)
-    if type(obj) is np.ndarray and obj.ndim and _varying_slice(index):
-        # a uniform array sliced with a per-example bound (v[:n]): each example's own slice
+    if (type(index) is slice or type(index) is tuple) and _varying_slice(index) and \
+            not is_varying(obj) and getattr(obj, "ndim", 0):
+        # a uniform array (or traced array) sliced with a per-example bound (v[:n]): each
+        # example's own slice
         bound = next(b for s in (index if type(index) is tuple else (index,)) if type(s) is slice
                      for b in (s.start, s.stop) if type(b) is Batched)
         lanes = bound.data.shape[0]
         template, arrays = P.split_index(index)
-        return P.getitem(Batched(np.broadcast_to(obj, (lanes,) + obj.shape)), *arrays, index=template)
+        rows = P.broadcast_to(obj, shape=(lanes,) + tuple(obj.shape))
+        return P.getitem(Batched(rows), *arrays, index=template)
     return obj[index]
 
 
