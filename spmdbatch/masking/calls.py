@@ -28,7 +28,7 @@ from ..runtime.batched import Batched, lane_error, user_frame
 from ..runtime.mapped import LaneMapped, mapped_rows
 from ..runtime.ragged import Ragged, ragged_arange
 from ..runtime import primitives as P
-from .frame import STATE
+from .frame import STATE, raise_all_lanes
 from .iterators import batched_range, lane_enumerate, lane_zip
 from .lanes import forget_uniform_objects, is_varying, lane_count, merge, take
 from .stats import STATS
@@ -389,11 +389,19 @@ def call(fn, *args, **kwargs):
             return special(*args, **kwargs)
         if _any_varying(args, kwargs) and is_user_function(fn):
             return run_batched(fn, (), args, kwargs)
-        return fn(*args, **kwargs)
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            _in_running_lanes(exc, fn, args, kwargs)
+            raise
     if kind is types.MethodType and type(fn.__func__) is types.FunctionType:
         if (_any_varying(args, kwargs) or is_varying(fn.__self__)) and is_user_function(fn.__func__):
             return run_batched(fn.__func__, (fn.__self__,), args, kwargs)
-        return fn(*args, **kwargs)
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            _in_running_lanes(exc, fn, args, kwargs)
+            raise
     if kind is types.BuiltinFunctionType:
         special = _SPECIAL.get(fn)
         if special is not None:
@@ -411,7 +419,22 @@ def call(fn, *args, **kwargs):
         if type(method) is types.FunctionType and is_user_function(method) and \
                 (_any_varying(args, kwargs) or is_varying(fn)):
             return run_batched(method, (fn,), args, kwargs)
-    return fn(*args, **kwargs)
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:
+        _in_running_lanes(exc, fn, args, kwargs)
+        raise
+
+
+def _in_running_lanes(exc, fn, args, kwargs):
+    """An exception of a call with uniform arguments (run natively) while only some examples
+    run (under a varying condition): theirs alone, so raise it as a LaneError naming them.
+    (Returns when it is not such a case: the caller re-raises `exc`.)"""
+    if isinstance(exc, SpmdError) or not STATE.partial or STATE.frame is None:
+        return
+    if _any_varying(args, kwargs) or is_varying(fn):
+        return
+    raise_all_lanes(exc)
 
 
 def _same_function(a, b) -> bool:
@@ -558,7 +581,11 @@ def getitem(obj, index):
         template, arrays = P.split_index(index)
         rows = P.broadcast_to(obj, shape=(lanes,) + tuple(obj.shape))
         return P.getitem(Batched(rows), *arrays, index=template)
-    return obj[index]
+    try:
+        return obj[index]
+    except (IndexError, KeyError) as exc:
+        _in_running_lanes(exc, obj, (index,), {})
+        raise
 
 
 def _varying_slice(index) -> bool:
