@@ -205,6 +205,8 @@ def _unwrap(value, batch):
         return value.data
     if type(value) is Ragged:
         return to_examples(value)  # examples of different lengths cannot be stacked
+    if hasattr(value, "_spmd_examples"):
+        return value._spmd_examples()
     if hasattr(value, "_spmd_take_lanes"):
         raise TypeError("a batched iterator or range cannot be returned from an @spmd function")
     if isinstance(value, (int, float, bool, complex, np.generic)) or value is None:

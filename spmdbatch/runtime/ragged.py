@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import UnsupportedOperation
 from . import primitives as P
+from .array_methods import ArrayMethods
 from .batched import Batched, lane_error, user_frame
 from .dispatch import register_value_type
 
@@ -344,6 +345,8 @@ def _reshape(args, shape):
     if len(shape) >= 1 and free(shape[0]) and len(fixed) == len(shape) - 1 and \
             int(np.prod(fixed)) == int(np.prod(rest)):
         return Ragged(P.reshape(x.data, shape=x.data.shape[:2] + tuple(fixed)), x.lengths)
+    if len(shape) == 2 and _ndim(x) == 1 and shape[0] == 1 and free(shape[1]):
+        return RaggedT(Ragged(P.reshape(x.data, shape=x.data.shape + (1,)), x.lengths))   # x[None]
     if len(shape) >= 2 and any(free(d) for d in shape[1:]):
         raise _refusal("a reshape that moves the ragged axis (x[None], numpy.stack along axis 0) "
                        "is not supported",
@@ -360,10 +363,11 @@ def _transpose(args, axes=None):
     (x,) = args
     nd = _ndim(x)
     axes = tuple(range(nd - 1, -1, -1)) if axes is None else tuple(int(a) % nd for a in axes)
+    if nd == 2 and axes == (1, 0):
+        return RaggedT(x)                 # (d, T): K.T of attention scores q @ K.T
     if axes[0] != 0:
-        raise _refusal("a transpose that moves the ragged (per-example length) axis",
-                       "Keep the ragged axis first: contract it with einsum or matmul instead "
-                       "(q @ K.T is written K @ q).")
+        raise _refusal("a transpose that moves the ragged (per-example length) axis of a value "
+                       "of rank > 2", "Keep the ragged axis first: contract it with einsum.")
     return Ragged(P.transpose(x.data, axes=(0, 1) + tuple(a + 1 for a in axes[1:])), x.lengths)
 
 
@@ -490,6 +494,8 @@ RAGGED_RULES[P.einsum] = _einsum
 
 def _matmul(args):
     a, b = args
+    if type(a) is RaggedT or type(b) is RaggedT:
+        return _matmul_t(a, b)
     if type(a) is Ragged and type(b) is not Ragged and _ndim(a) >= 2 and _ndim(b) <= 2:
         return Ragged(P.matmul(_plain(a), b).data, a.lengths)   # (T, d) @ (d[, h])
     if type(a) is Ragged and type(b) is Ragged and _ndim(a) == 1 and _ndim(b) <= 2:
@@ -631,3 +637,105 @@ def _index_update(args, index, mode):
 
 
 RAGGED_RULES[P.index_update] = _index_update
+
+
+# --- a ragged matrix seen transposed ---------------------------------------------------------------
+class RaggedT(ArrayMethods):
+    """A ragged (T, d) value seen as its transpose (d, T): the ragged axis last. It supports
+    what models do with it: transposing back, products that contract or keep T (q @ K.T,
+    W @ K.T, K.T @ a), reductions, elementwise operations with scalars or with values of
+    its own shape, indexing, and concatenation along the first axis (numpy.stack of ragged
+    sequences); anything else is refused with file:line."""
+
+    __slots__ = ("base",)
+
+    def __init__(self, base):
+        self.base = base        # the Ragged (T, d)
+
+    shape = property(lambda self: tuple(reversed(self.base.shape)))
+    ndim = property(lambda self: 2)
+    dtype = property(lambda self: self.base.dtype)
+    xp = property(lambda self: self.base.xp)
+
+    def _spmd_take_lanes(self, idx):
+        return RaggedT(self.base._spmd_take_lanes(idx))
+
+    def _spmd_merge_lanes(self, others, counts):
+        if not all(type(o) is RaggedT for o in others):
+            raise _refusal("a variable holds a transposed ragged value on some paths and another "
+                           "kind of value on others where control flow joins")
+        base = self.base
+        if type(base) is not Ragged:
+            base = base.materialize()
+        return RaggedT(base._spmd_merge_lanes([o.base for o in others], counts))
+
+    def _spmd_stop_gradient(self):
+        return RaggedT(self.base._spmd_stop_gradient())
+
+    def _spmd_examples(self):
+        """The per-example results (transposed back), for spmd's return value."""
+        return [e.T for e in to_examples(self.base)]
+
+    def __repr__(self):
+        return f"RaggedT(of {self.base!r})"
+
+
+def _matmul_t(a, b):
+    if type(b) is RaggedT and type(a) is not RaggedT and type(a) is not Ragged:
+        k = b.base                           # (T, d)
+        if _ndim(a) == 1:                    # (d,) @ (d, T) = K @ q
+            return P.matmul(k, a)
+        if _ndim(a) == 2:                    # (h, d) @ (d, T) = (K @ W.T).T
+            return RaggedT(P.matmul(k, P.transpose(a, axes=(1, 0))))
+    if type(a) is RaggedT and type(b) is Ragged and _ndim(b) <= 2:
+        # (d, T) @ (T,) and (d, T) @ (T, k): the ragged axis is contracted
+        return _einsum((a.base, b), "td,t->d" if _ndim(b) == 1 else "td,tk->dk")
+    raise _refusal("this matmul with a transposed ragged value (d, T) is not supported",
+                   "Supported: (d,) @ (d, T), (h, d) @ (d, T), (d, T) @ (T,) and (d, T) @ (T, k).")
+
+
+def _ragged_t_apply(prim, args, params):
+    t = next(a for a in args if type(a) is RaggedT)
+    if prim is P.matmul:
+        return _matmul_t(*args)
+    if prim is P.transpose:
+        axes = params.get("axes")
+        if axes is None or tuple(int(a) % 2 for a in axes) == (1, 0):
+            return t.base
+        return t
+    if prim in RAGGED_T_ELEMENTWISE:
+        operands = []
+        for a in args:
+            if type(a) is RaggedT:
+                operands.append(a.base)
+            elif np.ndim(a) == 0 or (isinstance(a, Batched) and a.data.ndim == 1):
+                operands.append(a)
+            else:
+                raise _refusal(f"{prim.name} of a transposed ragged value (d, T) with a value of "
+                               f"another shape", "Transpose back first (x.T) and broadcast there.")
+        return RaggedT(prim(*operands, **params))
+    if prim in (P.sum, P.max, P.min, P.any, P.all, P.logsumexp):
+        axis, keepdims = params.get("axis"), params.get("keepdims", False)
+        if keepdims:
+            raise _refusal(f"{prim.name}(keepdims=True) of a transposed ragged value")
+        if axis is None or len(axis) == 2:
+            return prim(t.base, axis=None, keepdims=False)
+        (ax,) = axis
+        out = prim(t.base, axis=(1 - ax % 2,), keepdims=False)
+        return out
+    if prim is P.getitem:
+        index = params["index"]
+        if all(isinstance(i, (int, np.integer, slice)) for i in index) and len(index) <= 2:
+            first, second = (tuple(index) + (slice(None),) * 2)[:2]
+            out = P.getitem(t.base, index=(second, first))
+            return RaggedT(out) if isinstance(first, slice) and isinstance(second, slice) else out
+    if prim is P.concatenate and params.get("axis", 0) % 2 == 0 and all(type(a) is RaggedT for a in args):
+        return RaggedT(P.concatenate(*[a.base for a in args], axis=1))
+    if prim is P.astype:
+        return RaggedT(P.astype(t.base, **params))
+    raise _refusal(f"{prim.name} on a transposed ragged value (d, T) is not supported",
+                   "Keep the ragged axis first (transpose back with x.T).")
+
+
+RAGGED_T_ELEMENTWISE = P.ELEMENTWISE | {P.sigmoid}
+register_value_type(RaggedT, 3.5, _ragged_t_apply)   # (before Ragged when they meet)

@@ -240,6 +240,32 @@ def test_what_remains_unsupported_is_refused_with_the_line():
     with pytest.raises(sb.UnsupportedConstruct, match="numpy.tile") as err:
         sb.spmd(lambda x: np.tile(x, 2).sum())(xs)
     assert f"{__file__}:" in str(err.value)
-    with pytest.raises(sb.UnsupportedConstruct, match="transpose") as err:
-        sb.spmd(lambda x: np.ones(3) @ x.T)(xs)
-    assert f"{__file__}:" in str(err.value) and "K @ q" in str(err.value)
+    with pytest.raises(sb.UnsupportedConstruct, match="transposed ragged") as err:
+        sb.spmd(lambda x: (x.T + np.ones((3, 1))).sum())(xs)
+    assert f"{__file__}:" in str(err.value)
+
+
+@SETTINGS
+@given(ks=sequences(trailing=(3,)))
+def test_products_with_a_transposed_ragged_matrix(ks):
+    q = np.array([0.5, -1.0, 2.0])
+    w = np.arange(6.0).reshape(2, 3) / 4
+
+    def f(p, k):
+        scores = (q * p[0]) @ k.T                       # (d,) @ (d, T)
+        att = np.exp(scores - 1.0)
+        mixed = k.T @ att                               # (d, T) @ (T,)
+        proj = (w * p[1]) @ k.T                         # (h, d) @ (d, T)
+        return weights(scores) + mixed.sum() + proj.sum(0).sum() + (proj * 2.0).T[:, 1].sum()
+    check_batched(lambda k: f(P, k), ks)
+    check_batched_grad(f, P, ks)
+
+
+@SETTINGS
+@given(xs=sequences())
+def test_stack_of_sequences_along_the_first_axis(xs):
+    def f(p, x):
+        s = np.stack([x * p[0], x, x * x])              # (3, T)
+        return s.sum(1) + weights(s[1]) + weights(s.sum(0)) + s[2, :].sum()
+    check_batched(lambda x: f(P, x), xs)
+    check_batched_grad(f, P, xs)
