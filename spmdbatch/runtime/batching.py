@@ -301,9 +301,11 @@ class _IndexPlan:
                 a = next(array_iter)
                 if type(a) is Batched:
                     if a.dtype == np.bool_:
-                        raise NotImplementedError(
-                            "boolean-mask indexing with a varying mask gives each example its own "
-                            "shape; use numpy.where(mask, x, 0) instead")
+                        from .batched import user_frame
+                        raise UnsupportedOperation(
+                            "a per-example boolean mask after other indices (only x[mask], over "
+                            "the first axis, is supported)", *user_frame(),
+                            hint="Mask the first axis (transpose first), or use numpy.where(mask, x, 0).")
                     shapes.append(tuple(a.shape))
                     conv_arrays.append(a)
                 else:
