@@ -31,6 +31,12 @@ class UnsupportedConstruct(SpmdError):
     """The per-example code uses a construct that cannot be batched (generators, async, ...)."""
 
 
+class UnsupportedOperation(UnsupportedConstruct, NotImplementedError):
+    """An array operation spmdbatch has no rule for on traced, batched or ragged values (a
+    numpy function without an implementation, a ragged operation that would move the ragged
+    axis). Also a NotImplementedError, as numpy's own refusals are."""
+
+
 class HasExceptionHandling(UnsupportedConstruct):
     """The function contains try/except/finally or with blocks.
 

@@ -33,20 +33,27 @@ from .masking.lane_list import to_user
 from .runtime.ragged import Ragged, from_examples, to_examples
 
 
-def spmd(fn=None, *, in_axes=0):
-    """Batch a per-example function (decorator with or without arguments)."""
+def spmd(fn=None, *, in_axes=0, max_depth=None):
+    """Batch a per-example function (decorator with or without arguments).
+
+    `max_depth` limits the depth of recursive calls in each example (default:
+    ``sys.getrecursionlimit()``, as the per-example loop's RecursionError): an example that
+    goes deeper (a recursion that never ends, over a cyclic "tree") raises a `LaneError`
+    naming it.
+    """
     if fn is None:
-        return lambda f: spmd(f, in_axes=in_axes)
+        return lambda f: spmd(f, in_axes=in_axes, max_depth=max_depth)
     check_python_version(fn)
-    return SpmdFunction(fn, in_axes)
+    return SpmdFunction(fn, in_axes, max_depth)
 
 
 class SpmdFunction:
     """A per-example function together with how its arguments are batched."""
 
-    def __init__(self, fn, in_axes):
+    def __init__(self, fn, in_axes, max_depth=None):
         self.fn = fn
         self.in_axes = in_axes
+        self.max_depth = max_depth
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args, **kwargs):
@@ -67,14 +74,16 @@ class SpmdFunction:
                     f"spmd({self.fn.__qualname__}): batched arguments disagree on the batch size: "
                     f"{sizes[0][0]} has {batch} examples, {where} has {n}", hint=
                     "Every batched argument needs the same leading (batch) axis length.")
-        saved = (STATE.partial, STATE.frame, STATE.lanes)
+        saved = (STATE.partial, STATE.frame, STATE.lanes, STATE.max_depth)
         STATE.partial, STATE.frame, STATE.lanes = False, None, None
+        if self.max_depth is not None:
+            STATE.max_depth = self.max_depth
         forget_uniform_objects()
         UNIFORM_OBJECTS.active += 1
         try:
             out = run_batched(self.fn, (), wrapped, wrapped_kw)
         finally:
-            STATE.partial, STATE.frame, STATE.lanes = saved
+            STATE.partial, STATE.frame, STATE.lanes, STATE.max_depth = saved
             UNIFORM_OBJECTS.active -= 1
             forget_uniform_objects()
         return to_user(out, batch, _unwrap)
@@ -206,6 +215,8 @@ def _unwrap(value, batch):
         return value.data
     if type(value) is Ragged:
         return to_examples(value)  # examples of different lengths cannot be stacked
+    if hasattr(value, "_spmd_examples"):
+        return value._spmd_examples()
     if hasattr(value, "_spmd_take_lanes"):
         raise TypeError("a batched iterator or range cannot be returned from an @spmd function")
     if isinstance(value, (int, float, bool, complex, np.generic)) or value is None:

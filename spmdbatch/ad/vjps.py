@@ -152,6 +152,11 @@ def _matmul_vjp_a(g, ans, a, b):
     return unbroadcast(out, a)
 
 
+def _as_rows(m):
+    """`m` as a matrix of its last axis (also when it has no elements: reshape(-1, n) fails)."""
+    return m.reshape(math.prod(m.shape[:-1]), m.shape[-1])
+
+
 def _matmul_vjp_b(g, ans, a, b):
     a, b = _as_arrays(g, a, b)
     if a.ndim == 1 and b.ndim == 1:
@@ -159,15 +164,15 @@ def _matmul_vjp_b(g, ans, a, b):
     if a.ndim == 1:                     # (n,) @ (..., n, k) -> (..., k)
         return unbroadcast(a[:, None] * g[..., None, :], b)
     if b.ndim == 1:                     # (..., m, n) @ (n,) -> (..., m)
-        return (g[..., None] * a).reshape(-1, a.shape[-1]).sum(axis=0)
+        return _as_rows(g[..., None] * a).sum(axis=0)
     if b.ndim == 2:                     # fold a's leading axes into one GEMM
-        return a.reshape(-1, a.shape[-1]).T @ g.reshape(-1, g.shape[-1])
+        return _as_rows(a).T @ _as_rows(g)
     return unbroadcast(np.swapaxes(a, -1, -2) @ g, b)
 
 
 defvjp(P.matmul, _matmul_vjp_a, _matmul_vjp_b)
 defvjp(P.matmul_t, lambda g, ans, x, w: g @ w,
-       lambda g, ans, x, w: g.reshape(-1, g.shape[-1]).T @ x.reshape(-1, x.shape[-1]))
+       lambda g, ans, x, w: _as_rows(g).T @ _as_rows(x))
 
 
 def _einsum_vjp(pos, g, ans, *operands, spec):
@@ -188,6 +193,27 @@ def _einsum_vjp(pos, g, ans, *operands, spec):
 
 
 defvjp_variadic(P.einsum, _einsum_vjp)
+
+def _sort_vjp(g, ans, x, axis=-1):
+    xp = namespace(g)
+    if axis is None:
+        return _sort_vjp(g, ans.reshape(-1), x.reshape(-1), 0).reshape(np.shape(x))
+    order = xp.argsort(x, axis=axis, kind="stable")
+    out = xp.zeros(np.shape(x), dtype=g.dtype)
+    xp.put_along_axis(out, order, g, axis=axis)
+    return out
+
+
+defvjp(P.sort, _sort_vjp)
+
+
+def _pad_vjp(g, ans, x, pad_width, constant=0):
+    return g[tuple(slice(before, g.shape[i] - after) for i, (before, after) in enumerate(pad_width))]
+
+
+defvjp(P.pad, _pad_vjp)
+defvjp(P.roll, lambda g, ans, x, shift, axis=None: namespace(g).roll(
+    g, tuple(-s for s in shift) if isinstance(shift, tuple) else -shift, axis))
 
 # --- shapes -------------------------------------------------------------------------------
 defvjp(P.reshape, lambda g, ans, x, shape: g.reshape(np.shape(x)))

@@ -9,8 +9,10 @@
 - the same functions called with uniform arguments only run natively, at Python speed;
 - library code (numpy, the standard library, spmdbatch's runtime) runs natively and sees
   varying values through numpy's protocols;
-- a few builtins get batched meanings: `range` with a varying bound, `min`/`max` of
-  several values, and I/O (`print`, `open`, `input`) is refused under divergent control.
+- a few builtins get batched meanings: `range` and `numpy.arange` with a varying bound,
+  `min`/`max` of several values, `sum`/`min`/`max` of a per-example sequence, `zip` and
+  `enumerate` over varying sequences, and I/O (`print`, `open`, `input`) is refused under
+  divergent control.
 """
 from __future__ import annotations
 
@@ -21,13 +23,13 @@ import types
 
 import numpy as np
 
-from ..errors import DivergentSideEffect, SpmdError
-from ..runtime.batched import Batched, user_frame
+from ..errors import DivergentSideEffect, SpmdError, UnmergeableGroups, UnsupportedConstruct
+from ..runtime.batched import Batched, lane_error, user_frame
 from ..runtime.mapped import LaneMapped, mapped_rows
-from ..runtime.ragged import Ragged
+from ..runtime.ragged import Ragged, ragged_arange
 from ..runtime import primitives as P
-from .frame import STATE
-from .iterators import batched_range
+from .frame import STATE, raise_all_lanes
+from .iterators import batched_range, lane_enumerate, lane_zip
 from . import lane_list as LL
 from .lane_list import LaneDict, LaneList, RaggedList
 from .formatting import lane_strings
@@ -188,15 +190,30 @@ def run_batched(fn, self_arg, args, kwargs):
         if out is not NOT_PLAIN:
             return out
     lent = LL.lend(args) if any(type(a) in _OWNED_TYPES for a in args) else None
-    if not lent:
-        return _TRANSFORMER(fn)(*self_arg, *args, **kwargs)
     try:
         return _TRANSFORMER(fn)(*self_arg, *args, **kwargs)
+    except RecursionError:
+        raise _too_deep(args, kwargs) from None
     finally:
-        LL.give_back(lent)
+        if lent:
+            LL.give_back(lent)
 
 
 _OWNED_TYPES = (LL.LaneList, LL.RaggedList)
+
+
+def _too_deep(args, kwargs):
+    """Python's stack ran out in a recursion through batched calls (one that is not scheduled
+    by height: mutual recursion, say): a LaneError naming the examples of the deepest group,
+    the ones still recursing. (The innermost handler may itself run out of stack; an outer
+    one then builds the error: the deepest frame stays recorded in STATE.)"""
+    frame = STATE.frame
+    if frame is None:
+        n = lane_count(*args, *kwargs.values())
+    else:
+        n = frame.n if STATE.lanes is None else len(STATE.lanes)
+    return lane_error(RecursionError(f"maximum recursion depth exceeded (Python's limit, "
+                                     f"{sys.getrecursionlimit()} frames)"), np.arange(n), depth=4)
 
 
 def _io_guard(fn):
@@ -255,15 +272,71 @@ def store_nonlocal(cell, name, value):
     cell.cell_contents = value
 
 
-def _extreme(builtin, ufunc):
+def _per_example_sequence(value):
+    """`value` as a Ragged or Batched array when it is a per-example sequence (an array with
+    a first axis that varies), else None."""
+    if type(value) is LaneMapped:
+        value = value.materialize()
+    if type(value) is Ragged or (type(value) is Batched and value.data.ndim >= 2):
+        return value
+    return None
+
+
+def _extreme(builtin, ufunc, arg_prim):
     def extreme(*args, **kwargs):
         if len(args) > 1 and not kwargs and any(type(a) is Batched for a in args):
             out = args[0]
             for a in args[1:]:
                 out = ufunc(out, a)
             return out
-        return builtin(*args, **kwargs)
+        seq = _per_example_sequence(args[0]) if len(args) == 1 and set(kwargs) <= {"default"} else None
+        if seq is None:
+            return builtin(*args, **kwargs)
+        return _extreme_of_sequence(builtin.__name__, arg_prim, seq, kwargs)
     return extreme
+
+
+def _extreme_of_sequence(name, arg_prim, seq, kwargs):
+    """Builtin min/max over each example's sequence: its first extreme element (the one the
+    builtin returns, and the one that gets the gradient)."""
+    if seq.data.ndim != 2:
+        filename, lineno = user_frame(3)
+        raise UnsupportedConstruct(f"builtin {name}() over the rows of a per-example array compares "
+                                   f"arrays (ambiguous truth value)", filename, lineno,
+                                   f"Use numpy.{name}(x, axis=0) for elementwise extremes.")
+    lanes = seq.data.shape[0]
+    lengths = np.asarray(seq.lengths) if type(seq) is Ragged else np.full(lanes, seq.data.shape[1])
+    empty = lengths == 0
+    if empty.any() and "default" not in kwargs:
+        raise lane_error(ValueError(f"{name}() iterable argument is empty"), np.flatnonzero(empty))
+    if empty.all():
+        return kwargs["default"]
+    pos = arg_prim(seq, axis=0)
+    pos = np.where(empty, 0, getattr(pos.data, "value", pos.data))
+    out = Batched(P.getitem(seq.data, np.arange(lanes), pos, index=(P.ARRAY_SLOT, P.ARRAY_SLOT)))
+    return P.where(Batched(empty), kwargs["default"], out) if empty.any() else out
+
+
+def _sum(iterable, /, start=0):
+    """Builtin sum: over a per-example sequence, one reduction (in the loop's dtype)."""
+    seq = _per_example_sequence(iterable)
+    if seq is None:
+        return builtins.sum(iterable, start)
+    total = P.sum(seq, axis=(0,), keepdims=False)
+    dtype = np.result_type(start, seq.dtype)
+    if total.dtype != dtype:
+        total = P.astype(total, dtype=dtype)
+    return total if type(start) is int and start == 0 else start + total
+
+
+def _arange(*args, **kwargs):
+    if any(isinstance(a, Batched) for a in args):
+        if any(isinstance(a, Batched) and a.data.ndim != 1 for a in args) or set(kwargs) - {"dtype"}:
+            filename, lineno = user_frame()
+            raise UnsupportedConstruct("numpy.arange with a per-example bound that is not a number",
+                                       filename, lineno, "Give numbers (len(x), n) as bounds.")
+        return ragged_arange(*args, dtype=kwargs.get("dtype"))
+    return np.arange(*args, **kwargs)
 
 
 def _creator(fill):
@@ -355,8 +428,10 @@ _SPECIAL = {
     builtins.setattr: lambda obj, name, value: store_attr(obj, name, value),
     builtins.delattr: lambda obj, name: del_attr(obj, name),
     builtins.range: batched_range,
-    builtins.min: _extreme(builtins.min, P.minimum),
-    builtins.max: _extreme(builtins.max, P.maximum),
+    builtins.min: _extreme(builtins.min, P.minimum, P.argmin),
+    builtins.max: _extreme(builtins.max, P.maximum, P.argmax),
+    builtins.sum: _sum,
+    np.arange: _arange,
     builtins.print: _io_guard(builtins.print),
     builtins.open: _io_guard(builtins.open),
     builtins.input: _io_guard(builtins.input),
@@ -385,11 +460,19 @@ def call(fn, *args, **kwargs):
             return special(*args, **kwargs)
         if _any_varying(args, kwargs) and is_user_function(fn):
             return run_batched(fn, (), args, kwargs)
-        return fn(*args, **kwargs)
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            _in_running_lanes(exc, fn, args, kwargs)
+            raise
     if kind is types.MethodType and type(fn.__func__) is types.FunctionType:
         if (_any_varying(args, kwargs) or is_varying(fn.__self__)) and is_user_function(fn.__func__):
             return run_batched(fn.__func__, (fn.__self__,), args, kwargs)
-        return fn(*args, **kwargs)
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            _in_running_lanes(exc, fn, args, kwargs)
+            raise
     if kind is types.BuiltinFunctionType:
         special = _SPECIAL.get(fn)
         if special is not None:
@@ -409,6 +492,8 @@ def call(fn, *args, **kwargs):
     elif kind is type:
         if fn is builtins.range:
             return batched_range(*args)
+        if fn is builtins.enumerate or fn is builtins.zip:
+            return (lane_enumerate if fn is builtins.enumerate else lane_zip)(*args, **kwargs)
         special = _SPECIAL.get(fn)
         if special is not None:
             return special(*args, **kwargs)
@@ -427,7 +512,22 @@ def call(fn, *args, **kwargs):
     for i, a in enumerate(args):           # native code reads a list's storage: give it an array
         if type(a) is RaggedList:
             args = args[:i] + (LL.stack_lanes(a, 0, "array"),) + args[i + 1:]
-    return fn(*args, **kwargs)
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:
+        _in_running_lanes(exc, fn, args, kwargs)
+        raise
+
+
+def _in_running_lanes(exc, fn, args, kwargs):
+    """An exception of a call with uniform arguments (run natively) while only some examples
+    run (under a varying condition): theirs alone, so raise it as a LaneError naming them.
+    (Returns when it is not such a case: the caller re-raises `exc`.)"""
+    if isinstance(exc, SpmdError) or not STATE.partial or STATE.frame is None:
+        return
+    if _any_varying(args, kwargs) or is_varying(fn):
+        return
+    raise_all_lanes(exc)
 
 
 _SHARED_CONTAINERS = (list, dict, set, bytearray)
@@ -491,10 +591,15 @@ def call_fused(funcs, args, kwargs):
         return tuple(call(f, *a, **k) for f, a, k in zip(funcs, args, kwargs))
     n = lane_count(*args[0], *kwargs[0].values())
     counts = [n] * len(funcs)
-    merged = [merge([a[i] for a in args], counts, f"argument {i}", disjoint=False)
-              for i in range(len(args[0]))]
-    merged_kw = {key: merge([k[key] for k in kwargs], counts, f"argument {key!r}", disjoint=False)
-                 for key in kwargs[0]}
+    try:
+        merged = [merge([a[i] for a in args], counts, f"argument {i}", disjoint=False)
+                  for i in range(len(args[0]))]
+        merged_kw = {key: merge([k[key] for k in kwargs], counts, f"argument {key!r}", disjoint=False)
+                     for key in kwargs[0]}
+    except (ValueError, UnmergeableGroups):
+        # arguments that cannot become one batch (arrays of different shapes per call, as
+        # slices of different lengths are): the calls run one after the other
+        return tuple(call(f, *a, **k) for f, a, k in zip(funcs, args, kwargs))
     STATS.record_fused(len(funcs))
     saved = STATE.lanes
     # lane i of the fused call is lane i % n of the caller (errors name the right examples)
@@ -506,8 +611,84 @@ def call_fused(funcs, args, kwargs):
     return tuple(take(result, np.arange(i * n, (i + 1) * n), {}) for i in range(len(funcs)))
 
 
+class LaneSwitch:
+    """The callables a uniform container holds under each lane's key (``OPS[mode]`` with a
+    varying `mode`): calling it calls each lane's own choice on that lane (see `_lane_lookup`)."""
+
+    __slots__ = ("which", "choices")
+
+    def __init__(self, which, choices):
+        self.which = which          # per lane: position in `choices`
+        self.choices = choices
+
+    def _spmd_take_lanes(self, idx):
+        return LaneSwitch(self.which[idx], self.choices)
+
+    def _spmd_merge_lanes(self, others, counts):
+        if any(type(o) is not LaneSwitch or o.choices != self.choices for o in others):
+            raise UnmergeableGroups("different selections of functions meet where control flow joins")
+        return LaneSwitch(np.concatenate([self.which] + [o.which for o in others]), self.choices)
+
+    def __call__(self, *args, **kwargs):
+        """Each group of lanes with the same choice calls it (like the sides of a branch)."""
+        n = len(self.which)
+        if n == 0:
+            return call(self.choices[0], *args, **kwargs)
+        results, positions = [], []
+        saved_partial, saved_lanes = STATE.partial, STATE.lanes
+        for j in np.unique(self.which):
+            idx = (self.which == j).nonzero()[0]
+            sub_args = take(tuple(args), idx, {})
+            sub_kwargs = {key: take(v, idx, {}) for key, v in kwargs.items()}
+            STATE.partial = saved_partial or len(idx) < n
+            STATE.lanes = idx if saved_lanes is None else np.asarray(saved_lanes)[idx]
+            try:
+                results.append(call(self.choices[int(j)], *sub_args, **sub_kwargs))
+            finally:
+                STATE.partial, STATE.lanes = saved_partial, saved_lanes
+            positions.append(idx)
+        if len(results) == 1:
+            return results[0]
+        value = merge(results, [len(p) for p in positions], "the result of a call through a varying key")
+        return take(value, np.concatenate(positions).argsort(kind="stable"), {})
+
+
+def _lane_lookup(obj, key):
+    """``obj[key]`` of a list, tuple or dict with a per-example key (a number per lane): each
+    lane's own entry. Arrays and numbers become one varying value (a gather from their stack,
+    so gradients reach traced entries); callables a `LaneSwitch`. A missing key raises a
+    LaneError naming the examples, as the loop's KeyError/IndexError."""
+    raw = np.asarray(getattr(key.data, "value", key.data))
+    distinct, which = np.unique(raw, return_inverse=True)
+    choices, bad, first = [], [], None
+    for j, k in enumerate(distinct):
+        try:
+            choices.append(obj[k.item()])
+        except (KeyError, IndexError, TypeError) as exc:
+            bad.append((which == j).nonzero()[0])
+            first = first or exc
+    if bad:
+        raise lane_error(first, np.concatenate(bad))
+    if len(choices) == 1:
+        return choices[0]
+    if all(callable(c) and not hasattr(c, "shape") for c in choices):
+        return LaneSwitch(which.reshape(-1), tuple(choices))
+    if all(isinstance(c, (int, float, bool, complex, np.generic)) or hasattr(c, "shape") for c in choices):
+        try:
+            stacked = np.stack(choices)
+        except ValueError:
+            stacked = None
+        if stacked is not None:
+            return getitem(stacked, Batched(which.reshape(-1)))
+    filename, lineno = user_frame(3)
+    raise UnsupportedConstruct(f"a per-example key selects different kinds of objects from a "
+                               f"{type(obj).__name__} ({', '.join(sorted({type(c).__name__ for c in choices}))})",
+                               filename, lineno, "Branch on the key with if/elif instead.")
+
+
 def getitem(obj, index):
-    """`obj[index]`: arrays indexed by varying indices gather through the batching rules."""
+    """`obj[index]`: arrays indexed by varying indices gather through the batching rules;
+    lists, tuples and dicts indexed by a varying key give each lane its own entry."""
     kind = type(obj)
     if kind is RaggedList or ((kind is LaneList or kind is LL.FrozenList) and type(index) is Batched):
         return LL.getitem_lanes(obj, index)
@@ -518,7 +699,31 @@ def getitem(obj, index):
             isinstance(i, (Batched, LaneMapped)) for i in index))):
         template, arrays = P.split_index(index)
         return P.getitem(obj, *arrays, index=template)
-    return obj[index]
+    if type(index) is Batched and index.data.ndim == 1 and (type(obj) is list or type(obj) is tuple
+                                                           or type(obj) is dict):
+        return _lane_lookup(obj, index)
+    if (type(index) is slice or type(index) is tuple) and _varying_slice(index) and \
+            not is_varying(obj) and getattr(obj, "ndim", 0):
+        # a uniform array (or traced array) sliced with a per-example bound (v[:n]): each
+        # example's own slice
+        bound = next(b for s in (index if type(index) is tuple else (index,)) if type(s) is slice
+                     for b in (s.start, s.stop) if type(b) is Batched)
+        lanes = bound.data.shape[0]
+        template, arrays = P.split_index(index)
+        rows = P.broadcast_to(obj, shape=(lanes,) + tuple(obj.shape))
+        return P.getitem(Batched(rows), *arrays, index=template)
+    try:
+        return obj[index]
+    except (IndexError, KeyError) as exc:
+        _in_running_lanes(exc, obj, (index,), {})
+        raise
+
+
+def _varying_slice(index) -> bool:
+    for item in (index if type(index) is tuple else (index,)):
+        if type(item) is slice and (type(item.start) is Batched or type(item.stop) is Batched):
+            return True
+    return False
 
 
 def setitem(obj, index, value):

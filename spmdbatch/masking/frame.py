@@ -18,13 +18,14 @@ A group is ``(lanes, count, env)``: `lanes` are the group's positions in the cal
 """
 from __future__ import annotations
 
+import sys
 import threading
 from types import FunctionType
 
 import numpy as np
 
 from ..errors import LaneError, UnmergeableGroups
-from ..runtime.batched import Batched, user_frame
+from ..runtime.batched import Batched, set_lane_namer, user_frame
 from .lanes import UNDEFINED, fresh, merge, merge_envs, repeat_lanes, take
 from .recursion import Recursion
 from .stats import STATS
@@ -35,6 +36,7 @@ class _State(threading.local):
     partial = False   # True while the running group is not every lane of the top-level batch
     frame = None      # the innermost running Frame
     lanes = None      # the running group's lanes in that frame (None: all, in order)
+    max_depth = None  # limit of recursive calls per example (None: sys.getrecursionlimit())
 
 
 STATE = _State()
@@ -193,6 +195,15 @@ class Frame:
             STATS.record_fused(m)
         ids = np.arange(self.n) if lanes is None else lanes
         callees = rec.start(ids, m)
+        limit = STATE.max_depth if STATE.max_depth is not None else sys.getrecursionlimit()
+        deep = rec.too_deep(callees, limit)
+        if len(deep):
+            which = self.batch_indices(deep)
+            filename, lineno = user_frame(2)
+            raise LaneError(f"RecursionError: maximum recursion depth ({limit} calls) exceeded (in "
+                            f"examples {which} of the batch)", which, filename, lineno,
+                            "The recursion does not end for these examples (a cycle in a tree?). "
+                            "The limit is spmd(..., max_depth=N), by default sys.getrecursionlimit().")
         # (one call: the callee lanes get their own copies of the caller's varying objects,
         # since one object in two groups of the frame would read as uniform)
         if m > 1:
@@ -345,5 +356,17 @@ class Frame:
             frame = frame.parent
         return sorted({int(i) for i in np.asarray(idx).reshape(-1)})
 
+
+def _examples_of_lanes(local):
+    """Batch indices of the running group's lanes at positions `local` (for runtime errors)."""
+    local = np.asarray(local, dtype=np.intp).reshape(-1)
+    frame = STATE.frame
+    if frame is None:
+        return sorted({int(i) for i in local})
+    lanes = STATE.lanes
+    return frame.batch_indices(local if lanes is None else np.asarray(lanes)[local])
+
+
+set_lane_namer(_examples_of_lanes)
 
 from .sums import may_defer, record_sums_of, total  # noqa: E402  (sums reads STATE, defined above)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import UnmergeableGroups, VaryingValueError
+from ..errors import UnmergeableGroups, UnsupportedConstruct, VaryingValueError
 from ..runtime.batched import Batched, user_frame
 from ..runtime.mapped import LaneMapped
 from ..runtime.ragged import Ragged
@@ -134,6 +134,124 @@ class LaneSequenceIterator:
         return items[pos], True
 
 
+class LaneZip:
+    """``zip(*sources)`` / ``enumerate(source, start)`` where some source varies: every lane
+    steps through its own sources at one shared position (the loop keeps all lanes in the
+    same iteration), and a lane leaves the loop when its shortest source ends."""
+
+    __slots__ = ("sources", "start")
+
+    def __init__(self, sources, start=None):
+        for s in sources:
+            if not (_positional(s) or type(s) is LaneZip):
+                filename, lineno = user_frame(3)
+                raise UnsupportedConstruct(
+                    f"zip/enumerate over a {type(s).__name__} together with per-example values",
+                    filename, lineno, "Use sequences (arrays, lists, tuples, ranges) as the sources.")
+        self.sources = tuple(sources)
+        self.start = start          # None: zip; else enumerate's first count
+
+    def _spmd_take_lanes(self, idx):
+        return LaneZip([take(s, idx) for s in self.sources], take(self.start, idx))
+
+    def _spmd_merge_lanes(self, others, counts):
+        group = [self] + list(others)
+        _same_kind(group)
+        return LaneZip([merge([z.sources[i] for z in group], counts) for i in range(len(self.sources))],
+                       None if self.start is None else merge([z.start for z in group], counts))
+
+    def __iter__(self):
+        filename, lineno = user_frame()
+        raise VaryingValueError("zip/enumerate over per-example values can only be iterated directly "
+                                "by a for loop in @spmd code", filename, lineno,
+                                "Write `for i, x in enumerate(xs):` rather than passing it elsewhere.")
+
+    def item_at(self, pos):
+        """(item, more) at position `pos` of every lane (`more` may be varying)."""
+        items, more = [], True
+        for s in self.sources:
+            item, m = _item_at(s, pos)
+            if m is False:
+                return UNDEFINED, False
+            items.append(item)
+            more = m if more is True else (more if m is True else more & m)
+        if self.start is not None:
+            return (self.start + pos, items[0]), more
+        return tuple(items), more
+
+
+def _positional(s) -> bool:
+    return type(s) in (Ragged, Batched, LaneMapped, BatchedRange, list, tuple, range) or \
+        (hasattr(s, "shape") and hasattr(s, "__getitem__"))
+
+
+def _item_at(s, pos):
+    """Item `pos` of source `s` for every lane, and whether the lane has it."""
+    kind = type(s)
+    if kind is LaneZip:
+        return s.item_at(pos)
+    if kind is LaneMapped:
+        s = s.materialize()
+        kind = type(s)
+    if kind is Ragged:
+        if pos >= s.padded_length:
+            return UNDEFINED, False
+        return Batched(s.data[:, pos]), Batched(pos < s.lengths)
+    if kind is BatchedRange:
+        start = s.start + pos * s.step
+        return start, (start < s.stop if s.step > 0 else start > s.stop)
+    if kind is Batched:
+        if not s.shape:
+            filename, lineno = user_frame(4)
+            raise VaryingValueError("iteration over a per-example scalar", filename, lineno)
+        length = s.shape[0]
+    else:
+        length = len(s)
+    if pos >= length:
+        return UNDEFINED, False
+    return s[pos], True
+
+
+class LaneZipIterator:
+    """The iterator of a `LaneZip`: its sources and the shared position."""
+
+    __slots__ = ("zipped", "position")
+
+    def __init__(self, zipped, position=0):
+        self.zipped = zipped
+        self.position = position
+
+    def _spmd_take_lanes(self, idx):
+        return LaneZipIterator(take(self.zipped, idx), self.position)
+
+    def _spmd_merge_lanes(self, others, counts):
+        group = [self] + list(others)
+        _same_kind(group)
+        if any(it.position != self.position for it in group):
+            raise UnmergeableGroups("lanes of one for loop at different positions")
+        return LaneZipIterator(merge([it.zipped for it in group], counts), self.position)
+
+    def next(self):
+        item, more = self.zipped.item_at(self.position)
+        if more is not False:
+            self.position += 1
+        return item, more
+
+
+def lane_zip(*sources, strict=False):
+    """`zip` in batch programs: a `LaneZip` when a source varies."""
+    if strict or not any(is_varying(s) for s in sources):
+        return zip(*sources, strict=strict) if strict else zip(*sources)
+    return LaneZip(sources)
+
+
+def lane_enumerate(source, start=0):
+    """`enumerate` in batch programs: a `LaneZip` with a count when the source varies."""
+    if not is_varying(source) and not is_varying(start):
+        return enumerate(source, start)
+    return LaneZip((source,), start)
+
+
 def get_iter(value):
     """`iter(value)` for batch programs."""
     from .lane_list import RaggedList, iterate
@@ -148,6 +266,8 @@ def get_iter(value):
         return BatchedRangeIterator(start, value.stop, value.step)
     if type(value) is Ragged:
         return LaneSequenceIterator(value)
+    if type(value) is LaneZip:
+        return LaneZipIterator(value)
     if type(value) is Batched:
         if not value.shape:
             filename, lineno = user_frame()
@@ -165,7 +285,8 @@ def get_iter(value):
 def iter_next(iterator):
     """One `for` step: ``(item, more)``; `more` may be varying."""
     kind = type(iterator)
-    if kind is BatchedRangeIterator or kind is LaneSequenceIterator or kind is RaggedListIterator:
+    if kind is BatchedRangeIterator or kind is LaneSequenceIterator or kind is RaggedListIterator \
+            or kind is LaneZipIterator:
         return iterator.next()
     try:
         return next(iterator), True

@@ -30,8 +30,8 @@ class Recursion:
     A parked group keeps its environment whole; `pending` marks its lanes still waiting.
     """
 
-    __slots__ = ("n", "total", "capacity", "_origin", "parked", "chunks", "_chunk_of", "_row_of",
-                 "_unconsolidated", "_store")
+    __slots__ = ("n", "total", "capacity", "_origin", "_depth", "parked", "chunks", "_chunk_of",
+                 "_row_of", "_unconsolidated", "_store")
 
     def __init__(self, n):
         self.n = n
@@ -39,6 +39,7 @@ class Recursion:
         self.capacity = max(4 * n, 64)
         self._origin = np.zeros(self.capacity, dtype=np.intp)
         self._origin[:n] = np.arange(n)
+        self._depth = np.zeros(self.capacity, dtype=np.intp)   # recursive calls above each lane
         # [cont, lanes, env, varying slots, callees (calls x lanes), pending mask, pending count,
         #  whether env holds native iterators]
         self.parked = []
@@ -60,12 +61,22 @@ class Recursion:
         if end > self.capacity:
             grow = max(end, 2 * self.capacity) - self.capacity
             self._origin = np.concatenate([self._origin, np.zeros(grow, dtype=np.intp)])
+            self._depth = np.concatenate([self._depth, np.zeros(grow, dtype=np.intp)])
             self._chunk_of = np.concatenate([self._chunk_of, np.full(grow, -1, dtype=np.intp)])
             self._row_of = np.concatenate([self._row_of, np.full(grow, -1, dtype=np.intp)])
             self.capacity += grow
         self._origin[start:end].reshape(m, k)[:] = self._origin[lanes]     # (each call's lanes)
+        self._depth[start:end].reshape(m, k)[:] = self._depth[lanes] + 1
         self.total = end
         return np.arange(start, end).reshape(m, k)
+
+    def too_deep(self, callees, limit):
+        """The callee lanes (of `start`) whose recursion depth exceeds `limit`."""
+        flat = callees.reshape(-1)
+        depth = self._depth[flat[:1]] if len(flat) else None
+        if depth is None or (depth[0] <= limit and self._depth[flat].max() <= limit):
+            return flat[:0]
+        return flat[self._depth[flat] > limit]
 
     def park(self, cont, lanes, env, callees):
         varying = tuple([is_varying(v) for v in env])

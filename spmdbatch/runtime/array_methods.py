@@ -155,6 +155,7 @@ class ArrayMethods:
     def any(self, axis=None, out=None, keepdims=False): return P.any(self, axis=api.normalize_axis(axis, self.ndim), keepdims=keepdims)
     def all(self, axis=None, out=None, keepdims=False): return P.all(self, axis=api.normalize_axis(axis, self.ndim), keepdims=keepdims)
     def cumsum(self, axis=None, dtype=None, out=None): return api.cumsum(self, axis, dtype, out)
+    def argsort(self, axis=-1, kind=None, order=None): return api.argsort(self, axis, kind, order)
     def dot(self, other): return api.dot(self, other)
     def clip(self, min=None, max=None): return api.clip(self, min, max)  # noqa: A002
     def round(self, decimals=0): return P.round(self, decimals=decimals)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ..errors import VaryingValueError
+from ..errors import LaneError, VaryingValueError
 from .array_methods import ArrayMethods
 from .backend import namespace
 
@@ -37,6 +37,30 @@ def user_frame(depth: int = 2):
             return name, frame.f_lineno
         frame = frame.f_back
     return None, None
+
+
+def _local_lanes(lanes):
+    return sorted({int(i) for i in lanes})
+
+
+_EXAMPLES_OF_LANES = [_local_lanes]
+
+
+def set_lane_namer(fn) -> None:
+    """Install ``fn(local_lanes) -> batch indices``: the examples that the running group's
+    lanes (positions along the lane axis of the values being computed) belong to. The
+    masking runtime installs it; without it, lanes are batch indices."""
+    _EXAMPLES_OF_LANES[0] = fn
+
+
+def lane_error(exc: BaseException, lanes, depth: int = 3) -> LaneError:
+    """A `LaneError` for `exc` raised by the examples of the running group's `lanes` (local
+    positions), naming those examples (batch indices) and the user's line."""
+    which = _EXAMPLES_OF_LANES[0](lanes)
+    filename, lineno = user_frame(depth)
+    text = str(exc)
+    return LaneError(f"{type(exc).__name__}{': ' + text if text else ''} (raised in examples "
+                     f"{which} of the batch)", which, filename, lineno)
 
 
 def _concrete_error(what: str, hint: str) -> VaryingValueError:

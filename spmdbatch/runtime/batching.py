@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import UnsupportedOperation
 from . import primitives as P
-from .batched import Batched
+from .batched import Batched, lane_error
 from .dispatch import bind, register_value_type
 
 _ARANGE_CACHE: dict = {}
@@ -29,8 +30,9 @@ def batched_apply(prim, args, params):
     """Dispatch handler for operands of type `Batched`."""
     rule = prim.batch
     if rule is None:
-        raise NotImplementedError(f"primitive {prim.name!r} has no batching rule; "
-                                  f"add one in spmdbatch/runtime/batching.py")
+        from .batched import user_frame
+        raise UnsupportedOperation(f"primitive {prim.name!r} has no batching rule", *user_frame(),
+                                   hint="Add one in spmdbatch/runtime/batching.py.")
     return rule(args, **params)
 
 
@@ -200,8 +202,23 @@ def along_axis(prim):
     return rule
 
 
-for _prim in (P.softmax, P.log_softmax, P.cumsum):
+for _prim in (P.softmax, P.log_softmax, P.cumsum, P.sort, P.argsort):
     defbatch(_prim, along_axis(_prim))
+
+
+def _roll_rule(args, shift, axis=None):
+    (x,) = args
+    data = x.data
+    if axis is None:      # over the flattened example
+        flat = P.roll(P.reshape(data, shape=(data.shape[0], -1)), shift=shift, axis=1)
+        return Batched(P.reshape(flat, shape=data.shape))
+    axes = tuple(int(a) % x.ndim + 1 for a in axis) if isinstance(axis, tuple) else int(axis) % x.ndim + 1
+    return Batched(P.roll(data, shift=shift, axis=axes))
+
+
+defbatch(P.roll, _roll_rule)
+defbatch(P.pad, lambda args, pad_width, constant=0: Batched(
+    P.pad(args[0].data, pad_width=((0, 0),) + tuple(pad_width), constant=constant)))
 
 
 # --- linear algebra -------------------------------------------------------------------------
@@ -324,9 +341,11 @@ class _IndexPlan:
                 a = next(array_iter)
                 if type(a) is Batched:
                     if a.dtype == np.bool_:
-                        raise NotImplementedError(
-                            "boolean-mask indexing with a varying mask gives each example its own "
-                            "shape; use numpy.where(mask, x, 0) instead")
+                        from .batched import user_frame
+                        raise UnsupportedOperation(
+                            "a per-example boolean mask after other indices (only x[mask], over "
+                            "the first axis, is supported)", *user_frame(),
+                            hint="Mask the first axis (transpose first), or use numpy.where(mask, x, 0).")
                     shapes.append(tuple(a.shape))
                     conv_arrays.append(a)
                 else:
@@ -405,6 +424,48 @@ def _dims_before(items, stop):
 
 def _getitem_rule(args, index):
     x, *arrays = args
+    if _needs_ragged_rule(x, arrays, index):       # a varying mask or slice bound: ragged result
+        from .ragged import as_ragged
+        return P.getitem(as_ragged(x), *arrays, index=index)
+    try:
+        return _getitem_lanes(x, arrays, index)
+    except IndexError as exc:
+        raise _index_error(x, arrays, index, exc) from None
+
+
+def _needs_ragged_rule(x, arrays, index) -> bool:
+    """True for x[mask] with a varying boolean mask and x[i:j] with a varying bound: each
+    example's result has its own length."""
+    if type(x) is not Batched or not index:
+        return False
+    first = index[0]
+    if type(first) is slice:
+        return type(first.start) is Batched or type(first.stop) is Batched
+    return first is P.ARRAY_SLOT and type(arrays[0]) is Batched and arrays[0].dtype == np.bool_
+
+
+def _index_error(x, arrays, index, exc):
+    """The out-of-range index of some examples as a `LaneError` naming them (numpy's message of
+    the first, with the example's own axis numbers)."""
+    data = x.data if type(x) is Batched else x
+    lanes = data.shape[0] if type(x) is Batched else _lanes(arrays)
+    raw = [getattr(a.data if type(a) is Batched else a, "value", a.data if type(a) is Batched else a)
+           for a in arrays]
+    base = getattr(data, "value", data)
+    bad, first = [], None
+    for lane in range(lanes):
+        item = base[lane] if type(x) is Batched else base
+        try:
+            item[P.fill_index(index, [r[lane] if type(a) is Batched else r for a, r in zip(arrays, raw)])]
+        except IndexError as lane_exc:
+            bad.append(lane)
+            first = first or lane_exc
+    if not bad:
+        return exc
+    return lane_error(first, bad, depth=4)
+
+
+def _getitem_lanes(x, arrays, index):
     fast = _getitem_fast(x, arrays, index)
     if fast is not None:
         return fast
@@ -444,11 +505,22 @@ def _getitem_fast(x, arrays, index):
 
 def _index_update_rule(args, index, mode):
     x, value, *arrays = args
-    data = _as_lanes(x, _lanes(args))
-    if mode == "add" and index == (P.ARRAY_SLOT,) and data.ndim >= 2 and type(arrays[0]) is Batched:
-        from . import segments
-        if segments.applies(arrays[0]):
-            return segments.scatter_add(Batched(data), arrays[0], value)   # add.at(agg, dst, msg)
+    if mode == "add" and index == (P.ARRAY_SLOT,) and type(arrays[0]) is Batched:
+        data = _as_lanes(x, _lanes(args))
+        if data.ndim >= 2:
+            from . import segments
+            if segments.applies(arrays[0]):
+                return segments.scatter_add(Batched(data), arrays[0], value)   # add.at(agg, dst, msg)
+    try:
+        return _index_update_lanes(x, value, arrays, index, mode)
+    except IndexError as exc:
+        if type(x) is not Batched:
+            x = Batched(_as_lanes(x, _lanes(args)))
+        raise _index_error(x, arrays, index, exc) from None
+
+
+def _index_update_lanes(x, value, arrays, index, mode):
+    data = _as_lanes(x, _lanes((x, value) + tuple(arrays)))
     plan = _IndexPlan(Batched(data), arrays, index)
     # The value, laid out like the per-example selection with lanes first ...
     sel_ndim = _selection_ndim(data, plan)

@@ -17,7 +17,7 @@ from ..errors import VaryingValueError
 from . import primitives as P
 from .array_methods import ArrayMethods
 from .backend import namespace
-from .batched import Batched, user_frame
+from .batched import Batched, lane_error, user_frame
 from .dispatch import bind, register_value_type
 
 MIN_MAPPED_SIZE = 8
@@ -147,6 +147,9 @@ def _mapped_apply(prim, args, params):
             if isinstance(item, (int, np.integer)) and (item >= 0 or x.lengths is None):
                 if x.lengths is not None:
                     _check_positions(x, np.full(len(x.index), item))
+                elif not -x.base.shape[1] <= item < x.base.shape[1]:
+                    raise lane_error(IndexError(f"index {item} is out of bounds for axis 0 with size "
+                                                f"{x.base.shape[1]}"), np.arange(len(x.index)))
                 return Batched(x.base[x.index, item])
     args = tuple(a.materialize() if type(a) is LaneMapped else a for a in args)
     return bind(prim, args, params)
@@ -154,28 +157,33 @@ def _mapped_apply(prim, args, params):
 
 def mapped_rows(x, k):
     """Each lane's element `k[lane]` of lane-mapped `x` (``tree.left[k]``), bounds checked
-    against each lane's length when ragged."""
+    against each lane's length when ragged (negative positions count from the lane's end)."""
     if x.lengths is not None:
-        _check_positions(x, k)
-    return Batched(x.base[x.index, k])
+        k = _check_positions(x, k)
+    try:
+        return Batched(x.base[x.index, k])
+    except IndexError:
+        width = x.base.shape[1]
+        bad = ((k >= width) | (k < -width)).nonzero()[0]
+        raise lane_error(IndexError(f"index out of bounds for axis 0 with size {width}"), bad) from None
 
 
 def _check_positions(x, k):
+    """`k`, checked against each lane's length (negative positions wrapped)."""
     lengths = x._lane_lengths
     if lengths is None:
         lengths = x.lane_lengths()
     if k.dtype == _INTP and lengths.dtype == _INTP:
         # 0 <= k < length in one comparison: negative positions wrap to huge unsigned values
         if _count_nonzero(k.view(_UINTP) < lengths.view(_UINTP)) == len(k):
-            return
+            return k
     elif (k < lengths).all() and (k >= 0).all():
-        return
+        return k
+    k = np.where(k < 0, k + lengths, k)
     bad = np.flatnonzero((k >= lengths) | (k < 0))
     if bad.size:
-        from ..errors import LaneError
-        filename, lineno = user_frame(4)
-        raise LaneError(f"IndexError: index out of range for the ragged axis in examples "
-                        f"{bad.tolist()}", bad.tolist(), filename, lineno)
+        raise lane_error(IndexError("index out of range for the ragged axis"), bad, depth=4)
+    return k
 
 
 register_value_type(LaneMapped, 4, _mapped_apply)

@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from ..errors import UnsupportedOperation
 from . import primitives as P
 
 FUNCTIONS: dict = {}
@@ -27,11 +28,14 @@ def implements(*numpy_functions):
     return register
 
 
-def unsupported(name: str, what: str = "traced or batched values") -> NotImplementedError:
-    return NotImplementedError(
+def unsupported(name: str, what: str = "traced or batched values") -> UnsupportedOperation:
+    from .batched import user_frame      # (batched imports this module)
+    filename, lineno = user_frame(3)
+    return UnsupportedOperation(
         f"numpy.{name} is not supported on {what} by spmdbatch; it would lose the gradient or "
-        f"the batch axis. Rewrite it with supported functions (see spmdbatch.runtime.numpy_api), "
-        f"or apply spmdbatch.stop_gradient to its input if no gradient is needed.")
+        f"the batch axis", filename, lineno,
+        "Rewrite it with supported functions (see spmdbatch.runtime.numpy_api), or apply "
+        "spmdbatch.stop_gradient to its input if no gradient is needed.")
 
 
 def _no_out(out, name):
@@ -244,7 +248,8 @@ def expand_einsum_spec(spec: str, ndims) -> str:
 def _shape_arg(shape):
     if isinstance(shape, (int, np.integer)):
         return (int(shape),)
-    return tuple(int(s) for s in shape)
+    # (a per-example length, as `x.shape[0]` of a ragged value gives, stays as it is)
+    return tuple(s if hasattr(s, "lanes") and not isinstance(s, np.integer) else int(s) for s in shape)
 
 
 @implements(np.reshape)
@@ -379,22 +384,39 @@ def vstack(tup, dtype=None, casting=None):
     return concatenate([atleast_2d(a) for a in tup], axis=0)
 
 
-@implements(np.split, np.array_split)
-def split(ary, indices_or_sections, axis=0):
+@implements(np.array_split)
+def array_split(ary, indices_or_sections, axis=0):
     nd = np.ndim(ary)
     axis = axis % nd
     n = ary.shape[axis]
     if isinstance(indices_or_sections, (int, np.integer)):
         sections = int(indices_or_sections)
-        base, extra = divmod(n, sections)
-        bounds = [0]
-        for i in range(sections):
-            bounds.append(bounds[-1] + base + (1 if i < extra else 0))
+        if sections <= 0:
+            raise ValueError("number sections must be larger than 0.")
+        base, extra = n // sections, n % sections      # (n may be a per-example length)
+        bounds = [base * i + P.minimum(extra, i) if not isinstance(n, int) else
+                  base * i + builtins.min(extra, i) for i in range(sections + 1)]
     else:
         bounds = [0] + [int(i) for i in indices_or_sections] + [n]
     lead = (slice(None),) * axis
     return [P.getitem(ary, index=lead + (slice(start, stop),))
             for start, stop in zip(bounds[:-1], bounds[1:])]
+
+
+@implements(np.split)
+def split(ary, indices_or_sections, axis=0):
+    if isinstance(indices_or_sections, (int, np.integer)):
+        n = ary.shape[axis % np.ndim(ary)]
+        uneven = n % int(indices_or_sections) if indices_or_sections else 1
+        if isinstance(uneven, int):
+            if uneven:
+                raise ValueError("array split does not result in an equal division")
+        else:
+            from .batched import lane_error       # (per-example lengths: the examples concerned)
+            bad = np.flatnonzero(np.asarray(getattr(uneven.data, "value", uneven.data)) != 0)
+            if bad.size:
+                raise lane_error(ValueError("array split does not result in an equal division"), bad)
+    return array_split(ary, indices_or_sections, axis)
 
 
 @implements(np.flip)
@@ -405,6 +427,56 @@ def flip(m, axis=None):
     for a in axes:
         index[a] = slice(None, None, -1)
     return m[tuple(index)]
+
+
+@implements(np.sort)
+def sort(a, axis=-1, kind=None, order=None, stable=None):
+    if order is not None:
+        raise NotImplementedError("numpy.sort(order=...) is not supported on traced or batched values")
+    if axis is None:
+        return P.sort(reshape(a, (-1,)), axis=0)
+    return P.sort(a, axis=normalize_axis(axis, np.ndim(a))[0])
+
+
+@implements(np.argsort)
+def argsort(a, axis=-1, kind=None, order=None, stable=None):
+    """Ties are ordered by position (as kind='stable'; numpy's default kind leaves their order
+    unspecified)."""
+    if order is not None:
+        raise NotImplementedError("numpy.argsort(order=...) is not supported on traced or batched values")
+    if axis is None:
+        return P.argsort(reshape(a, (-1,)), axis=0)
+    return P.argsort(a, axis=normalize_axis(axis, np.ndim(a))[0])
+
+
+@implements(np.roll)
+def roll(a, shift, axis=None):
+    if axis is None:
+        return P.roll(a, shift=int(shift), axis=None)
+    if isinstance(axis, (int, np.integer)):
+        return P.roll(a, shift=int(shift), axis=normalize_axis(axis, np.ndim(a))[0])
+    axes = tuple(int(ax) % np.ndim(a) for ax in axis)
+    shifts = np.broadcast_to(np.asarray(shift), (len(axes),))
+    for ax, sh in zip(axes, shifts):
+        a = P.roll(a, shift=int(sh), axis=ax)
+    return a
+
+
+@implements(np.pad)
+def pad(array, pad_width, mode="constant", **kwargs):
+    if mode != "constant" or set(kwargs) - {"constant_values"}:
+        raise NotImplementedError(f"numpy.pad(mode={mode!r}, {', '.join(kwargs)}) is not supported on "
+                                  f"traced or batched values; only constant padding is")
+    constant = kwargs.get("constant_values", 0)
+    if np.ndim(constant) != 0:
+        raise NotImplementedError("numpy.pad with per-axis constant_values is not supported on "
+                                  "traced or batched values; give one number")
+    nd = np.ndim(array)
+    if nd == 0:
+        return array
+    widths = np.broadcast_to(np.asarray(pad_width, dtype=np.intp), (nd, 2))
+    return P.pad(array, pad_width=tuple((int(b), int(e)) for b, e in widths),
+                 constant=constant.item() if hasattr(constant, "item") else constant)
 
 
 @implements(np.take)

@@ -131,6 +131,18 @@ def _cumsum(x, axis=None):
     return np.cumsum(x, axis=axis)
 
 
+def _sort(x, axis=-1):
+    return namespace(x).sort(x, axis=axis, kind="stable")
+
+
+def _argsort(x, axis=-1):
+    return namespace(x).argsort(x, axis=axis, kind="stable")
+
+
+sort = primitive("sort", _sort)
+argsort = primitive("argsort", _argsort, differentiable=False)
+"""Sorting along one axis (None: the flattened array); ties keep their order (stable)."""
+
 sum = primitive("sum", _sum)  # noqa: A001  (numpy's name)
 max = primitive("max", _max)  # noqa: A001
 min = primitive("min", _min)  # noqa: A001
@@ -204,6 +216,17 @@ def _astype(x, dtype):
     return x.astype(dtype) if hasattr(x, "astype") else np.asarray(x, dtype=dtype)
 
 
+def _roll(x, shift, axis=None):
+    return namespace(x).roll(x, shift, axis)
+
+
+def _pad(x, pad_width, constant=0):
+    return namespace(x).pad(x, pad_width, mode="constant", constant_values=constant)
+
+
+roll = primitive("roll", _roll)
+pad = primitive("pad", _pad)
+"""Constant padding: `pad_width` is ((before, after),) per axis."""
 reshape = primitive("reshape", _reshape)
 transpose = primitive("transpose", _transpose)
 broadcast_to = primitive("broadcast_to", _broadcast_to)

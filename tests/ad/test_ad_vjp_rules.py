@@ -246,6 +246,29 @@ axis_op("cumsum", "np.cumsum", lambda x, a: np.cumsum(x, axis=a), none=True)
 axis_op("cumsum", "x.cumsum", lambda x, a: x.cumsum(axis=a), none=True)
 
 
+@case("sort", "np.sort (distinct values)")
+def _sort(data):
+    shape = data.draw(SHAPES_1D_UP)
+    axis = draw_axis(data, len(shape), tuples=False, none=True)
+    return (lambda x: np.sort(x, axis=axis)), (data.draw(array(shape, DISTINCT, unique=True)),)
+
+
+@case("roll", "np.roll")
+def _roll(data):
+    shape = data.draw(SHAPES_1D_UP)
+    axis = draw_axis(data, len(shape), tuples=False, none=True)
+    shift = data.draw(st.integers(-5, 5), label="shift")
+    return (lambda x: np.roll(x, shift, axis=axis)), (data.draw(array(shape)),)
+
+
+@case("pad", "np.pad (constant)")
+def _pad(data):
+    shape = data.draw(SHAPES_1D_UP)
+    widths = [tuple(data.draw(st.tuples(st.integers(0, 2), st.integers(0, 2)))) for _ in shape]
+    value = data.draw(st.sampled_from([0, 1.5]), label="constant")
+    return (lambda x: np.pad(x, widths, constant_values=value)), (data.draw(array(shape)),)
+
+
 unary("softmax", "sb.softmax, default axis", sb.softmax, shapes=SHAPES_1D_UP)
 unary("log_softmax", "sb.log_softmax, default axis", sb.log_softmax, shapes=SHAPES_1D_UP)
 unary("logsumexp", "sb.logsumexp, default axis", sb.logsumexp)

@@ -263,13 +263,16 @@ def test_chain_of_3000_does_not_hit_the_python_recursion_limit():
     assert sys.getrecursionlimit() < 3000        # a Python frame per level would fail
     nxt, val, head = linked_lists(3, lengths, 3000)
     expected = [val[b][walk(nxt[b], head[b])].sum() for b in range(len(lengths))]
-    with sb.stats() as s:
-        got = sb.spmd(list_sum)(nxt, val, head)
+    with sb.stats() as s:     # (the depth limit defaults to Python's, as the loop's; raised here)
+        got = sb.spmd(list_sum, max_depth=3001)(nxt, val, head)
     np.testing.assert_allclose(got, expected, rtol=1e-9)
     assert s.calls_by_function["list_sum"] == 3001
     assert sum(s.lanes["list_sum"]) == 4 + sum(lengths)
-    got = sb.spmd(list_len_tail)(nxt, head, np.zeros(4, dtype=int))
+    got = sb.spmd(list_len_tail, max_depth=3001)(nxt, head, np.zeros(4, dtype=int))
     np.testing.assert_array_equal(got, lengths)
+    with pytest.raises(sb.LaneError, match="recursion depth") as err:   # the default limit
+        sb.spmd(list_len_tail)(nxt, head, np.zeros(4, dtype=int))
+    assert err.value.lanes == [0, 3]
 
 
 # === 3. dependent calls, fused calls, loops, branches, result types =========================

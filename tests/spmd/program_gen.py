@@ -19,7 +19,20 @@ Vectors are never aliased (a vector variable is only assigned fresh arrays or sw
 item assignment `w[i % 3] = ...` means the same per example as in the batch program.
 
 With ``smooth=True`` (for gradient checks) the non-smooth operations (abs, clip, maximum,
-min/max, truth value of floats) are left out; branches remain.
+min/max, truth value of floats, sorting and masks) are left out; branches remain.
+
+Per-example sequences: slices of a vector with per-example bounds (`v[:n]`, `v[k % 4:]`,
+`v[:n - 2]`, stepped and reversed slices), `np.arange(n % 5)`, and `enumerate`/`zip` loops
+over them; a batch program sees them as ragged values. They are reduced to floats with
+`sum`, `np.cumsum`, `np.pad`, `np.roll`, `np.flip`, `np.concatenate`, `np.einsum`, builtin
+`sum`/`min`/`max` (with a default), `len`, sorting and boolean masks; all are defined for
+empty sequences.
+
+With ``faulty=True`` some indices may be out of range (`v[n - 2]`, `w[k + 1] = ...`, an
+element of a short sequence): the per-example program then raises IndexError in some
+examples, and the batch program must raise a LaneError naming only such examples.
+
+With ``lists=True`` the programs also build per-example lists (`Gen.list_stmt`).
 
 `mixed_dtype_inputs` draws the arguments of a batch as per-example lists of mixed dtypes
 (int8/int32/int64/Python int, float32/float64/Python float); `loop_dtype` is the dtype the
@@ -42,6 +55,7 @@ class Program:
     source: str
     returns_tuple: bool
     smooth: bool
+    faulty: bool = False
 
     def __repr__(self):  # hypothesis prints this for a falsifying example
         return "Program(returns_tuple=%r):\n%s" % (self.returns_tuple, self.source)
@@ -66,10 +80,11 @@ class Scope:
 
 
 class Gen:
-    def __init__(self, draw, smooth=False, lists=False):
+    def __init__(self, draw, smooth=False, lists=False, faulty=False):
         self.draw = draw
         self.smooth = smooth
         self.use_lists = lists
+        self.faulty = faulty
         self.counter = 0
         self.helpers: list[str] = []      # callable helper names (signature (a, b, m) -> float)
         self.recursive = None             # name of the recursive helper, if any
@@ -114,7 +129,9 @@ class Gen:
         if depth > 0:
             kinds += ["bin", "tanh", "ifexp", "div", "helper", "intmix", "where", "or"]
             if sc.vecs:
-                kinds += ["sum", "index"]
+                kinds += ["sum", "index", "seq"]
+                if self.faulty:
+                    kinds += ["oob", "oob"]
             if not self.smooth:
                 kinds += ["abs", "maximum", "clip", "minmax"]
             if sc.lists:
@@ -123,6 +140,12 @@ class Gen:
                 kinds += ["vstack"]
         k = self.choice(kinds)
         d = depth - 1
+        if k == "seq":
+            return self.seq_reduction(sc, d)
+        if k == "oob":
+            if self.coin(50):
+                return f"{self.choice(sc.vecs)}[{self.int_expr(sc, 1)} - {self.choice(('1', '2', '3'))}]"
+            return f"{self.seq_expr(sc, 0)}[{self.int_expr(sc, 0)} % 4]"
         if k == "var":
             return self.choice(sc.floats)
         if k == "lget":
@@ -184,6 +207,44 @@ class Gen:
         if k == "minmax":
             return f"{self.choice(('min', 'max'))}({self.float_expr(sc, d)}, {self.float_expr(sc, d)})"
         raise AssertionError(k)
+
+    def seq_expr(self, sc, depth):
+        """A per-example sequence: its length varies between examples when `n` does."""
+        vec = self.choice(sc.vecs)
+        i = self.int_expr(sc, 1)
+        kinds = ["head", "tail", "rev", "negstop", "arange", "stepped"]
+        if depth > 0:
+            kinds += ["tanh"]
+        k = self.choice(kinds)
+        if k == "head":
+            return f"{vec}[:{i}]"
+        if k == "tail":
+            return f"{vec}[{i} % 4:]"
+        if k == "rev":
+            return f"{vec}[::-1][:{i}]"
+        if k == "negstop":
+            return f"{vec}[:{i} - 2]"
+        if k == "arange":
+            return f"(np.arange({i} % 5) * {self.choice(SCALES)})"
+        if k == "stepped":
+            return f"{vec}[{i} % 3::{self.choice(('2', '-1', '-2'))}]"
+        return f"np.tanh({self.seq_expr(sc, depth - 1)} * {self.float_expr(sc, 0)})"
+
+    def seq_reduction(self, sc, depth):
+        """A float computed from a per-example sequence (defined for empty ones too)."""
+        q = self.seq_expr(sc, depth)
+        forms = [f"{q}.sum()", f"sum({q})", f"(np.cumsum({q}).sum() * 0.25)",
+                 f"(({q}) * np.arange(len({q}))).sum() * 0.25",
+                 f"np.pad({q}, (1, 2), constant_values=0.5).sum()",
+                 f"np.roll({q}, {self.choice(('1', '-1', '2'))})[:2].sum()",
+                 f"np.flip({q})[:2].sum()", f"np.einsum('i,i->', {q}, {q})",
+                 f"(len({q}) * 0.5)", f"np.concatenate([{q}, {q}[:1]]).sum()",
+                 f"np.stack([{q}, {q}], axis=1)[:, 1].sum()"]
+        if not self.smooth:
+            forms += [f"max({q}, default=0.0)", f"min({q}, default=1.0)",
+                      f"np.sort({q})[::-1][:2].sum()", f"({q})[({q}) > {self.choice(THRESHOLDS)}].sum()",
+                      f"(np.argsort({q}) * 0.5).sum()"]
+        return self.choice(forms)
 
     def call_expr(self, sc, depth):
         options = list(self.helpers) + ([self.recursive] if self.recursive else [])
@@ -313,6 +374,10 @@ class Gen:
         kinds += ["temp", "pack"]
         if depth > 0:
             kinds += ["if", "if", "while", "while", "for", "for", "for"]
+            if sc.vecs:
+                kinds += ["seqfor"]
+        if self.faulty and sc.vwrite:
+            kinds += ["oobset"]
         if self.helpers or self.recursive:
             kinds += ["call"]
         if self.tuple_helpers and sc.vwrite:
@@ -433,6 +498,22 @@ class Gen:
                 body.ints.append(i)
             self.block(body, indent + 1, depth - 1)
             self.loop_else(sc, indent, depth)
+        elif k == "seqfor":
+            # enumerate / zip over per-example sequences: each example its own number of steps
+            i, e = self.fresh("i"), self.fresh("e")
+            body = sc.child(in_loop=True)
+            if self.coin(50):
+                self.emit(indent, f"for {i}, {e} in enumerate({self.seq_expr(sc, 1)}):")
+                body.ints.append(i)
+                body.floats.append(e)
+            else:
+                q = self.seq_expr(sc, 0)
+                self.emit(indent, f"for {i}, {e} in zip({q}, {q}[1:]):")
+                body.floats += [i, e]
+            self.block(body, indent + 1, depth - 1)
+        elif k == "oobset":
+            self.emit(indent, f"{self.choice(sc.vwrite)}[{self.int_expr(sc, 1)} - {self.choice(('1', '2'))}] = "
+                              f"{self.bounded(self.float_expr(sc, 1))}")
         elif k == "tcall":
             a, b = self.choice(sc.fwrite), self.choice(sc.vwrite)
             self.emit(indent, f"{a}, {b} = {self.choice(self.tuple_helpers)}({self.float_expr(sc, 1)}, "
@@ -614,13 +695,14 @@ class Gen:
                       else f"return {ret}")
         else:
             self.emit(1, f"return {self.ret_expr(sc)}")
-        return Program("\n".join(self.lines) + "\n", returns_tuple, self.smooth)
+        return Program("\n".join(self.lines) + "\n", returns_tuple, self.smooth, self.faulty)
 
 
 @st.composite
-def programs(draw, smooth=False, lists=False):
-    """Random programs; `lists=True` adds per-example lists (see `Gen.list_stmt`)."""
-    return Gen(draw, smooth, lists).program()
+def programs(draw, smooth=False, lists=False, faulty=False):
+    """Random programs; `lists=True` adds per-example lists (see `Gen.list_stmt`), `faulty=True`
+    out-of-range indices."""
+    return Gen(draw, smooth, lists, faulty).program()
 
 
 # --- mixed-dtype inputs ------------------------------------------------------------------------

@@ -501,9 +501,14 @@ def test_ragged_index_out_of_range_names_lanes():
     assert err.value.lanes == [1, 3]
 
 
+def test_ragged_reshape_keeping_the_ragged_axis_first():
+    check_batched(lambda v: (v.reshape(-1, 1) * np.arange(2.0)).sum(0), SEQS)
+
+
 def test_ragged_unsupported_op_is_named():
-    with pytest.raises(NotImplementedError, match="reshape"):
-        sb.spmd(lambda v: v.reshape(-1, 1).sum())(SEQS)
+    with pytest.raises(sb.UnsupportedConstruct, match="reshape") as err:
+        sb.spmd(lambda v: v.reshape(-1, 2).sum())(SEQS)
+    assert f"{__file__}:" in str(err.value)
 
 
 def inplace_on_shared_uniform_array(x, v):

@@ -166,12 +166,21 @@ def needs_bool(x):
 
 @pytest.mark.parametrize("fn,text,arg", [
     (needs_int, "return int(x)", X), (needs_shape, "np.eye(n)", np.array([1, 2])),
-    (needs_key, "[x]", X), (needs_bool, "return bool(", X),
+    (needs_bool, "return bool(", X),
 ])
 def test_varying_value_where_python_needs_one(fn, text, arg):
     with pytest.raises(VaryingValueError) as err:
         sb.spmd(fn)(arg)
     assert_points_at(err, fn, text)
+
+
+def test_missing_per_example_key_names_the_examples():
+    # {1.0: 2.0}[x] is looked up per example: the loop's KeyError, in the examples that raise it
+    with pytest.raises(LaneError, match="KeyError") as err:
+        sb.spmd(needs_key)(np.array([1.0, 3.0, 1.0, -4.0]))
+    assert err.value.lanes == [1, 3]
+    assert_points_at(err, needs_key, "[x]")
+    np.testing.assert_array_equal(sb.spmd(needs_key)(np.array([1.0, 1.0])), [2.0, 2.0])
 
 
 def test_batch_sizes_must_agree():

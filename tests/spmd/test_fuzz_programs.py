@@ -5,7 +5,9 @@ The contract: ``spmd(f, in_axes)(xs, ns, vs)`` equals ``stack([f(x, n, v) for ea
 warning (inactive lanes never compute), and `spmdbatch.grad` through the batch program
 equals the per-example gradients.
 
-The programs come from `program_gen.programs()` (see there for what they cover). Each is
+The programs come from `program_gen.programs()` (see there for what they cover); programs
+with possibly out-of-range indices (`faulty=True`) must raise a `LaneError` naming only
+examples whose per-example run raises IndexError, or match the loop where none does. Each is
 written to a real .py file and imported, since the transform reads the function's bytecode
 and source lines. Set SPMD_FUZZ_EXAMPLES to run more programs (default 200).
 """
@@ -29,6 +31,7 @@ import spmdbatch as sb  # noqa: E402
 
 EXAMPLES = int(os.environ.get("SPMD_FUZZ_EXAMPLES", 200))
 GRAD_EXAMPLES = int(os.environ.get("SPMD_FUZZ_GRAD_EXAMPLES", max(50, EXAMPLES // 4)))
+FAULTY_EXAMPLES = int(os.environ.get("SPMD_FUZZ_FAULTY_EXAMPLES", max(50, EXAMPLES // 2)))
 
 FUZZ_SETTINGS = dict(deadline=None, print_blob=True,
                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -183,3 +186,43 @@ def check_program_gradient(program, batch):
             np.testing.assert_allclose(got, exp, rtol=1e-9, atol=1e-12)
         except AssertionError as err:
             _fail(program, f"{where}: {name}: {err}")
+
+
+@settings(max_examples=FAULTY_EXAMPLES, **FUZZ_SETTINGS)
+@given(program=programs(faulty=True), batch=batches())
+def test_out_of_range_indices_raise_like_the_loop(program, batch):
+    B, axes, args = batch
+    f = load_program(program.source)
+    expected, raising = [], []
+    for i in range(B):
+        try:
+            expected.extend(_oracle(f, [a if ax is None else a[i:i + 1] for a, ax in zip(args, axes)],
+                                    axes, 1))
+        except IndexError:
+            raising.append(i)
+        except Exception:
+            _fail(program, "the per-example program failed other than by IndexError (generator bug):\n"
+                           + traceback.format_exc())
+    where = f"spmd(f, in_axes={axes}) on x={args[0]!r}, n={args[1]!r}, v={args[2]!r}"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with np.errstate(all="raise", under="ignore"):
+                got = sb.spmd(f, in_axes=axes)(*args)
+    except sb.LaneError as err:
+        if not err.lanes or not set(err.lanes) <= set(raising) or "IndexError" not in str(err):
+            _fail(program, f"{where}: LaneError names examples {err.lanes}, but the loop raises "
+                           f"IndexError in examples {raising}:\n{err}")
+        if "spmd_fuzz_prog" not in str(err):
+            _fail(program, f"{where}: the LaneError does not name the program's line: {err}")
+        return
+    except IndexError:
+        if len(raising) != B:     # (uniform indexing that fails for every example: the loop's error)
+            _fail(program, f"{where}: a raw IndexError, the loop raises in examples {raising}:\n"
+                           + traceback.format_exc())
+        return
+    except Exception:
+        _fail(program, f"{where} raised:\n{traceback.format_exc()}")
+    if raising:
+        _fail(program, f"{where}: no error, but the loop raises IndexError in examples {raising}")
+    _compare(program, expected, got, where)
