@@ -318,10 +318,15 @@ def _extreme_of_sequence(name, arg_prim, seq, kwargs):
 
 
 def _sum(iterable, /, start=0):
-    """Builtin sum: over a per-example sequence, one reduction (in the loop's dtype)."""
+    """Builtin sum: over a list of per-example length, item by item per lane; over a
+    per-example sequence (ragged array), one reduction (in the loop's dtype)."""
+    if type(iterable) is RaggedList:
+        return LL.sum_lanes(iterable, start)
     seq = _per_example_sequence(iterable)
     if seq is None:
         return builtins.sum(iterable, start)
+    if type(seq) is Ragged and not np.asarray(seq.lengths).any():
+        return start          # every example's sequence is empty: the loop returns `start` itself
     total = P.sum(seq, axis=(0,), keepdims=False)
     dtype = np.result_type(start, seq.dtype)
     if total.dtype != dtype:
@@ -375,12 +380,6 @@ def _len(value):
     return builtins.len(value)
 
 
-def _sum(iterable, start=0):
-    if type(iterable) is RaggedList:
-        return LL.sum_lanes(iterable, start)
-    return builtins.sum(iterable, start)
-
-
 def _list(*args):
     """`list(x)` in a batch program: a list the lanes own (see masking/lane_list.py)."""
     if not args:
@@ -430,7 +429,6 @@ _SPECIAL = {
     builtins.range: batched_range,
     builtins.min: _extreme(builtins.min, P.minimum, P.argmin),
     builtins.max: _extreme(builtins.max, P.maximum, P.argmax),
-    builtins.sum: _sum,
     np.arange: _arange,
     builtins.print: _io_guard(builtins.print),
     builtins.open: _io_guard(builtins.open),
@@ -699,8 +697,9 @@ def getitem(obj, index):
             isinstance(i, (Batched, LaneMapped)) for i in index))):
         template, arrays = P.split_index(index)
         return P.getitem(obj, *arrays, index=template)
-    if type(index) is Batched and index.data.ndim == 1 and (type(obj) is list or type(obj) is tuple
-                                                           or type(obj) is dict):
+    if type(index) is Batched and index.data.ndim == 1 and (
+            type(obj) is list or type(obj) is tuple or type(obj) is dict
+            or (type(obj) is LaneDict and not is_varying(obj))):    # (a dict the program built)
         return _lane_lookup(obj, index)
     if (type(index) is slice or type(index) is tuple) and _varying_slice(index) and \
             not is_varying(obj) and getattr(obj, "ndim", 0):
