@@ -34,9 +34,7 @@ def parse_args(name: str, description: str, default_repeat: int, quick_repeat: i
                         help="a fast smoke-test mode (fewer sizes, repetitions and calls)")
     parser.add_argument("--json", type=Path, default=RESULTS_DIR / f"{name}.json",
                         help=f"where to write the results (default benchmarks/results/{name}.json)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="BLAS/OpenMP threads (threadpoolctl; default 1: small products "
-                             "get much slower when threads oversubscribe a loaded machine)")
+    add_threads_argument(parser)
     if add_arguments is not None:
         add_arguments(parser)
     args = parser.parse_args(argv)
@@ -48,6 +46,13 @@ def parse_args(name: str, description: str, default_repeat: int, quick_repeat: i
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     return args
+
+
+def add_threads_argument(parser) -> None:
+    """`--threads N` (default 1); the script calls `limit_threads(args.threads)` after parsing."""
+    parser.add_argument("--threads", type=int, default=1,
+                        help="BLAS/OpenMP threads (threadpoolctl; default 1: small products "
+                             "get much slower when threads oversubscribe a loaded machine)")
 
 
 _LIMITS = []     # the active threadpool limits (kept alive for the whole run)
