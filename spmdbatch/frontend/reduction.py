@@ -53,6 +53,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from . import ir
+from .fusion import FusedCall
 from .ir import Assign, Const, FunctionIR, Stmt, Var
 from .recursion import Recurse
 
@@ -254,7 +255,7 @@ def _plan(fn, p, returns, unpacks, defs, uses, def_counts):
             if pred in outs:
                 for name, status in state.items():
                     if status == _PENDING and name not in outs[pred] and \
-                            not _fresh(_last_def(fn.blocks[pred], name)):
+                            not _fresh_at_end(fn.blocks[pred], name):
                         state[name] = _SHARED      # promoted on that edge (checked later)
         return state
 
@@ -360,15 +361,20 @@ def _last_def(blk, name):
     return last
 
 
-def _fresh(st) -> bool:
-    """Whether `st` gives its target a value no other variable refers to: a constant, or
-    arithmetic that makes a new value (not an in-place operator)."""
+def _fresh_at_end(blk, name) -> bool:
+    """Whether `name` holds, at the end of `blk`, a value no other variable refers to: its
+    last assignment there is a constant or arithmetic that makes a new value (not an
+    in-place operator), and nothing after it reads `name`."""
+    st = _last_def(blk, name)
     if not isinstance(st, Assign):
+        return False
+    after = blk.stmts[next(i for i, s in enumerate(blk.stmts) if s is st) + 1:]
+    if any(name in s.uses() for s in after):
         return False
     v = st.value
     if isinstance(v, ir.Use):
         return isinstance(v.a, Const)
-    return isinstance(v, ir.BinOp) and not v.op.endswith("=") or isinstance(v, ir.UnaryOp)
+    return (isinstance(v, ir.BinOp) and not v.op.endswith("=")) or isinstance(v, ir.UnaryOp)
 
 
 def _rewrite(fn, p, plan):
@@ -395,16 +401,34 @@ def _rewrite(fn, p, plan):
 
 
 def _record_term(stmts, p, op, uses, def_counts, lineno):
-    """Append to `stmts` the recording of term `op` of sum p; a call that defines `op` earlier
-    in the same block, used only here, becomes a deferred call where it stands."""
+    """Append to `stmts` the recording of term `op` of sum p. A value defined earlier in the
+    same block and used only here is looked into: a call becomes a deferred call where it
+    stands, a `+` is recorded as its operands' terms."""
     if isinstance(op, Var) and uses[op.name] == 1 and def_counts[op.name] == 1:
         for i in range(len(stmts) - 1, -1, -1):
-            call = stmts[i]
-            if op.name in call.defs():
-                if isinstance(call, Assign) and isinstance(call.value, ir.Call) and \
-                        call.value.star_args is None and call.value.star_kwargs is None:
-                    stmts[i] = DeferredCall(p, call.value.func, list(call.value.args),
-                                            dict(call.value.kwargs), lineno=call.lineno)
-                    return
-                break
+            st = stmts[i]
+            if op.name not in st.defs():
+                continue
+            if isinstance(st, Assign) and isinstance(st.value, ir.Call) and \
+                    st.value.star_args is None and st.value.star_kwargs is None:
+                stmts[i] = DeferredCall(p, st.value.func, list(st.value.args),
+                                        dict(st.value.kwargs), lineno=st.lineno)
+                return
+            if isinstance(st, FusedCall):          # (calls fused with others: take it out)
+                j = st.targets.index(op.name)
+                deferred = DeferredCall(p, st.funcs[j], list(st.args[j]), dict(st.kwargs[j]),
+                                        lineno=st.lineno)
+                rest = [k for k in range(len(st.targets)) if k != j]
+                stmts[i:i + 1] = [deferred] + ([FusedCall([st.targets[k] for k in rest],
+                                                          [st.funcs[k] for k in rest],
+                                                          [st.args[k] for k in rest],
+                                                          [st.kwargs[k] for k in rest],
+                                                          lineno=st.lineno)] if rest else [])
+                return
+            if isinstance(st, Assign) and isinstance(st.value, ir.BinOp) and st.value.op == "+":
+                del stmts[i]
+                _record_term(stmts, p, st.value.a, uses, def_counts, lineno)
+                _record_term(stmts, p, st.value.b, uses, def_counts, lineno)
+                return
+            break
     stmts.append(Accumulate(p, op, lineno=lineno))
