@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from . import ir
 from .fusion import FusedCall
 from .ir import Assign, Const, FunctionIR, Stmt, Var
+from .liveness import analyze
 from .recursion import Recurse
 
 _PLUS = ("+", "+=")
@@ -121,8 +122,9 @@ def recognize_sums(fn: FunctionIR) -> tuple:
         plan = _plan(fn, p, returns, unpacks, defs, uses, def_counts)
         if plan is not None:
             plans.append((p, plan))
+    live_out = analyze(fn).live_out if plans else None
     for p, plan in plans:
-        _rewrite(fn, p, plan)
+        _rewrite(fn, p, plan, live_out)
     return tuple(p for p, _ in plans)
 
 
@@ -377,17 +379,21 @@ def _fresh_at_end(blk, name) -> bool:
     return (isinstance(v, ir.BinOp) and not v.op.endswith("=")) or isinstance(v, ir.UnaryOp)
 
 
-def _rewrite(fn, p, plan):
+def _rewrite(fn, p, plan, live_out):
     actions, promotions, uses, def_counts = plan
     for bid, blk in fn.blocks.items():
         stmts = []
-        for st in blk.stmts:
+        original = blk.stmts
+        for at, st in enumerate(original):
             action = actions.get(id(st))
             if action is None or action[0] == "unpack":
                 stmts.append(st)
             elif action[0] in ("add", "return"):
+                # a term's own value may be looked into when nothing reads it afterwards
+                later = {u for s2 in original[at + 1:] for u in s2.uses()} | \
+                    set(blk.term.used_vars()) | live_out[bid]
                 for op in action[1]:
-                    _record_term(stmts, p, op, uses, def_counts, st.lineno)
+                    _record_term(stmts, p, op, later, st.lineno)
                 if action[0] == "return":
                     items = list(st.value.items)
                     items[p] = Const(None)
@@ -400,14 +406,18 @@ def _rewrite(fn, p, plan):
         blk.stmts.append(Accumulate(p, Var(name), lineno=blk.term.lineno))
 
 
-def _record_term(stmts, p, op, uses, def_counts, lineno):
+def _record_term(stmts, p, op, later, lineno):
     """Append to `stmts` the recording of term `op` of sum p. A value defined earlier in the
-    same block and used only here is looked into: a call becomes a deferred call where it
-    stands, a `+` is recorded as its operands' terms."""
-    if isinstance(op, Var) and uses[op.name] == 1 and def_counts[op.name] == 1:
+    same block (by the last statement of `stmts` that assigns it) and read nowhere else (not
+    in between, not in `later`: the rest of the block and what is live after it) is looked
+    into: a call becomes a deferred call where it stands, a `+` of two values is recorded as
+    their terms."""
+    if isinstance(op, Var) and op.name not in later:
         for i in range(len(stmts) - 1, -1, -1):
             st = stmts[i]
             if op.name not in st.defs():
+                if op.name in st.uses():
+                    break
                 continue
             if isinstance(st, Assign) and isinstance(st.value, ir.Call) and \
                     st.value.star_args is None and st.value.star_kwargs is None:
@@ -425,10 +435,11 @@ def _record_term(stmts, p, op, uses, def_counts, lineno):
                                                           [st.kwargs[k] for k in rest],
                                                           lineno=st.lineno)] if rest else [])
                 return
-            if isinstance(st, Assign) and isinstance(st.value, ir.BinOp) and st.value.op == "+":
+            if isinstance(st, Assign) and isinstance(st.value, ir.BinOp) and st.value.op == "+" \
+                    and st.value.a != st.value.b and op not in (st.value.a, st.value.b):
                 del stmts[i]
-                _record_term(stmts, p, st.value.a, uses, def_counts, lineno)
-                _record_term(stmts, p, st.value.b, uses, def_counts, lineno)
+                _record_term(stmts, p, st.value.a, later, lineno)
+                _record_term(stmts, p, st.value.b, later, lineno)
                 return
             break
     stmts.append(Accumulate(p, op, lineno=lineno))
