@@ -93,7 +93,7 @@ def recognize_sums(fn: FunctionIR) -> tuple:
     if not sites:
         return ()
     _spell_out_constant_returns(fn)
-    defs, uses, def_counts = _defs_and_uses(fn)
+    defs, uses, _ = _defs_and_uses(fn)
     returns = []
     for bid, blk in fn.blocks.items():
         t = blk.term
@@ -119,7 +119,7 @@ def recognize_sums(fn: FunctionIR) -> tuple:
             unpacks.append(u[0])
     plans = []
     for p in range(length):
-        plan = _plan(fn, p, returns, unpacks, defs, uses, def_counts)
+        plan = _plan(fn, p, returns, unpacks)
         if plan is not None:
             plans.append((p, plan))
     live_out = analyze(fn).live_out if plans else None
@@ -218,8 +218,9 @@ class _NotASum(Exception):
     """Component p is not a sum over the recursion (the function runs as written)."""
 
 
-def _plan(fn, p, returns, unpacks, defs, uses, def_counts):
-    """How to rewrite component p as recorded terms, or None if it is not a sum.
+def _plan(fn, p, returns, unpacks):
+    """``(actions, promotions)``: how to rewrite component p as recorded terms, or None if it
+    is not a sum.
 
     A forward dataflow analysis over the blocks. A variable is *pending* while it holds a
     part of the sum that has yet to reach a return: component p of a recursive result, or a
@@ -343,7 +344,7 @@ def _plan(fn, p, returns, unpacks, defs, uses, def_counts):
         return None
     if not any(a[0] == "unpack" for a in actions.values()):
         return None
-    return actions, promotions, uses, def_counts
+    return actions, promotions
 
 
 def _promotable(fn, bid, name):
@@ -380,7 +381,7 @@ def _fresh_at_end(blk, name) -> bool:
 
 
 def _rewrite(fn, p, plan, live_out):
-    actions, promotions, uses, def_counts = plan
+    actions, promotions = plan
     for bid, blk in fn.blocks.items():
         stmts = []
         original = blk.stmts
