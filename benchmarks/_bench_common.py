@@ -22,7 +22,10 @@ from pathlib import Path
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
-def parse_args(name: str, description: str, default_repeat: int, quick_repeat: int):
+def parse_args(name: str, description: str, default_repeat: int, quick_repeat: int,
+               add_arguments=None, argv=None):
+    """Parse the common options (`--repeat`, `--quick`, `--json`, `--threads`) and those that
+    `add_arguments(parser)` adds; applies `--threads` (see `limit_threads`)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--repeat", type=int, default=None,
                         help=f"timed repetitions per variant (default {default_repeat}; "
@@ -31,12 +34,47 @@ def parse_args(name: str, description: str, default_repeat: int, quick_repeat: i
                         help="a fast smoke-test mode (fewer sizes, repetitions and calls)")
     parser.add_argument("--json", type=Path, default=RESULTS_DIR / f"{name}.json",
                         help=f"where to write the results (default benchmarks/results/{name}.json)")
-    args = parser.parse_args()
+    add_threads_argument(parser)
+    if add_arguments is not None:
+        add_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error("--threads must be at least 1")
+    limit_threads(args.threads)
     if args.repeat is None:
         args.repeat = quick_repeat if args.quick else default_repeat
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     return args
+
+
+def add_threads_argument(parser) -> None:
+    """`--threads N` (default 1); the script calls `limit_threads(args.threads)` after parsing."""
+    parser.add_argument("--threads", type=int, default=1,
+                        help="BLAS/OpenMP threads (threadpoolctl; default 1: small products "
+                             "get much slower when threads oversubscribe a loaded machine)")
+
+
+_LIMITS = []     # the active threadpool limits (kept alive for the whole run)
+
+
+def limit_threads(threads: int) -> dict:
+    """Limit the BLAS and OpenMP thread pools of this process to `threads` (threadpoolctl),
+    and PyTorch's when it is imported; returns what `blas_info` reports afterwards."""
+    import numpy  # noqa: F401  (loads the BLAS library, so the limit reaches it)
+    from threadpoolctl import threadpool_limits
+    _LIMITS.append(threadpool_limits(limits=threads))
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+    return blas_info()
+
+
+def blas_info() -> list:
+    """The loaded BLAS/OpenMP libraries: (library, version, threads, kernel architecture)."""
+    import numpy  # noqa: F401
+    from threadpoolctl import threadpool_info
+    return [{k: info.get(k) for k in ("internal_api", "version", "num_threads", "architecture")}
+            for info in threadpool_info()]
 
 
 def calibrate(fn, target_s: float, max_number: int = 1_000_000) -> int:
@@ -103,7 +141,9 @@ def environment() -> dict:
         "cpu_count": os.cpu_count(),
         "load_average_1_5_15min": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "threads_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                                     "MKL_NUM_THREADS") if k in os.environ},
+                                                     "MKL_NUM_THREADS", "OPENBLAS_CORETYPE",
+                                                     "OPENBLAS_L2_SIZE") if k in os.environ},
+        "blas": blas_info(),
     }
 
 

@@ -20,6 +20,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench_common import add_threads_argument, limit_threads  # noqa: E402
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import spmdbatch as sb  # noqa: E402
 from examples.treelstm import handbatched  # noqa: E402
@@ -202,7 +205,11 @@ def main(argv=None):
                     help="also time the post-order loop formulation under @spmd")
     ap.add_argument("--quick", action="store_true", help="a tiny configuration for smoke tests")
     ap.add_argument("--json", default="benchmarks/results/tree_recursion.json")
+    add_threads_argument(ap)
     args = ap.parse_args(argv)
+    if args.threads < 1:
+        ap.error("--threads must be at least 1")
+    limit_threads(args.threads)
     if args.quick:
         args.trees, args.hidden, args.embedding, args.repeat, args.batch_sizes = 20, 16, 16, 1, "10"
     if args.data:

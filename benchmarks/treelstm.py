@@ -25,6 +25,9 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench_common import add_threads_argument, limit_threads  # noqa: E402
+
 import spmdbatch as sb  # noqa: E402
 from examples.treelstm import data as sst  # noqa: E402
 from examples.treelstm import model as M  # noqa: E402
@@ -73,7 +76,11 @@ def main(argv=None):
     ap.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, synthetic trees (smoke test)")
     ap.add_argument("--json", default="benchmarks/results/treelstm.json")
+    add_threads_argument(ap)
     args = ap.parse_args(argv)
+    if args.threads < 1:
+        ap.error("--threads must be at least 1")
+    limit_threads(args.threads)
     if args.quick:
         args.trees, args.per_example_trees, args.repeat = 40, 10, 1
         args.hidden, args.embedding, args.batch_sizes = 16, 16, "10"
@@ -126,7 +133,7 @@ def main(argv=None):
         rows.append(row)
     print(f"Tree-LSTM training pass (forward, backward, Adagrad step), {source}, hidden {args.hidden}, "
           f"embedding {args.embedding}, float32, backend {args.backend}, "
-          f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'default')}\n")
+          f"{args.threads} BLAS thread(s)\n")
     head = "| batch | " + " | ".join(f"{i} trees/s" for i in impls) + " | spmd / hand-batched | spmd / per-example | " \
         + " | ".join(f"{i} peak MB" for i in impls) + " |"
     print(head)

@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 import spmdbatch as sb
 from spmdbatch import distributed as dist
@@ -54,7 +55,7 @@ IMPLEMENTATIONS = {
 }
 
 #: Options that may differ from the saved configuration when a run is resumed.
-RESUME_OVERRIDES = ("resume", "epochs", "no_progress", "backend", "data", "out")
+RESUME_OVERRIDES = ("resume", "epochs", "no_progress", "backend", "data", "out", "threads")
 
 
 class UsageError(Exception):
@@ -107,6 +108,10 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     add("--resume", metavar="DIR", help="continue the run whose --out was DIR (its options are "
         "used; --epochs may raise the number of epochs)")
     add("--no-progress", action="store_true", default=False)
+    add("--threads", type=int, default=1, metavar="N",
+        help="BLAS threads (set with threadpoolctl; default 1: the matrix products of a "
+             "minibatch are small, and more threads than free cores make them several times "
+             "slower on a loaded machine; 0 keeps the BLAS library's own setting)")
     return ap
 
 
@@ -120,7 +125,7 @@ def check_options(args) -> None:
     for name in ("epochs", "batch_size", "hidden", "embedding"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    for name in ("synthetic", "max_train", "max_eval", "seed"):
+    for name in ("synthetic", "max_train", "max_eval", "seed", "threads"):
         if getattr(args, name) < 0:
             raise UsageError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
     for name, low in (("lr", "positive"), ("embed_lr", "positive"), ("weight_decay", "non-negative")):
@@ -289,6 +294,7 @@ def setup(argv):
 def run(argv=None):
     """Check the options, load the data, train (or resume) and test; returns the log."""
     args, out = setup(argv)
+    threadpool_limits(limits=args.threads or None, user_api="blas")
     comm = dist.init()                  # MPI under mpiexec, else one process
     if comm.rank != 0:                  # rank 0 alone prints and writes
         sys.stdout = open(os.devnull, "w")

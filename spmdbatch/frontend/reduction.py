@@ -21,15 +21,30 @@ classifier step over all nodes); the sum is the same up to floating-point reasso
 
 Definition. Let every `return` of a function with self-recursive call sites (frontend/
 recursion.py) return a tuple display of the same length L, and let each recursive call's
-result be used only by one unpacking into L targets. Component p is a *sum over the
-recursion* when, at every return, component p is a `+` expression tree (in the returning
-block, each intermediate value used once) whose leaves are component p of recursive results
-(or copies of them) and other values, the *terms*; and component p of recursive results is
-used nowhere else. Terms that are calls used only there (no `*args`/`**kwargs`) are
-deferred; other terms are recorded as values. At run time a call is deferred only when its
-callee is a user function without visible side effects (`may_defer`: no assignment into an
-object, attribute, global or closure variable, no call of a mutating method such as
-`append`); any other call runs where it is written.
+result be used only by one unpacking into L targets, where the call returns. Component p is
+a *sum over the recursion* when a dataflow analysis (`_plan`) proves that on every path,
+component p of each recursive result is used exactly once, by `+` (or `+=`) and copies whose
+results are used the same way, until it reaches component p of a return; whatever else is
+added on the way (the *terms*, in any order, through temporaries, `+=`, or a variable that
+holds ``0.0`` on one path into a join and ``ll + lr`` on the other) is recorded where it is
+added. So these are all sums::
+
+    return h, loss_l + loss_r + node_loss(model, h, k)
+
+    if leaf: ...; sub = 0.0
+    else:    ...; sub = ll + lr
+    nll = node_loss(params, h, label)
+    return h, c, sub + nll
+
+    total = node_loss(model, h, k); total += ll; total = lr + total
+    return h, total
+
+Terms that are calls defined in the block that adds them and used only there (no
+`*args`/`**kwargs`) are deferred; other terms are recorded as values. At run time a call is
+deferred only when its callee is a user function without visible side effects (`may_defer`:
+no assignment into an object, attribute, global or closure variable, no call of a mutating
+method such as `append`); any other call runs where it is written. Anything else (a part
+used twice, dropped, multiplied, read after it was added) leaves the function as written.
 """
 from __future__ import annotations
 
@@ -38,7 +53,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from . import ir
+from .fusion import FusedCall
 from .ir import Assign, Const, FunctionIR, Stmt, Var
+from .liveness import analyze
 from .recursion import Recurse
 
 _PLUS = ("+", "+=")
@@ -76,7 +93,7 @@ def recognize_sums(fn: FunctionIR) -> tuple:
     if not sites:
         return ()
     _spell_out_constant_returns(fn)
-    defs, uses, def_counts = _defs_and_uses(fn)
+    defs, uses, _ = _defs_and_uses(fn)
     returns = []
     for bid, blk in fn.blocks.items():
         t = blk.term
@@ -92,19 +109,22 @@ def recognize_sums(fn: FunctionIR) -> tuple:
     length = lengths.pop()
     unpacks = []
     for site in sites:
+        cont = fn.blocks[site.cont].stmts
         for target in site.defs():
             u = [s for s in _users(fn, target)]
             if len(u) != 1 or not isinstance(u[0], ir.Unpack) or u[0].star_index is not None \
-                    or len(u[0].targets) != length or uses[target] != 1:
-                return ()
+                    or len(u[0].targets) != length or uses[target] != 1 \
+                    or not any(st is u[0] for st in cont):
+                return ()       # (unpacked where the call returns: every call's part is seen)
             unpacks.append(u[0])
     plans = []
     for p in range(length):
-        plan = _plan(fn, p, returns, unpacks, defs, uses, def_counts)
+        plan = _plan(fn, p, returns, unpacks)
         if plan is not None:
             plans.append((p, plan))
+    live_out = analyze(fn).live_out if plans else None
     for p, plan in plans:
-        _rewrite(fn, p, plan)
+        _rewrite(fn, p, plan, live_out)
     return tuple(p for p, _ in plans)
 
 
@@ -190,97 +210,237 @@ def _users(fn, name):
     return out
 
 
-def _plan(fn, p, returns, unpacks, defs, uses, def_counts):
-    """(chain statements, terms per return) of component p, or None if it is not a sum."""
-    partial = {u.targets[p] for u in unpacks}
-    changed = True
-    while changed:                     # copies of recursive parts are recursive parts
-        changed = False
-        for name, (_, s) in defs.items():
-            if name not in partial and isinstance(s, Assign) and isinstance(s.value, ir.Use) \
-                    and isinstance(s.value.a, Var) and s.value.a.name in partial:
-                partial.add(name)
-                changed = True
-    chain: set = set()
-    terms = []
-    for bid, tuple_stmt in returns:
-        found = []
+_PENDING, _SHARED, _CONSUMED = "pending", "pending, maybe shared", "consumed"
+_PENDINGS = (_PENDING, _SHARED)
 
-        def expand(op):
-            if isinstance(op, Var) and op.name in partial:
-                return True
-            if isinstance(op, Var):
-                d = defs.get(op.name)
-                if d is not None and d[0] == bid and isinstance(d[1], Assign) and \
-                        isinstance(d[1].value, ir.BinOp) and d[1].value.op in _PLUS and uses[op.name] == 1:
-                    chain.add(id(d[1]))
-                    return expand(d[1].value.a) and expand(d[1].value.b)
-            found.append(op)
-            return True
-        expand(tuple_stmt.value.items[p])
-        terms.append((bid, tuple_stmt, found))
-    # every use of a recursive part must be a copy or a `+` of a chain
-    for name in partial:
-        for s in _users(fn, name):
-            is_copy = isinstance(s, Assign) and isinstance(s.value, ir.Use) and s.target in partial
-            if not is_copy and id(s) not in chain:
-                return None
-    if any(isinstance(op, Var) and op.name in partial for _, _, found in terms for op in found):
-        return None
-    # each call's part counts exactly once: one value (defined once, used once) that reaches a
-    # return's sum on every path from the call (straight continuation blocks, no branch)
-    if any(def_counts[name] != 1 or uses[name] != 1 for name in partial):
-        return None
-    chain_block = {id(st): bid for bid, blk in fn.blocks.items() for st in blk.stmts if id(st) in chain}
-    for u in unpacks:
-        name, user = u.targets[p], None
-        while True:
-            user = _users(fn, name)[0]
-            if isinstance(user, Assign) and isinstance(user.value, ir.Use) and user.target in partial:
-                name = user.target
+
+class _NotASum(Exception):
+    """Component p is not a sum over the recursion (the function runs as written)."""
+
+
+def _plan(fn, p, returns, unpacks):
+    """``(actions, promotions)``: how to rewrite component p as recorded terms, or None if it
+    is not a sum.
+
+    A forward dataflow analysis over the blocks. A variable is *pending* while it holds a
+    part of the sum that has yet to reach a return: component p of a recursive result, or a
+    `+` with a pending operand (its other operands are *terms*), or a copy of a pending
+    variable. Using a pending variable *consumes* it; the analysis proves that every pending
+    value is consumed exactly once, by a `+`, a copy, or component p of a return, on every
+    path: no other use, no overwrite, none left at a return, a consumed variable never read
+    again. A variable that is pending after a join but holds an ordinary value on one incoming
+    edge (``sub = 0.0`` in the leaf branch, ``sub = ll + lr`` in the other) becomes a term at
+    the end of that edge's block; unless that value is a constant or the result of arithmetic,
+    it may be an object something else refers to, and an in-place `+=` onto it is then no
+    sum (it would change that object). Then the returned total of a call equals the sum of the
+    terms recorded while it ran plus its children's totals, each once: what the frame adds up.
+    """
+    unpack_ids = {id(u) for u in unpacks}
+    return_stmts = {id(stmt) for _, stmt in returns}
+    preds: dict = {b: [] for b in fn.blocks}
+    for bid, blk in fn.blocks.items():
+        for target, _ in blk.term.successors():
+            preds[target].append(bid)
+    outs: dict = {}
+    ins: dict = {fn.entry: {}}
+
+    def merged_in(bid):
+        state: dict = {}
+        for pred in preds[bid]:
+            if pred not in outs:
                 continue
-            break
-        start = next(b for b, blk in fn.blocks.items() if any(st is u for st in blk.stmts))
-        if not _straight(fn, start, chain_block[id(user)]):
-            return None
-    return chain, terms, defs, uses
+            for name, status in outs[pred].items():
+                old = state.get(name)
+                if old is not None and (old == _CONSUMED) != (status == _CONSUMED):
+                    raise _NotASum          # pending on one edge, consumed on another
+                state[name] = _SHARED if _SHARED in (old, status) else status
+        for pred in preds[bid]:
+            if pred in outs:
+                for name, status in state.items():
+                    if status == _PENDING and name not in outs[pred] and \
+                            not _fresh_at_end(fn.blocks[pred], name):
+                        state[name] = _SHARED      # promoted on that edge (checked later)
+        return state
 
-
-def _straight(fn, start, end) -> bool:
-    """Whether every path from block `start` reaches block `end`, through blocks that end in
-    an unconditional jump or a recursive call."""
-    seen = set()
-    b = start
-    while b != end:
-        t = fn.blocks[b].term
-        targets = {target for target, _ in t.successors()}
-        if not isinstance(t, (ir.Jump, Recurse)) or len(targets) != 1 or b in seen:
-            return False
-        seen.add(b)
-        b = targets.pop()
-    return True
-
-
-def _rewrite(fn, p, plan):
-    chain, terms, defs, uses = plan
-    for bid, tuple_stmt, found in terms:
+    def transfer(bid, state, actions):
+        state = dict(state)
         blk = fn.blocks[bid]
-        stmts = [s for s in blk.stmts if id(s) not in chain]
-        extra = []
-        for op in found:
-            d = defs.get(op.name) if isinstance(op, Var) else None
-            call = d[1] if d is not None and d[0] == bid else None
-            at = next((i for i, s in enumerate(stmts) if s is call), None)
-            if at is not None and isinstance(call, Assign) and \
-                    isinstance(call.value, ir.Call) and call.value.star_args is None and \
-                    call.value.star_kwargs is None and uses[op.name] == 1:
-                stmts[at] = DeferredCall(p, call.value.func, list(call.value.args),
-                                                        dict(call.value.kwargs), lineno=call.lineno)
+        for st in blk.stmts:
+            used = st.uses()
+            if any(state.get(u) == _CONSUMED for u in used):
+                raise _NotASum
+            pending = [u for u in used if state.get(u) in _PENDINGS]
+            produces = None
+            if id(st) in unpack_ids:
+                produces = st.targets[p]
+                actions[id(st)] = ("unpack",)
+            elif not pending:
+                pass
+            elif isinstance(st, Assign) and isinstance(st.value, ir.Use):
+                produces = st.target
+                actions[id(st)] = ("copy",)
+            elif isinstance(st, Assign) and isinstance(st.value, ir.BinOp) and st.value.op in _PLUS:
+                ops = [st.value.a, st.value.b]
+                if len(pending) != len(set(pending)):
+                    raise _NotASum          # `x + x`: twice the same part
+                if st.value.op == "+=" and state.get(getattr(ops[0], "name", None)) != _PENDING:
+                    raise _NotASum          # changes in place an object others may refer to
+                produces = st.target
+                actions[id(st)] = ("add", [op for op in ops
+                                           if not (isinstance(op, Var) and op.name in pending)])
+            elif id(st) in return_stmts:
+                item = st.value.items[p]
+                if not isinstance(item, Var) or pending != [item.name]:
+                    raise _NotASum          # a part elsewhere in the returned tuple
+                actions[id(st)] = ("return", [])
             else:
-                extra.append(Accumulate(p, op, lineno=tuple_stmt.lineno))
-        at = next(i for i, s in enumerate(stmts) if s is tuple_stmt)
-        stmts[at:at] = extra
-        items = list(tuple_stmt.value.items)
-        items[p] = Const(None)
-        tuple_stmt.value = ir.BuildTuple(items)
+                raise _NotASum              # any other use of a part of the sum
+            if id(st) in return_stmts and not pending:
+                actions[id(st)] = ("return", [st.value.items[p]])
+            shared = any(state.get(u) == _SHARED for u in pending)
+            for u in pending:
+                state[u] = _CONSUMED
+            for d in st.defs():
+                if state.get(d) in _PENDINGS:
+                    raise _NotASum          # a part overwritten before it reached a return
+                if d == produces:
+                    state[d] = _SHARED if shared and isinstance(st.value, ir.Use) else _PENDING
+                else:
+                    state.pop(d, None)
+        t = blk.term
+        if any(state.get(u) is not None for u in t.used_vars()):
+            raise _NotASum
+        if isinstance(t, ir.Return) and any(v in _PENDINGS for v in state.values()):
+            raise _NotASum                  # a part that never reaches the return
+        for d in t.defs():
+            if state.get(d) in _PENDINGS:
+                raise _NotASum
+            state.pop(d, None)
+        return state
+
+    try:
+        work = [fn.entry]
+        while work:
+            bid = work.pop()
+            state = transfer(bid, ins[bid], {})
+            if outs.get(bid) == state:
+                continue
+            outs[bid] = state
+            for target, _ in fn.blocks[bid].term.successors():
+                new = merged_in(target)
+                if ins.get(target) != new or target not in outs:
+                    ins[target] = new
+                    work.append(target)
+        actions: dict = {}
+        for bid in outs:
+            transfer(bid, ins[bid], actions)
+        promotions = []                    # (block, variable): an ordinary value becomes a term
+        for bid in outs:
+            for target, _ in fn.blocks[bid].term.successors():
+                for name, status in ins[target].items():
+                    if status in _PENDINGS and outs[bid].get(name) is None:
+                        promotions.append((bid, _promotable(fn, bid, name)))
+    except _NotASum:
+        return None
+    if not any(a[0] == "unpack" for a in actions.values()):
+        return None
+    return actions, promotions
+
+
+def _promotable(fn, bid, name):
+    """`name` if block `bid` ends in a jump and assigns `name` (so it holds a value there,
+    which becomes a term at the end of the block); else `_NotASum`."""
+    blk = fn.blocks[bid]
+    if not isinstance(blk.term, ir.Jump) or _last_def(blk, name) is None:
+        raise _NotASum
+    return name
+
+
+def _last_def(blk, name):
+    last = None
+    for st in blk.stmts:
+        if name in st.defs():
+            last = st
+    return last
+
+
+def _fresh_at_end(blk, name) -> bool:
+    """Whether `name` holds, at the end of `blk`, a value no other variable refers to: its
+    last assignment there is a constant or arithmetic that makes a new value (not an
+    in-place operator), and nothing after it reads `name`."""
+    st = _last_def(blk, name)
+    if not isinstance(st, Assign):
+        return False
+    after = blk.stmts[next(i for i, s in enumerate(blk.stmts) if s is st) + 1:]
+    if any(name in s.uses() for s in after):
+        return False
+    v = st.value
+    if isinstance(v, ir.Use):
+        return isinstance(v.a, Const)
+    return (isinstance(v, ir.BinOp) and not v.op.endswith("=")) or isinstance(v, ir.UnaryOp)
+
+
+def _rewrite(fn, p, plan, live_out):
+    actions, promotions = plan
+    for bid, blk in fn.blocks.items():
+        stmts = []
+        original = blk.stmts
+        for at, st in enumerate(original):
+            action = actions.get(id(st))
+            if action is None or action[0] == "unpack":
+                stmts.append(st)
+            elif action[0] in ("add", "return"):
+                # a term's own value may be looked into when nothing reads it afterwards
+                later = {u for s2 in original[at + 1:] for u in s2.uses()} | \
+                    set(blk.term.used_vars()) | live_out[bid]
+                for op in action[1]:
+                    _record_term(stmts, p, op, later, st.lineno)
+                if action[0] == "return":
+                    items = list(st.value.items)
+                    items[p] = Const(None)
+                    st.value = ir.BuildTuple(items)
+                    stmts.append(st)
+            # ("copy": dropped; the part is added by the frame)
         blk.stmts = stmts
+    for bid, name in promotions:
+        blk = fn.blocks[bid]
+        blk.stmts.append(Accumulate(p, Var(name), lineno=blk.term.lineno))
+
+
+def _record_term(stmts, p, op, later, lineno):
+    """Append to `stmts` the recording of term `op` of sum p. A value defined earlier in the
+    same block (by the last statement of `stmts` that assigns it) and read nowhere else (not
+    in between, not in `later`: the rest of the block and what is live after it) is looked
+    into: a call becomes a deferred call where it stands, a `+` of two values is recorded as
+    their terms."""
+    if isinstance(op, Var) and op.name not in later:
+        for i in range(len(stmts) - 1, -1, -1):
+            st = stmts[i]
+            if op.name not in st.defs():
+                if op.name in st.uses():
+                    break
+                continue
+            if isinstance(st, Assign) and isinstance(st.value, ir.Call) and \
+                    st.value.star_args is None and st.value.star_kwargs is None:
+                stmts[i] = DeferredCall(p, st.value.func, list(st.value.args),
+                                        dict(st.value.kwargs), lineno=st.lineno)
+                return
+            if isinstance(st, FusedCall):          # (calls fused with others: take it out)
+                j = st.targets.index(op.name)
+                deferred = DeferredCall(p, st.funcs[j], list(st.args[j]), dict(st.kwargs[j]),
+                                        lineno=st.lineno)
+                rest = [k for k in range(len(st.targets)) if k != j]
+                stmts[i:i + 1] = [deferred] + ([FusedCall([st.targets[k] for k in rest],
+                                                          [st.funcs[k] for k in rest],
+                                                          [st.args[k] for k in rest],
+                                                          [st.kwargs[k] for k in rest],
+                                                          lineno=st.lineno)] if rest else [])
+                return
+            if isinstance(st, Assign) and isinstance(st.value, ir.BinOp) and st.value.op == "+" \
+                    and st.value.a != st.value.b and op not in (st.value.a, st.value.b):
+                del stmts[i]
+                _record_term(stmts, p, st.value.a, later, lineno)
+                _record_term(stmts, p, st.value.b, later, lineno)
+                return
+            break
+    stmts.append(Accumulate(p, op, lineno=lineno))

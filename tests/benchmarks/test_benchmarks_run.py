@@ -63,6 +63,31 @@ def test_transform_time_quick(tmp_path):
         assert "rest_ms" in r
 
 
+def test_natural_code_quick(tmp_path):
+    data = _run("natural_code.py", tmp_path)
+    assert data["benchmark"] == "natural_code"
+    impls = data["config"]["impls"]
+    assert {"natural", "example"} <= set(impls)
+    assert ("torch" in impls) != bool(data["config"]["torch_note"])   # present, or said missing
+    assert all(0 <= err <= 1e-3 for err in data["agreement_max_relative_difference"].values())
+    for r in data["results"]:
+        for impl in impls:
+            _positive_stats(r, f"{impl}_trees_per_s")
+        _positive_stats(r, "ratio_natural_over_example")
+
+
+def test_scalar_programs_quick(tmp_path):
+    data = _run("scalar_programs.py", tmp_path)
+    assert data["benchmark"] == "scalar_programs"
+    timed = {r["program"] for r in data["results"]}
+    assert "collatz" in timed
+    assert timed | set(data["skipped"]) == set(data["config"]["programs"].split(","))
+    assert all(data["skipped"].values())      # every skip says why
+    for r in data["results"]:
+        for key in ("loop_ms", "spmd_ms", "ratio_loop_over_spmd"):
+            _positive_stats(r, key)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
 

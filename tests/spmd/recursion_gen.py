@@ -42,8 +42,8 @@ Sums are recognised from the code's shape only, so a recursive component must be
 *linearly*: on every path from a call to a return, component p of the call's result is
 used exactly once, in that return's `+` chain. The generator keeps to that: the sum
 components of results of calls in loops and in one branch of an if are added into
-accumulators (``s1 = s1 + r3_1``), which makes the component not a sum (the frontend then
-leaves it alone), and not-sum components are always used in a non-`+` way somewhere, so
+accumulators (``s1 = s1 + r3_1``), which the frontend may take for a sum or not (its
+dataflow analysis decides; the values are checked either way), and not-sum components are always used in a non-`+` way somewhere, so
 they are never taken for sums. `expected_sums` is then exactly the tuple of positions the
 frontend must recognise. It allows for the frontend's conservative limits: a child's part
 returned unchanged (``return h, a_1``) is no sum, and it writes no conditional expression
@@ -825,10 +825,11 @@ class RecGen:
         if self.site_calls == 0:
             expected = ()
         elif self.result == "tuple" and self.access == "unpack" and not self.hazards:
-            expected = tuple(p for p, k in enumerate(self.kinds)
-                             if k in SUM_KINDS and p not in self.desummed)
+            # (a sum whose parts go through accumulators may be taken for a sum or not: the
+            # frontend takes it when every path uses each part once, which it proves itself)
+            expected = tuple(p for p, k in enumerate(self.kinds) if k in SUM_KINDS)
             if self.linear_tail:
-                certain = tuple(p for p in expected if p not in self.bare)
+                certain = tuple(p for p in expected if p not in self.bare and p not in self.desummed)
         elif self.hazards:
             expected = None
         else:
@@ -845,3 +846,159 @@ class RecGen:
 @st.composite
 def rec_programs(draw, smooth=False, hazards=False):
     return RecGen(draw, smooth, hazards).program()
+
+
+# --- accumulation forms of a sum over the recursion -------------------------------------------
+
+@dataclasses.dataclass
+class SumFormProgram:
+    """A tree-shaped recursion ``rec(p, n, x) -> (h, s)`` whose s is a sum over the recursion
+    written in a random accumulation form; `is_sum`: whether frontend/reduction.py must take
+    component 1 for a sum (False: a hazard, or a form its definition leaves alone)."""
+    source: str
+    is_sum: bool
+    why: str
+    leaf_call: bool      # `term` called in the leaf branch before the join (not deferred)
+
+    def __repr__(self):  # hypothesis prints this for a falsifying example
+        return f"SumFormProgram(is_sum={self.is_sum}, why={self.why!r})\n{self.source}"
+
+
+class SumFormGen:
+    """Writes `rec` with its sum accumulated through temporaries, `+=`, `s = s + t`,
+    `s = t + s`, a variable set in the leaf branch and joined with the inner branch's, terms in
+    any order, call terms (deferred) and value terms; now and then a hazard (a part used
+    twice, dropped, or scaled) that makes it no sum."""
+
+    TERMS = ("term(p, h, x)", "term(p, h, x)", "0.5 * h", "1.0", "np.tanh(x)", "h * x")
+
+    def __init__(self, draw):
+        self.draw = draw
+        self.lines: list = []
+        self.counter = 0
+        self.is_sum = True
+        self.why = "a sum"
+        self.leaf_call = False
+
+    def choice(self, options):
+        return self.draw(st.sampled_from(list(options)))
+
+    def coin(self, pct):
+        return self.draw(st.integers(0, 99)) < pct
+
+    def emit(self, indent, text):
+        self.lines.append("    " * indent + text)
+
+    def terms(self, low, high):
+        return [self.choice(self.TERMS) for _ in range(self.draw(st.integers(low, high)))]
+
+    def chain(self, indent, items, target, parts=()):
+        """Statements that set `target` to the sum of `items` (names or expressions), in a
+        random order and grouping; when some items are children's `parts`, the first value
+        given to `target` holds one (an in-place `+=` onto a value that may be shared with
+        other variables is no sum). Returns whether `target`'s last value is fresh (made by a
+        constant or a `+`, not an in-place `+=` or a call)."""
+        items = [items[i] for i in self.draw(st.permutations(range(len(items))))]
+        with_part = {it for it in items if it in parts}
+        while len(items) > 2 and self.coin(40):          # a temporary of two items
+            i = self.draw(st.integers(0, len(items) - 2))
+            self.counter += 1
+            tmp = f"t{self.counter}"
+            self.emit(indent, f"{tmp} = {items[i]} + {items[i + 1]}")
+            if items[i] in with_part or items[i + 1] in with_part:
+                with_part.add(tmp)
+            items[i:i + 2] = [tmp]
+        if with_part and items[0] not in with_part:
+            first = next(it for it in items if it in with_part)
+            items.remove(first)
+            items.insert(0, first)
+        self.emit(indent, f"{target} = {items[0]}")
+        fresh = items[0] in ("0.0", "1.0", "0.5 * h", "h * x")
+        for it in items[1:]:
+            form = self.choice(("+=", "s + t", "t + s"))
+            if form == "+=":
+                self.emit(indent, f"{target} += {it}")
+                fresh = False
+            elif form == "s + t":
+                self.emit(indent, f"{target} = {target} + {it}")
+                fresh = True
+            else:
+                self.emit(indent, f"{target} = {it} + {target}")
+                fresh = True
+        return fresh
+
+    def hazard(self, parts):
+        """The children's parts as the inner branch adds them (maybe wrongly: no sum then)."""
+        if not self.coin(15):
+            return list(parts)
+        kind = self.choice(("twice", "dropped", "scaled"))
+        self.is_sum, self.why = False, f"hazard: a part {kind}"
+        if kind == "twice":
+            return list(parts) + [parts[0]]
+        if kind == "dropped":
+            return list(parts[1:])
+        return [f"0.5 * {parts[0]}"] + list(parts[1:])
+
+    def program(self) -> SumFormProgram:
+        self.emit(0, "import numpy as np")
+        self.emit(0, "")
+        self.emit(0, "")
+        self.emit(0, "def term(p, h, x):")
+        self.emit(1, "return np.tanh(p[0] * h + p[1] * x) * p[2]")
+        self.emit(0, "")
+        self.emit(0, "")
+        self.emit(0, "def rec(p, n, x):")
+        early = self.coin(30)                       # the leaf returns at once, or joins
+        self.emit(1, "if n <= 0:")
+        self.emit(2, "h = np.tanh(p[3] * x)")
+        if early:
+            self.emit(2, f"return h, {' + '.join(self.terms(1, 2))}")
+            shared = False
+        else:
+            init = self.terms(1, 2) if self.coin(70) else ["0.0"]
+            shared = not self.chain(2, init, "s")
+            self.leaf_call = "term(p, h, x)" in init
+        ind = 1 if early else 2                 # (after an early return: no `else`)
+        if not early:
+            self.emit(1, "else:")
+        if self.coin(50):                                   # two independent (fused) calls
+            self.emit(ind, "h1, s1 = rec(p, n - 1, x * 0.5)")
+            self.emit(ind, "h2, s2 = rec(p, n - 2, -x)")
+        else:                                               # the second call uses the first
+            self.emit(ind, "h1, s1 = rec(p, n - 1, x * 0.5)")
+            self.emit(ind, "h2, s2 = rec(p, n - 2, np.tanh(x + h1))")
+        self.emit(ind, "h = np.tanh(p[0] * h1 + p[1] * h2 + x)")
+        parts = self.hazard(["s1", "s2"])
+        if early:
+            inner = parts + self.terms(0, 2)
+            self.chain(ind, inner or ["0.0"], "s", parts)
+            shared = False
+        else:
+            self.chain(ind, (parts + self.terms(0, 1)) or ["0.0"], "s", parts)
+        for t in self.terms(0, 2):                          # after the join
+            form = self.choice(("+=", "s + t", "t + s"))
+            if form == "+=":
+                self.emit(1, f"s += {t}")
+                if shared and self.is_sum:
+                    self.is_sum, self.why = False, "`+=` onto a leaf value that is not fresh"
+            else:
+                self.emit(1, f"s = {t} + s" if form == "t + s" else f"s = s + {t}")
+                shared = False
+        ret = self.choice(("s", "s + t", "t + s"))
+        t = self.choice(self.TERMS)
+        self.emit(1, "return h, " + {"s": "s", "s + t": f"s + {t}", "t + s": f"{t} + s"}[ret])
+        self.emit(0, "")
+        self.emit(0, "")
+        self.emit(0, "def top(p, n, x):")
+        self.emit(1, "return rec(p, n, x)")
+        self.emit(0, "")
+        self.emit(0, "")
+        self.emit(0, "def loss(p, n, x):")
+        self.emit(1, "h, s = rec(p, n, x)")
+        self.emit(1, "return s + 0.1 * h")
+        return SumFormProgram("\n".join(self.lines) + "\n", self.is_sum, self.why, self.leaf_call)
+
+
+@st.composite
+def sum_form_programs(draw):
+    return SumFormGen(draw).program()

@@ -36,7 +36,7 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from oracle import check_batched, check_batched_grad  # noqa: E402
-from recursion_gen import rec_programs  # noqa: E402
+from recursion_gen import rec_programs, sum_form_programs  # noqa: E402
 from source_module import import_source  # noqa: E402
 
 import spmdbatch as sb  # noqa: E402
@@ -313,3 +313,33 @@ def countdown(n, x):
 def test_empty_batch_recurses_forever():
     got = sb.spmd(countdown)(np.zeros(0, dtype=np.int64), np.zeros(0))
     assert got.shape == (0,)
+
+
+# --- accumulation forms of a sum (frontend/reduction.py's dataflow analysis) -------------------
+
+@settings(max_examples=EXAMPLES, **FUZZ_SETTINGS)
+@given(program=sum_form_programs(),
+       ns=st.lists(st.integers(0, 5), min_size=1, max_size=6),
+       data=st.data())
+def test_sum_accumulation_forms(program, ns, data):
+    """Every accumulation form of a sum is taken for one (its call terms deferred: no more
+    batched calls of `term` than of `rec`, where each height would call it otherwise),
+    hazards are not, and values and gradients equal the loop."""
+    module = import_source(program.source, "spmd_fuzz_sum_form")
+    module.__fuzz_source__ = program.source
+    ns = np.array(ns, dtype=np.int64)
+    xs = np.array(data.draw(st.lists(FLOATS, min_size=len(ns), max_size=len(ns))), dtype=np.float64)
+    p = np.array(data.draw(PARAMS), dtype=np.float64)
+    prog = program_of(module.rec)
+    if prog.sum_positions != ((1,) if program.is_sum else ()):
+        _fail(program, f"sum_positions = {prog.sum_positions}, expected "
+                       f"{(1,) if program.is_sum else ()} ({program.why})", module)
+    try:
+        with sb.stats() as s:
+            check_batched(module.top, p, ns, xs, in_axes=(None, 0, 0), rtol=RTOL, atol=ATOL)
+        check_batched_grad(module.loss, p, ns, xs, in_axes=(0, 0), rtol=RTOL, atol=ATOL)
+    except Exception:
+        _fail(program, f"failed on n={ns!r}, x={xs!r}, p={p!r}\n{traceback.format_exc()}", module)
+    if program.is_sum and not program.leaf_call:
+        calls = s.calls_by_function
+        assert calls.get("term", 0) <= calls["rec"], (s, program)

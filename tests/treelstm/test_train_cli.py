@@ -150,6 +150,7 @@ BAD = {
     "missing data": (lambda t: ["--data", str(t / "nowhere")], "does not exist"),
     "output under a file": (lambda t: ["--out", str(_a_file(t) / "run")], "cannot write there"),
     "nothing to resume": (lambda t: ["--resume", str(t)], "no train_state.npz"),
+    "negative threads": (lambda t: ["--threads", "-1"], "--threads must be 0 or more"),
 }
 
 
@@ -259,3 +260,13 @@ def test_a_new_run_in_a_used_folder_replaces_its_state(tmp_path, monkeypatch, ca
     assert "no epoch was finished" in captured.err
     assert not ckpt.has_state(out)                 # nothing left to resume by mistake
     assert (out / ckpt.LOG_LINES_FILE).read_text() == ""
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_threads_sets_the_blas_thread_pool(tmp_path, threads):
+    from threadpoolctl import threadpool_info, threadpool_limits
+    with threadpool_limits(limits=3 - threads, user_api="blas"):     # the other value first;
+        train.main(TINY + ["--epochs", "1", "--threads", str(threads),  # restored on exit
+                           "--out", str(tmp_path / "out")])
+        blas = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+    assert blas and all(n == threads for n in blas), blas
