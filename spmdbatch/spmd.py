@@ -86,6 +86,8 @@ class SpmdFunction:
             STATE.partial, STATE.frame, STATE.lanes, STATE.max_depth = saved
             UNIFORM_OBJECTS.active -= 1
             forget_uniform_objects()
+            if not UNIFORM_OBJECTS.active:
+                UNIFORM_OBJECTS.cells.clear()
         return to_user(out, batch, _unwrap)
 
 

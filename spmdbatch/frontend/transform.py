@@ -37,7 +37,7 @@ BATCH_HELPERS = {
     "count_call": frame.count_call, "Batched": Batched,
     "LaneList": lane_list.LaneList, "LaneDict": lane_list.LaneDict, "RaggedList": lane_list.RaggedList,
     "list_truth": lane_list.truth, "format_value": formatting.format_value,
-    "build_string": formatting.build_string,
+    "build_string": formatting.build_string, "Cell": lanes.owned_cell,
 }
 
 _LINE_COMMENT = re.compile(r"^\s*# (\d+): ")

@@ -33,7 +33,7 @@ from .iterators import batched_range, lane_enumerate, lane_zip
 from . import lane_list as LL
 from .lane_list import LaneDict, LaneList, RaggedList
 from .formatting import lane_strings
-from .lanes import forget_uniform_objects, is_varying, lane_count, merge, take
+from .lanes import forget_uniform_objects, is_owned_cell, is_varying, lane_count, merge, take
 from .stats import STATS
 
 _TRANSFORMER = None   # set by the frontend: transformer(fn, varying_pattern) -> batched function
@@ -216,22 +216,41 @@ def _too_deep(args, kwargs):
                                      f"{sys.getrecursionlimit()} frames)"), np.arange(n), depth=4)
 
 
-def _io_guard(fn):
+def _io_guard(fn, name=None):
+    name = name or fn.__name__
+
     def guarded(*args, **kwargs):
         if STATE.partial:
             filename, lineno = user_frame()
             raise DivergentSideEffect(
-                f"{fn.__name__}() called under a varying condition (only some examples reach this "
+                f"{name}() called under a varying condition (only some examples reach this "
                 f"call)", filename, lineno, "Move the I/O out of the data-dependent branch or loop, "
                 "or return the values and print them after the batched call.")
         return fn(*args, **kwargs)
     return guarded
 
 
+def _print(*args, **kwargs):
+    """`print` of per-example values: one line per lane, each with that lane's own values (as
+    the per-example loop prints them, never an internal wrapper)."""
+    if not _any_varying(args, kwargs):
+        return builtins.print(*args, **kwargs)
+    from .formatting import example_value
+    n = lane_count(*[a for a in args if is_varying(a)])
+    for i in range(n):
+        builtins.print(*[example_value(a, i) if is_varying(a) else a for a in args], **kwargs)
+
+
 def _refuse_divergent(what: str, hint: str):
     filename, lineno = user_frame(3)
     raise DivergentSideEffect(f"{what} under a varying condition (only some examples run it, but "
                               f"the change would be seen by all)", filename, lineno, hint)
+
+
+def _refuse_escape(what: str, hint: str):
+    filename, lineno = user_frame(3)
+    raise DivergentSideEffect(f"{what}: the variable is shared by all examples and outlives the "
+                              f"call, so it cannot hold one value per example", filename, lineno, hint)
 
 
 def store_attr(obj, name, value):
@@ -255,6 +274,9 @@ def store_global(globals_, name, value):
     if STATE.partial:
         _refuse_divergent(f"assignment to global variable {name!r}",
                           "Return the value instead of storing it in a global.")
+    if is_varying(value):
+        _refuse_escape(f"assignment of a per-example value to global variable {name!r}",
+                       "Return the value instead of storing it in a global.")
     globals_[name] = value
 
 
@@ -269,6 +291,10 @@ def store_nonlocal(cell, name, value):
     if STATE.partial:
         _refuse_divergent(f"assignment to nonlocal variable {name!r}",
                           "Return the value instead of assigning the enclosing function's variable.")
+    if not is_owned_cell(cell) and is_varying(value):
+        _refuse_escape(f"assignment of a per-example value to nonlocal variable {name!r} of a "
+                       f"function outside the batched call",
+                       "Return the value instead of assigning the enclosing function's variable.")
     cell.cell_contents = value
 
 
@@ -430,7 +456,7 @@ _SPECIAL = {
     builtins.min: _extreme(builtins.min, P.minimum, P.argmin),
     builtins.max: _extreme(builtins.max, P.maximum, P.argmax),
     np.arange: _arange,
-    builtins.print: _io_guard(builtins.print),
+    builtins.print: _io_guard(_print, "print"),
     builtins.open: _io_guard(builtins.open),
     builtins.input: _io_guard(builtins.input),
 }

@@ -52,6 +52,20 @@ class _UniformObjects(threading.local):
 
     def __init__(self):
         self.objects = {}
+        self.cells = set()   # ids of the closure cells batch programs made during this call
+
+
+def owned_cell(*contents):
+    """A closure cell made by a batch program (its `MakeCell`, or a copy for some lanes): one
+    the program may fill with per-example values, unlike the cells of the caller's closures
+    (`calls.store_nonlocal`). Remembered until the outermost @spmd call of the thread ends."""
+    cell = CellType(*contents)
+    UNIFORM_OBJECTS.cells.add(id(cell))
+    return cell
+
+
+def is_owned_cell(cell) -> bool:
+    return id(cell) in UNIFORM_OBJECTS.cells
 
 
 UNIFORM_OBJECTS = _UniformObjects()
@@ -175,7 +189,7 @@ def take(value, idx, memo=None):
         if id(value) in memo:
             return memo[id(value)]
         if kind is CellType:
-            new = CellType()
+            new = owned_cell()
             memo[id(value)] = new
             new.cell_contents = take(value.cell_contents, idx, memo)
             return new
@@ -454,7 +468,7 @@ def _merge_cells(cells, counts, name):
         except ValueError:
             contents.append(UNDEFINED)
     merged = merge(contents, counts, name)
-    return CellType() if merged is UNDEFINED else CellType(merged)
+    return owned_cell() if merged is UNDEFINED else owned_cell(merged)
 
 
 def _is_array_like(value) -> bool:

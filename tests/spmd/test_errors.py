@@ -140,6 +140,53 @@ def test_nonlocal_write_under_varying_condition():
     assert "nonlocal" in str(err.value) and THIS_FILE in str(err.value)
 
 
+def stores_example_in_global(x):
+    global COUNTER
+    COUNTER = x * 2
+    return x
+
+
+def make_nonlocal_example_writer():
+    last = 0.0
+
+    def keep(x):
+        nonlocal last
+        last = x + 1.0
+        return x
+    return keep
+
+
+def test_per_example_value_stored_in_a_global_is_refused():
+    # without divergence too: one global cannot hold one value per example (the loop would
+    # leave the last example's value there); the global keeps what it held
+    with pytest.raises(DivergentSideEffect, match="per-example value to global variable 'COUNTER'") as err:
+        sb.spmd(stores_example_in_global)(X)
+    assert_points_at(err, stores_example_in_global, "COUNTER = x * 2")
+    assert COUNTER == 0
+
+
+def test_per_example_value_stored_in_a_callers_nonlocal_is_refused():
+    keep = make_nonlocal_example_writer()
+    with pytest.raises(DivergentSideEffect, match="nonlocal variable 'last'") as err:
+        sb.spmd(keep)(X)
+    assert THIS_FILE in str(err.value)
+    assert keep.__closure__[0].cell_contents == 0.0        # no internal wrapper reached it
+
+
+def test_nonlocal_of_a_closure_built_in_the_batched_function_holds_per_example_values():
+    def f(x):
+        total = 0.0
+
+        def add(v):
+            nonlocal total
+            total = total + v
+        add(x)
+        add(x * 2)
+        return total
+    np.testing.assert_allclose(sb.spmd(f)(X), [f(v) for v in X])
+    np.testing.assert_allclose(sb.grad(lambda x: sb.spmd(f)(x).sum())(X), np.full(len(X), 3.0))
+
+
 def test_side_effects_under_uniform_control_are_fine():
     def f(x):
         HOLDER.value = 3.0
@@ -266,3 +313,11 @@ def test_variable_of_different_shapes_at_a_join_runs_the_groups_apart():
     xs = np.array([1.0, -1.0, 2.0, -3.0])
     got = sb.spmd(joins_two_shapes)(xs)
     np.testing.assert_array_equal(got, np.stack([joins_two_shapes(x) for x in xs]))
+
+
+def test_print_of_per_example_values_shows_each_examples_own_value(capsys):
+    def f(x, v):
+        print("x is", x, "sum", v.sum())
+        return x
+    sb.spmd(f)(np.array([1.0, 2.5]), np.ones((2, 3)))
+    assert capsys.readouterr().out == "x is 1.0 sum 3.0\nx is 2.5 sum 3.0\n"
