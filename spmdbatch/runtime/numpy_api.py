@@ -78,15 +78,11 @@ implements(np.any)(_reduction(P.any, "any"))
 implements(np.all)(_reduction(P.all, "all"))
 
 
-def _count(a, axis, like=None):
-    """The number of elements reduced; a per-example count (ragged axis) takes the floating
-    dtype of `like`, as numpy's Python-int count would not promote it."""
+def _count(a, axis):
+    """The number of elements reduced: per example (an integer array) over a ragged axis."""
     shape = a.shape
     axes = range(len(shape)) if axis is None else normalize_axis(axis, len(shape))
-    n = math.prod(shape[i] for i in axes)
-    if like is not None and not isinstance(n, (int, np.integer)) and np.dtype(like.dtype).kind == "f":
-        n = n.astype(like.dtype)
-    return n
+    return math.prod(shape[i] for i in axes)
 
 
 def _per_count(total, count):
