@@ -500,14 +500,17 @@ class Gen:
             self.loop_else(sc, indent, depth)
         elif k == "seqfor":
             # enumerate / zip over per-example sequences: each example its own number of steps
+            # The sequence is a fresh array (`+ 0.0`), never a view of a vector the body may
+            # update in place (`w += ...`): numpy's loop would see those updates through the
+            # view, and batch programs update arrays functionally (README, Limitations).
             i, e = self.fresh("i"), self.fresh("e")
             body = sc.child(in_loop=True)
             if self.coin(50):
-                self.emit(indent, f"for {i}, {e} in enumerate({self.seq_expr(sc, 1)}):")
+                self.emit(indent, f"for {i}, {e} in enumerate({self.seq_expr(sc, 1)} + 0.0):")
                 body.ints.append(i)
                 body.floats.append(e)
             else:
-                q = self.seq_expr(sc, 0)
+                q = f"({self.seq_expr(sc, 0)} + 0.0)"
                 self.emit(indent, f"for {i}, {e} in zip({q}, {q}[1:]):")
                 body.floats += [i, e]
             self.block(body, indent + 1, depth - 1)
