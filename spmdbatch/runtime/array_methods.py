@@ -11,6 +11,7 @@ import numpy as np
 
 from . import numpy_api as api
 from . import primitives as P
+from .blame import user_frame
 from .dispatch import bind
 from .numpy_api import FUNCTIONS, unsupported
 
@@ -214,7 +215,6 @@ def add_at(target, indices, values):
     assign = getattr(target, "_spmd_assign", None)
     if assign is None:
         from ..errors import VaryingValueError
-        from .batched import user_frame
         filename, lineno = user_frame()
         raise VaryingValueError(
             f"numpy.add.at into a {type(target).__name__} that cannot take per-example (or traced) "

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import UnsupportedOperation
 from . import primitives as P
+from .blame import user_frame
 from .batched import Batched, lane_error
 from .dispatch import bind, register_value_type
 
@@ -30,7 +31,6 @@ def batched_apply(prim, args, params):
     """Dispatch handler for operands of type `Batched`."""
     rule = prim.batch
     if rule is None:
-        from .batched import user_frame
         raise UnsupportedOperation(f"primitive {prim.name!r} has no batching rule", *user_frame(),
                                    hint="Add one in spmdbatch/runtime/batching.py.")
     return rule(args, **params)
@@ -341,7 +341,6 @@ class _IndexPlan:
                 a = next(array_iter)
                 if type(a) is Batched:
                     if a.dtype == np.bool_:
-                        from .batched import user_frame
                         raise UnsupportedOperation(
                             "a per-example boolean mask after other indices (only x[mask], over "
                             "the first axis, is supported)", *user_frame(),

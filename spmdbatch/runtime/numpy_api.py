@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import UnsupportedOperation
 from . import primitives as P
+from .blame import lane_error, user_frame
 
 FUNCTIONS: dict = {}
 
@@ -29,7 +30,6 @@ def implements(*numpy_functions):
 
 
 def unsupported(name: str, what: str = "traced or batched values") -> UnsupportedOperation:
-    from .batched import user_frame      # (batched imports this module)
     filename, lineno = user_frame(3)
     return UnsupportedOperation(
         f"numpy.{name} is not supported on {what} by spmdbatch; it would lose the gradient or "
@@ -408,7 +408,6 @@ def split(ary, indices_or_sections, axis=0):
             if uneven:
                 raise ValueError("array split does not result in an equal division")
         else:
-            from .batched import lane_error       # (per-example lengths: the examples concerned)
             bad = np.flatnonzero(np.asarray(getattr(uneven.data, "value", uneven.data)) != 0)
             if bad.size:
                 raise lane_error(ValueError("array split does not result in an equal division"), bad)
