@@ -638,16 +638,21 @@ def stack_lanes(lst, axis=0, kind="stack"):
 
 
 # --- merging ---------------------------------------------------------------------------------------
-def merge_lists(values, counts, name="a list", disjoint=True, memo=None):
-    """Lane groups' lists (LaneList, RaggedList, plain lists, UNDEFINED) as one list; `memo`
-    keeps one list held by several variables (or lists) one list."""
+def _memo_merge(merge, values, counts, name, disjoint, memo):
+    """`merge(values, ...)`, once per tuple of groups' containers in `memo`: one container
+    held by several variables (or containers) stays one container."""
     memo = {} if memo is None else memo
     key = ("owned",) + tuple(id(v) for v in values)
     hit = memo.get(key)
-    if hit is not None:
-        return hit
-    memo[key] = out = _merge_lists(values, counts, name, disjoint, memo)
-    return out
+    if hit is None:
+        memo[key] = hit = merge(values, counts, name, disjoint, memo)
+    return hit
+
+
+def merge_lists(values, counts, name="a list", disjoint=True, memo=None):
+    """Lane groups' lists (LaneList, RaggedList, plain lists, UNDEFINED) as one list; `memo`
+    keeps one list held by several variables (or lists) one list."""
+    return _memo_merge(_merge_lists, values, counts, name, disjoint, memo)
 
 
 def _merge_lists(values, counts, name, disjoint, memo):
@@ -685,13 +690,7 @@ def _merge_lists(values, counts, name, disjoint, memo):
 
 def merge_dicts(values, counts, name="a dict", disjoint=True, memo=None):
     """Lane groups' dicts (the same keys in every group) as one dict."""
-    memo = {} if memo is None else memo
-    key = ("owned",) + tuple(id(v) for v in values)
-    hit = memo.get(key)
-    if hit is not None:
-        return hit
-    memo[key] = out = _merge_dicts(values, counts, name, disjoint, memo)
-    return out
+    return _memo_merge(_merge_dicts, values, counts, name, disjoint, memo)
 
 
 def _merge_dicts(values, counts, name, disjoint, memo):
