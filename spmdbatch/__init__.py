@@ -3,24 +3,26 @@
 Write the model for one example; `@spmd` rewrites it into a masked batch program, and
 `grad` / `value_and_grad` differentiate it with spmdbatch's own reverse-mode autodiff.
 """
+from .primitives import primitive  # (first: registers the primitives every layer uses)
 from .ad import Tracer, check_gradients, grad, stop_gradient, value_and_grad, vjp
 from .errors import (BatchSizeError, DivergentSideEffect, GradientError, LaneError, SpmdError,
                      UnsupportedConstruct, VaryingValueError)
 from .runtime import DEFAULT_FLOAT, get_backend, namespace, tree_map
 from .runtime.array_methods import at, index_update
 from .runtime.device import to_device
-from .runtime.primitives import log_softmax, logsumexp, sigmoid, softmax
+from .primitives.elementwise import sigmoid
+from .primitives.reductions import log_softmax, logsumexp, softmax
 from .runtime.segments import segment_softmax
-from .runtime import batching as _batching  # noqa: F401  (registers the batching rules)
-from .runtime import ragged as _ragged  # noqa: F401  (registers the ragged rules)
 from .masking.calls import batch_polymorphic, native
 from .masking.stats import stats
 from .spmd import show, spmd
+from .custom_vjp import custom_vjp
 
 __version__ = "0.1.0"
 
 __all__ = [
     "spmd", "show", "stats", "native", "batch_polymorphic", "grad", "value_and_grad", "vjp", "check_gradients", "stop_gradient", "Tracer",
+    "primitive", "custom_vjp",
     "sigmoid", "logsumexp", "softmax", "log_softmax", "index_update", "at", "segment_softmax",
     "SpmdError", "UnsupportedConstruct", "VaryingValueError", "BatchSizeError", "LaneError",
     "DivergentSideEffect", "GradientError",

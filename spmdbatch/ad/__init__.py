@@ -1,5 +1,7 @@
-"""Reverse-mode autodiff: tracer, tape, VJP table, grad / value_and_grad / vjp, check_gradients."""
-from . import vjps  # noqa: F401  (fills the VJP table)
+"""Reverse-mode autodiff: tracer, tape, grad / value_and_grad / vjp, check_gradients.
+
+The VJP rules are declared with the primitives (spmdbatch/primitives/).
+"""
 from .api import grad, stop_gradient, value_and_grad, vjp
 from .check import check_gradients
 from .tracer import Tracer

@@ -9,9 +9,9 @@ import functools
 import numpy as np
 
 from ..masking.calls import native
-from ..runtime.primitives import log_softmax as _log_softmax
-from ..runtime.primitives import sigmoid as _sigmoid
-from ..runtime.primitives import softmax as _softmax
+from ..primitives.reductions import log_softmax as _log_softmax
+from ..primitives.elementwise import sigmoid as _sigmoid
+from ..primitives.reductions import softmax as _softmax
 
 _SQRT_2_OVER_PI = 0.7978845608028654
 

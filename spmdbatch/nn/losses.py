@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..masking.calls import native
-from ..runtime.primitives import logsumexp
+from ..primitives.reductions import logsumexp
 
 _REDUCTIONS = ("mean", "sum", "none")
 

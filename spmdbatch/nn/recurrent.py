@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..masking.calls import batch_polymorphic
-from ..runtime.primitives import sigmoid
+from ..primitives.elementwise import sigmoid
 from . import init as _init
 from .module import Module
 

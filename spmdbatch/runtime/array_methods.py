@@ -1,7 +1,7 @@
 """Operators and ndarray-style methods shared by the wrapped value types.
 
 A subclass provides `shape`, `ndim`, `dtype` and `xp` (its array module); everything here
-routes through primitives (`runtime/primitives.py`) or the numpy API table, so a tracer and
+routes through primitives (`runtime/primitives.py`) or the numpy API table (`numpy_api`), so a tracer and
 a batched value behave like an ndarray in user code: `x + 1`, `W @ x`, `x.sum(axis=0)`,
 `x.T`, `x[i]`, `np.tanh(x)`, `np.concatenate([x, y])`.
 """
@@ -12,7 +12,7 @@ import numpy as np
 from . import numpy_api as api
 from . import primitives as P
 from .blame import user_frame
-from .dispatch import bind
+from .dispatch import Primitive, bind
 from .numpy_api import FUNCTIONS, unsupported
 
 _NO_PARAMS: dict = {}
@@ -31,14 +31,14 @@ class ArrayMethods:
     # --- numpy protocols ---------------------------------------------------------------
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         if method == "__call__" and not kwargs:
-            prim = P.UFUNC_PRIMITIVES.get(ufunc)
-            if prim is not None:
-                out = bind(prim, inputs, _NO_PARAMS)
+            impl = FUNCTIONS.get(ufunc)
+            if type(impl) is Primitive:
+                out = bind(impl, inputs, _NO_PARAMS)
                 if getattr(out, "weak", False):   # a numpy function returns a numpy scalar,
                     out = type(out)(out.data)     # even of Python numbers (not weak)
                 return out
-        if method == "__call__" and ufunc is np.matmul and not kwargs:
-            return P.matmul(*inputs)
+            if impl is not None:
+                return impl(*inputs)
         if method == "at" and ufunc is np.add and not kwargs and len(inputs) == 3:
             return add_at(*inputs)
         if method == "reduce" and ufunc in _REDUCE_METHODS and len(inputs) == 1:

@@ -1,10 +1,14 @@
 """The primitive registry and the one dispatch function every operation goes through.
 
-A `Primitive` is a named array operation with a forward implementation on raw arrays
-(numpy or CuPy). Other layers attach their rules to it:
+A `Primitive` is a named array operation together with everything the transforms need to
+know about it, declared in one place with `spmdbatch.primitive` (spmdbatch/primitives/):
 
-- `ad/vjps.py` sets `prim.vjp` (reverse-mode rules, one per operand);
-- `runtime/batching.py` sets `prim.batch` (how the op runs on batched values).
+- `impl(*raw_operands, **params)`: the operation on raw arrays (numpy or CuPy);
+- `batch(args, **params)`: how it runs when some operands are `Batched` (one value per
+  example, runtime/batching.py);
+- `ragged(args, **params)`: how it runs when some operands are `Ragged` (examples of
+  different lengths, runtime/ragged.py);
+- `vjp`: its reverse-mode rules (ad/tape.py), or `differentiable=False`.
 
 `bind(prim, args, params)` applies a primitive: positional `args` are operands (raw arrays,
 numbers or wrapped values such as autodiff tracers and batched values), keyword `params`
@@ -12,6 +16,10 @@ are static (axis, shape, index, ...). Wrapped value types register a handler wit
 priority; the operand type with the highest priority handles the call and typically
 re-binds the primitive on its unwrapped contents (a batched value of tracers first
 applies the batching rule, which binds on tracers, which record on the tape).
+
+Runtime and autodiff code reach the primitives by name through `runtime/primitives.py`
+(``P.add``): the primitives are declared above them, and registered when spmdbatch is
+imported.
 """
 from __future__ import annotations
 
@@ -19,20 +27,26 @@ from typing import Any, Callable
 
 
 class Primitive:
-    """A named operation. `impl(*raw_operands, **params)` computes it on raw arrays."""
+    """A named operation and its rules (see the module docstring). Build one with
+    `spmdbatch.primitive`, which derives the rules that are not given."""
 
-    __slots__ = ("name", "impl", "differentiable", "broadcasting", "vjp", "batch", "__weakref__")
+    __slots__ = ("name", "impl", "differentiable", "broadcasting", "elementwise", "vjp", "batch",
+                 "ragged", "origin", "__weakref__")
 
     def __init__(self, name: str, impl: Callable, *, differentiable: bool = True,
-                 broadcasting: bool = False):
+                 broadcasting: bool = False, elementwise: bool = False, vjp=None, batch=None,
+                 ragged=None, origin: str = ""):
         self.name = name
         self.impl = impl
         self.differentiable = differentiable
         # Elementwise ops whose operands broadcast: autodiff sums cotangents back to each
         # operand's shape generically, so their VJP rules need not.
         self.broadcasting = broadcasting
-        self.vjp = None      # tuple of per-operand rules, or a callable for variadic operands
-        self.batch = None    # batching rule (runtime/batching.py)
+        self.elementwise = elementwise  # applies to each element on its own (operands broadcast)
+        self.vjp = vjp          # tuple of per-operand rules, or a callable for variadic operands
+        self.batch = batch      # batching rule: rule(args, **params) with Batched operands
+        self.ragged = ragged    # ragged rule: rule(args, **params) with Ragged operands
+        self.origin = origin    # the module that declared it
 
     def __call__(self, *args, **params):
         return bind(self, args, params)
@@ -42,14 +56,14 @@ class Primitive:
 
 
 PRIMITIVES: dict[str, Primitive] = {}
+"""Every registered primitive by name (`runtime/primitives.py` looks names up here)."""
 
 
-def primitive(name: str, impl: Callable, **options) -> Primitive:
-    """Create and register a primitive under a unique name."""
-    if name in PRIMITIVES:
-        raise ValueError(f"primitive {name!r} is already registered")
-    prim = Primitive(name, impl, **options)
-    PRIMITIVES[name] = prim
+def register(prim: Primitive) -> Primitive:
+    """Add `prim` to the registry under its name, which must be new."""
+    if prim.name in PRIMITIVES:
+        raise ValueError(f"primitive {prim.name!r} is already registered")
+    PRIMITIVES[prim.name] = prim
     return prim
 
 

@@ -1,10 +1,12 @@
 """numpy's public API in terms of primitives, for wrapped values (tracers, batched values).
 
-`FUNCTIONS` maps a numpy function to its implementation here; wrapped types look it up in
-their `__array_function__`. Implementations only use primitives, `.shape`, `.ndim` and
-`.dtype`, so they work unchanged for raw arrays, tracers and batched values (where `.shape`
-is the per-example shape). A numpy function missing from the table is refused with a
-`NotImplementedError` that names it, never computed without its gradient.
+`FUNCTIONS` maps a numpy function or ufunc to what computes it on wrapped values: a
+primitive that declared it (``spmdbatch.primitive(..., numpy=np.tanh)``: operands
+positional, params keywords), or a function here, written with primitives, `.shape`,
+`.ndim` and `.dtype` only, so it works unchanged for raw arrays, tracers and batched values
+(where `.shape` is the per-example shape). Wrapped types look it up in their
+`__array_ufunc__` / `__array_function__`. A numpy function missing from the table is refused
+with an error that names it, never computed without its gradient.
 """
 from __future__ import annotations
 
@@ -20,11 +22,23 @@ from .blame import lane_error, user_frame
 FUNCTIONS: dict = {}
 
 
+def register_numpy(numpy_function, implementation) -> None:
+    """Compute `numpy_function` (a function or ufunc) on wrapped values with `implementation`
+    (a primitive, or a function of the same signature); one implementation per function."""
+    if not callable(numpy_function):
+        raise TypeError(f"not a numpy function: {numpy_function!r}")
+    known = FUNCTIONS.get(numpy_function)
+    if known is not None and known is not implementation:
+        name = getattr(numpy_function, "__name__", numpy_function)
+        raise ValueError(f"numpy.{name} is already implemented on wrapped values by {known!r}")
+    FUNCTIONS[numpy_function] = implementation
+
+
 def implements(*numpy_functions):
     """Register the decorated function as the implementation of `numpy_functions`."""
     def register(fn):
         for f in numpy_functions:
-            FUNCTIONS[f] = fn
+            register_numpy(f, fn)
         return fn
     return register
 
@@ -59,23 +73,24 @@ def normalize_axis(axis, ndim: int):
 
 
 # --- reductions ---------------------------------------------------------------------------
-def _reduction(prim, name):
+def _reduction(name):
+    """numpy.<name>(a, axis, dtype, out, keepdims) as the primitive `name` (P.sum, ...)."""
     def reduce(a, axis=None, dtype=None, out=None, keepdims=False, **unused):
         _no_out(out, name)
         if unused.get("where", True) is not True or unused.get("initial", np._NoValue) is not np._NoValue:
             raise NotImplementedError(f"numpy.{name}(where=/initial=) is not supported on traced values")
         if dtype is not None:
             a = P.astype(a, dtype=np.dtype(dtype))
-        return prim(a, axis=normalize_axis(axis, np.ndim(a)), keepdims=bool(keepdims))
+        return getattr(P, name)(a, axis=normalize_axis(axis, np.ndim(a)), keepdims=bool(keepdims))
     reduce.__name__ = name
     return reduce
 
 
-sum = implements(np.sum)(_reduction(P.sum, "sum"))  # noqa: A001
-amax = implements(np.max, np.amax)(_reduction(P.max, "max"))
-amin = implements(np.min, np.amin)(_reduction(P.min, "min"))
-implements(np.any)(_reduction(P.any, "any"))
-implements(np.all)(_reduction(P.all, "all"))
+sum = implements(np.sum)(_reduction("sum"))  # noqa: A001
+amax = implements(np.max, np.amax)(_reduction("max"))
+amin = implements(np.min, np.amin)(_reduction("min"))
+implements(np.any)(_reduction("any"))
+implements(np.all)(_reduction("all"))
 
 
 def _count(a, axis):

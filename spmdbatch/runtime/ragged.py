@@ -7,12 +7,14 @@ reductions over the ragged axis ignore the padding (they fill it with the reduct
 identity first). Padding never leaks into results or gradients: it is either masked away
 or kept out of the example's view.
 
-Primitives get ragged rules in `RAGGED_RULES`; a primitive without one refuses ragged
-operands with an `UnsupportedConstruct` that names it and the user's line (never a silently
-padded result). Operations that give each example a result of its own length (a slice with
-negative or varying bounds or a step, a boolean mask, `arange(len(x))`) return a `Ragged`
-built by one gather per lane (`_rows`); an index past an example's end raises a `LaneError`
-naming the examples.
+A primitive applied to a ragged operand runs its ragged rule (`Primitive.ragged`, declared
+with the primitive in spmdbatch/primitives/; here: the dispatch handler, the helpers those
+rules share, and the rule of elementwise primitives). A primitive that refuses ragged
+operands does so with an `UnsupportedOperation` that names it and the user's line (never a
+silently padded result). Operations that give each example a result of its own length (a
+slice with negative or varying bounds or a step, a boolean mask, `arange(len(x))`) return a
+`Ragged` built by one gather per lane (`_rows`); an index past an example's end raises a
+`LaneError` naming the examples.
 """
 from __future__ import annotations
 
@@ -20,12 +22,9 @@ import numpy as np
 
 from ..errors import UnsupportedOperation
 from . import primitives as P
-from . import segments
 from .array_methods import ArrayMethods
 from .batched import Batched, lane_error, user_frame
 from .dispatch import register_value_type
-
-RAGGED_RULES: dict = {}
 
 
 class Ragged(Batched):
@@ -205,7 +204,7 @@ def to_examples(value):
 
 # --- dispatch -------------------------------------------------------------------------------------
 def ragged_apply(prim, args, params):
-    rule = RAGGED_RULES.get(prim)
+    rule = prim.ragged
     if rule is None:
         raise _refusal(f"{prim.name} on a ragged per-example value (examples of different "
                        f"lengths) is not supported")
@@ -224,7 +223,9 @@ def _ndim(a):
 
 
 # --- elementwise ------------------------------------------------------------------------------------
-def _elementwise(prim):
+def elementwise(prim):
+    """Rule for elementwise primitives: operands of one ragged length, padded alike; the
+    padding computes anything (masked out of the example's view)."""
     def rule(args, **params):
         rank = max(_ndim(a) for a in args)
         lengths = None
@@ -247,23 +248,9 @@ def _elementwise(prim):
     return rule
 
 
-for _prim in P.ELEMENTWISE | {P.sigmoid, P.where, P.round}:
-    RAGGED_RULES[_prim] = _elementwise(_prim)
-RAGGED_RULES[P.astype] = lambda args, dtype: Ragged(P.astype(args[0].data, dtype=dtype), args[0].lengths)
 
 
-def _full_like(args, fill_value, dtype=None, shape=None):
-    (a,) = args
-    if shape is not None:
-        raise _refusal("full_like(ragged, shape=...) is not supported")
-    raw = getattr(a.data, "value", a.data)
-    return Ragged(np.full(raw.shape, fill_value, dtype=dtype or raw.dtype), a.lengths)
-
-
-RAGGED_RULES[P.full_like] = _full_like
-
-
-# --- reductions ---------------------------------------------------------------------------------------
+# --- helpers of the rules -----------------------------------------------------------------------------
 def _fill_value(dtype, kind):
     if kind == "last":              # sorts after every value (stable sorts keep it last)
         if np.issubdtype(dtype, np.inexact):
@@ -290,43 +277,6 @@ def _masked(x, kind):
     return P.where(x.mask(), x.data, _fill_value(x.dtype, kind))
 
 
-def _reduction(prim, kind):
-    def rule(args, axis=None, keepdims=False):
-        (x,) = args
-        nd = _ndim(x)
-        axes = tuple(range(nd)) if axis is None else tuple(a % nd for a in
-                                                            ((axis,) if isinstance(axis, int) else axis))
-        if 0 not in axes:
-            return Ragged(prim(_plain(x), axis=axis, keepdims=keepdims).data, x.lengths)
-        return prim(Batched(_masked(x, kind)), axis=axis, keepdims=keepdims)
-    return rule
-
-
-for _prim, _kind in ((P.sum, "zero"), (P.max, "low"), (P.min, "high"), (P.logsumexp, "low"),
-                     (P.any, "false"), (P.all, "true"), (P.argmax, "low"), (P.argmin, "high")):
-    RAGGED_RULES[_prim] = _reduction(_prim, _kind)
-
-
-def _along_axis(prim, kind):
-    def rule(args, axis=-1):
-        (x,) = args
-        if axis is None:                      # over the flattened example
-            x = _flatten(x)
-            axis = 0
-        if axis % _ndim(x) != 0:
-            return Ragged(prim(_plain(x), axis=axis).data, x.lengths)
-        return Ragged(prim(Batched(_masked(x, kind)), axis=0).data, x.lengths)
-    return rule
-
-
-RAGGED_RULES[P.softmax] = _along_axis(P.softmax, "low")
-RAGGED_RULES[P.log_softmax] = _along_axis(P.log_softmax, "low")
-RAGGED_RULES[P.cumsum] = _along_axis(P.cumsum, "zero")
-# sorting: padding sorts after every element of the example (NaN after the largest value and
-# after the example's own NaNs, since the sort is stable)
-RAGGED_RULES[P.sort] = _along_axis(P.sort, "last")
-RAGGED_RULES[P.argsort] = _along_axis(P.argsort, "last")
-
 
 def _flatten(x):
     """A ragged (T, ...) value as the ragged 1-D sequence of its elements (row-major)."""
@@ -336,49 +286,6 @@ def _flatten(x):
     data = P.reshape(x.data, shape=(x.data.shape[0], x.padded_length * inner))
     return Ragged(data, x.lengths * inner)
 
-
-def _reshape(args, shape):
-    """Reshapes that keep the ragged axis first ((T, a, b) <-> (T, a * b), (T,) <-> (T, 1))
-    or flatten the example ((-1,))."""
-    (x,) = args
-    shape = tuple(shape)
-    rest = x.data.shape[2:]
-    def free(d):        # the per-example length: given as x.shape[0] or -1
-        return type(d) is Batched or (isinstance(d, (int, np.integer)) and d == -1)
-
-    if len(shape) == 1 and free(shape[0]):
-        return _flatten(x)
-    fixed = [d for d in shape if not free(d)]
-    if len(shape) >= 1 and free(shape[0]) and len(fixed) == len(shape) - 1 and \
-            int(np.prod(fixed)) == int(np.prod(rest)):
-        return Ragged(P.reshape(x.data, shape=x.data.shape[:2] + tuple(fixed)), x.lengths)
-    if len(shape) == 2 and _ndim(x) == 1 and shape[0] == 1 and free(shape[1]):
-        return RaggedT(Ragged(P.reshape(x.data, shape=x.data.shape + (1,)), x.lengths))   # x[None]
-    if len(shape) >= 2 and any(free(d) for d in shape[1:]):
-        raise _refusal("a reshape that moves the ragged axis (x[None], numpy.stack along axis 0) "
-                       "is not supported",
-                       "Keep the per-example length first: x[:, None], numpy.stack(xs, axis=-1).")
-    raise _refusal(f"reshape of a ragged value (examples of different lengths) to {shape}",
-                   "Only reshapes that keep the ragged axis first are supported: (T, a, b) <-> "
-                   "(T, a * b), and (-1,).")
-
-
-RAGGED_RULES[P.reshape] = _reshape
-
-
-def _transpose(args, axes=None):
-    (x,) = args
-    nd = _ndim(x)
-    axes = tuple(range(nd - 1, -1, -1)) if axes is None else tuple(int(a) % nd for a in axes)
-    if nd == 2 and axes == (1, 0):
-        return RaggedT(x)                 # (d, T): K.T of attention scores q @ K.T
-    if axes[0] != 0:
-        raise _refusal("a transpose that moves the ragged (per-example length) axis of a value "
-                       "of rank > 2", "Keep the ragged axis first: contract it with einsum.")
-    return Ragged(P.transpose(x.data, axes=(0, 1) + tuple(a + 1 for a in axes[1:])), x.lengths)
-
-
-RAGGED_RULES[P.transpose] = _transpose
 
 
 def _same_lengths(operands, what):
@@ -393,83 +300,6 @@ def _same_lengths(operands, what):
                 raise lane_error(ValueError(f"{what}: sequences of different lengths"), bad)
     return lengths
 
-
-def _concatenate(args, axis=0):
-    lanes = next(a.data.shape[0] for a in args if isinstance(a, Batched))
-    nd = _ndim(next(a for a in args if type(a) is Ragged))
-    axis = int(axis) % nd
-    if any(type(a) is not Ragged for a in args):
-        if axis != 0:
-            raise _refusal("concatenating a ragged value with a regular one along another axis")
-        args = [as_ragged(a) if isinstance(a, Batched) else
-                as_ragged(Batched(P.broadcast_to(a, shape=(lanes,) + tuple(np.shape(a))))) for a in args]
-    if axis != 0:
-        lengths = _same_lengths(args, "concatenate")
-        width = max(a.padded_length for a in args)
-        return Ragged(P.concatenate(*[_pad_to(a.data, width) for a in args], axis=axis + 1), lengths)
-    # along the ragged axis: each example's sequences one after the other
-    joined = P.concatenate(*[a.data for a in args], axis=1)
-    lengths = np.zeros(lanes, dtype=np.intp)
-    width = sum(a.padded_length for a in args)
-    idx = np.zeros((lanes, width), dtype=np.intp)
-    j = np.arange(width)
-    offset = 0
-    for a in args:
-        n = np.asarray(a.lengths)
-        inside = (j >= lengths[:, None]) & (j < (lengths + n)[:, None])
-        idx = np.where(inside, offset + j - lengths[:, None], idx)
-        lengths = lengths + n
-        offset += a.padded_length
-    top = int(lengths.max()) if lanes else 0
-    return Ragged(_rows(Batched(joined), idx[:, :top]), lengths)
-
-
-RAGGED_RULES[P.concatenate] = _concatenate
-
-
-def _roll(args, shift, axis=None):
-    (x,) = args
-    shape = None
-    if axis is None:
-        shape = x.data.shape[2:]
-        x, axis = _flatten(x), 0
-    if not isinstance(axis, (int, np.integer)):
-        raise _refusal("numpy.roll over several axes of a ragged value", "Roll one axis at a time.")
-    if int(axis) % _ndim(x) != 0:
-        return Ragged(P.roll(_plain(x), shift=shift, axis=axis).data, x.lengths)
-    n = np.asarray(x.lengths)
-    width = x.padded_length
-    j = np.arange(width)
-    with np.errstate(all="ignore"):
-        idx = np.where(n[:, None] > 0, (j - np.asarray(shift).reshape(-1, 1)) % np.maximum(n, 1)[:, None], 0)
-    out = Ragged(_rows(x, np.where(j < n[:, None], idx, 0)), x.lengths)
-    if shape:     # (back to the example's rows)
-        out = Ragged(P.reshape(out.data, shape=(out.data.shape[0], -1) + tuple(shape)),
-                     out.lengths // int(np.prod(shape)))
-    return out
-
-
-RAGGED_RULES[P.roll] = _roll
-
-
-def _pad(args, pad_width, constant=0):
-    (x,) = args
-    (before, after), rest = pad_width[0], tuple(pad_width[1:])
-    data = x.data
-    if any(w != (0, 0) for w in rest):
-        data = P.pad(data, pad_width=((0, 0), (0, 0)) + rest, constant=constant)
-    if (before, after) == (0, 0):
-        return Ragged(data, x.lengths)
-    data = P.pad(data, pad_width=((0, 0), (before, after)) + ((0, 0),) * (data.ndim - 2),
-                 constant=constant)
-    n = np.asarray(x.lengths)
-    j = np.arange(data.shape[1])
-    tail = (j >= before + n[:, None]).reshape((len(n), -1) + (1,) * (data.ndim - 2))
-    return Ragged(P.where(tail, np.asarray(constant, dtype=getattr(data, "dtype", None)), data),
-                  n + before + after)
-
-
-RAGGED_RULES[P.pad] = _pad
 
 
 def _einsum(args, spec):
@@ -495,167 +325,6 @@ def _einsum(args, spec):
                        "Put the ragged axis first in the output subscripts.")
     return Ragged(result.data, lengths)
 
-
-RAGGED_RULES[P.einsum] = _einsum
-
-
-def _matmul(args):
-    a, b = args
-    if type(a) is RaggedT or type(b) is RaggedT:
-        return _matmul_t(a, b)
-    if type(a) is Ragged and not isinstance(b, Batched) and _ndim(a) == 2 and _ndim(b) == 2:
-        out = segments.ragged_matmul(a, b)       # (T, d) @ (d, h) on the valid rows only
-        if out is not None:
-            return out
-    if type(a) is Ragged and type(b) is not Ragged and _ndim(a) >= 2 and _ndim(b) <= 2:
-        return Ragged(P.matmul(_plain(a), b).data, a.lengths)   # (T, d) @ (d[, h])
-    if type(a) is Ragged and type(b) is Ragged and _ndim(a) == 1 and _ndim(b) <= 2:
-        # (T,) @ (T,) and (T,) @ (T, d): the ragged axis is contracted
-        return _einsum((a, b), "t,t->" if _ndim(b) == 1 else "t,td->d")
-    raise _refusal("matmul with a ragged operand: only (T, d) @ (d, h), (T,) @ (T,) and "
-                   "(T,) @ (T, d) with the ragged axis T are supported",
-                   "Write (d,) @ (d, T) as (T, d) @ (d,) (q @ K.T as K @ q), or use einsum.")
-
-
-RAGGED_RULES[P.matmul] = _matmul
-
-
-# --- indexing -------------------------------------------------------------------------------------------
-def _check_in_range(x, index_data):
-    """Each lane's indices along the ragged axis, negative ones counted from the lane's end;
-    an index past the example raises a LaneError naming the examples."""
-    lengths = np.asarray(x.lengths)
-    idx = np.asarray(getattr(index_data, "value", index_data))
-    n = lengths.reshape((-1,) + (1,) * (idx.ndim - 1))
-    idx = np.where(idx < 0, idx + n, idx)
-    bad_at = (idx >= n) | (idx < 0)
-    bad = np.flatnonzero(np.any(bad_at, axis=tuple(range(1, idx.ndim))) if idx.ndim > 1 else bad_at)
-    if bad.size:
-        raise lane_error(IndexError("index out of range for the ragged axis"), bad, depth=4)
-    return idx
-
-
-def _select(x, mask):
-    """``x[mask]`` with a per-example boolean mask over the first axis (or over every axis of
-    a regular x): each example keeps its selected elements, in order (a Ragged)."""
-    regular = type(x) is not Ragged
-    x = as_ragged(x)
-    lanes = x.data.shape[0]
-    m = _raw(mask) if isinstance(mask, Batched) else np.broadcast_to(np.asarray(mask), (lanes,) + np.shape(mask))
-    m_lengths = np.asarray(mask.lengths) if type(mask) is Ragged else np.full(lanes, m.shape[1] if m.ndim > 1 else 0)
-    if m.ndim > 2 and regular and type(mask) is not Ragged and m.shape == tuple(x.data.shape):
-        x, m = _flatten(x), m.reshape(lanes, -1)           # (a mask over the whole example)
-        m_lengths = np.full(lanes, m.shape[1])
-    elif m.ndim != 2:
-        raise _refusal("this per-example boolean mask (one boolean per row, or one per element of "
-                       "a regular array, is supported)", "Use numpy.where(mask, x, 0).", 4)
-    bad = np.flatnonzero(m_lengths != np.asarray(x.lengths))
-    if bad.size:
-        raise lane_error(IndexError("boolean index did not match the indexed array along axis 0 "
-                                    "(the mask and the array have different lengths)"), bad, depth=4)
-    valid = m & (np.arange(m.shape[1]) < m_lengths[:, None])
-    counts = np.count_nonzero(valid, axis=1).astype(np.intp)
-    order = np.argsort(~valid, axis=1, kind="stable")[:, :int(counts.max()) if lanes else 0]
-    return Ragged(_rows(x, np.where(np.arange(order.shape[1]) < counts[:, None], order, 0)), counts)
-
-
-def _getitem(args, index):
-    x, *arrays = args
-    if index == (P.ARRAY_SLOT,) and isinstance(x, Batched) and x.data.ndim >= 2 \
-            and segments.applies(arrays[0], rank=None):
-        return segments.gather(x, arrays[0])      # h[src]: rows by a per-example index
-    if type(x) is not Ragged:
-        # a regular array gathered with a ragged index (table[ids]): the result is ragged
-        if index == (P.ARRAY_SLOT,) and type(arrays[0]) is Ragged:
-            ids = arrays[0]
-            if ids.dtype == np.bool_:
-                return _select(x, ids)
-            out = P.getitem(x, Batched(ids.data), index=index)
-            return Ragged(out.data, ids.lengths)
-        raise _refusal("indexing with a ragged index array is supported only as table[ids] "
-                       "(one index array)")
-    first = index[0] if index else slice(None)
-    rest = index[1:]
-    if first is Ellipsis:
-        consumed = sum(1 for i in rest if i is not None)
-        if Ellipsis in rest or consumed > _ndim(x):
-            raise _refusal("this Ellipsis index of a ragged value is not supported")
-        index = (slice(None),) * (_ndim(x) - consumed) + tuple(rest)
-        if not index:
-            return x
-        first, rest = index[0], index[1:]
-    if first is None:
-        raise _refusal("a new axis before the ragged axis (x[None]) would move the ragged axis",
-                       "Keep the ragged axis first: x[:, None].")
-    lanes = x.data.shape[0]
-    if first is P.ARRAY_SLOT and getattr(arrays[0], "dtype", None) == np.bool_:
-        if rest:
-            raise _refusal("a boolean mask followed by more indices on a ragged value",
-                           "Apply the mask first, then index the result.")
-        return _select(x, arrays[0])
-    if isinstance(first, (int, np.integer)) or first is P.ARRAY_SLOT:
-        if first is P.ARRAY_SLOT:
-            idx = arrays[0]
-            arrays = arrays[1:]
-            idx_data = idx.data if isinstance(idx, Batched) else np.broadcast_to(idx, (lanes,) + np.shape(idx))
-        else:
-            idx_data = np.full(lanes, int(first))
-        idx_data = _check_in_range(x, idx_data)
-        return P.getitem(Batched(x.data), Batched(idx_data), *arrays, index=(P.ARRAY_SLOT,) + tuple(rest))
-    if isinstance(first, slice):
-        if any(item is P.ARRAY_SLOT for item in rest):
-            raise _refusal("array indices after a slice of a ragged value are not supported",
-                           "Index the rows first, then the columns.")
-        start, stop, step = first.start, first.stop, first.step
-        if step in (None, 1) and type(start) is not Batched and type(stop) is not Batched and \
-                (start is None or start >= 0) and (stop is None or stop >= 0):
-            start = start or 0          # (the common x[a:b]: one slice of the padded data)
-            lengths = np.asarray(x.lengths)
-            if stop is not None:
-                lengths = np.minimum(lengths, stop)
-            lengths = np.maximum(lengths - start, 0)
-            out = P.getitem(Batched(x.data), *arrays, index=(slice(start, stop),) + tuple(rest))
-            return Ragged(out.data, lengths)
-        first_row, step, count = _slice_rows(first, x.lengths)
-        out = Ragged(_rows(x, _positions(first_row, step, count)), count)
-        return P.getitem(out, *arrays, index=(slice(None),) + tuple(rest)) if rest else out
-    raise _refusal(f"index {first!r} on a ragged value is not supported")
-
-
-RAGGED_RULES[P.getitem] = _getitem
-
-
-def _index_update(args, index, mode):
-    x, value, *arrays = args
-    if mode == "add" and index == (P.ARRAY_SLOT,) and np.ndim(x) >= 1 and segments.applies(arrays[0]):
-        if not isinstance(x, Batched):                      # a uniform array: one copy per lane
-            lanes = arrays[0].data.shape[0]
-            x = Batched(P.broadcast_to(x, shape=(lanes,) + tuple(np.shape(x))))
-        return segments.scatter_add(x, arrays[0], value)   # add.at(agg, dst, msg)
-    if type(x) is not Ragged or type(value) is Ragged or any(type(a) is Ragged for a in arrays):
-        raise _refusal("index update with a ragged value or index is not supported; only "
-                       "updating positions of a ragged array is")
-    first = index[0] if index else slice(None)
-    lanes = x.data.shape[0]
-    if first is P.ARRAY_SLOT:
-        idx = arrays[0]
-        idx_data = idx.data if isinstance(idx, Batched) else np.broadcast_to(idx, (lanes,) + np.shape(idx))
-        if getattr(idx_data, "dtype", None) == np.bool_:
-            raise _refusal("an update through a boolean mask of a ragged array",
-                           "Use numpy.where(mask, value, x).")
-        arrays = [Batched(_check_in_range(x, idx_data))] + list(arrays[1:])
-    elif isinstance(first, (int, np.integer)):
-        position = _check_in_range(x, np.full(lanes, int(first)))
-        index = (P.ARRAY_SLOT,) + tuple(index[1:])
-        arrays = [Batched(position)] + list(arrays)
-    elif first != slice(None):
-        raise _refusal("slices of a ragged axis in an index update are not supported",
-                       "Update positions one index array at a time.")
-    out = P.index_update(Batched(x.data), value, *arrays, index=index, mode=mode)
-    return Ragged(out.data, x.lengths)
-
-
-RAGGED_RULES[P.index_update] = _index_update
 
 
 # --- a ragged matrix seen transposed ---------------------------------------------------------------
@@ -722,7 +391,7 @@ def _ragged_t_apply(prim, args, params):
         if axes is None or tuple(int(a) % 2 for a in axes) == (1, 0):
             return t.base
         return t
-    if prim in RAGGED_T_ELEMENTWISE:
+    if prim.elementwise:
         operands = []
         for a in args:
             if type(a) is RaggedT:
@@ -756,5 +425,4 @@ def _ragged_t_apply(prim, args, params):
                    "Keep the ragged axis first (transpose back with x.T).")
 
 
-RAGGED_T_ELEMENTWISE = P.ELEMENTWISE | {P.sigmoid}
 register_value_type(RaggedT, 3.5, _ragged_t_apply)   # (before Ragged when they meet)

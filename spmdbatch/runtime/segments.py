@@ -18,6 +18,10 @@ and get no gradient.
 
 `segment_softmax` is the attention softmax over each node's incoming edges, written with
 these operations (per example it is ordinary numpy).
+
+The primitives they run (`gather_rows`, `scatter_add_rows`, `unpack_rows`) are declared in
+spmdbatch/primitives/graph.py; the plans, the helpers of their VJPs and the batched
+operations are here.
 """
 from __future__ import annotations
 
@@ -27,7 +31,6 @@ from ..errors import LaneError
 from . import primitives as P
 from .backend import namespace
 from .batched import Batched, user_frame
-from .dispatch import primitive
 
 MAX_ROUNDS = 64
 """Above this many rounds (a node with more incoming edges), a scatter uses ``add.at``."""
@@ -124,31 +127,6 @@ def valid_rows_plan(lengths, width: int) -> RowPlan:
     return _cached(_ROWS, (lengths.shape[0], width), (lengths,), build)
 
 
-# --- primitives (raw arrays or tracers of shape (rows, ...)) ------------------------------------
-def _gather_rows(x, *, plan):
-    return x.take(plan.index, axis=0)
-
-
-def _scatter_add_rows(base, values, *, plan):
-    out = base.copy()
-    return plan.scatter_add(out, values)
-
-
-def _unpack_rows(values, *, plan):
-    out = namespace(values).zeros((plan.nrows,) + tuple(values.shape[1:]), dtype=values.dtype)
-    out[plan.index] = values
-    return out
-
-
-unpack_rows = primitive("unpack_rows", _unpack_rows)
-"""Zeros of ``plan.nrows`` rows with row ``plan.index[i]`` set to ``values[i]`` (the index
-never repeats: the inverse of gathering the valid rows of a padded array)."""
-gather_rows = primitive("gather_rows", _gather_rows)
-"""``x[plan.index]`` along axis 0 (VJP: a scatter-add of the valid positions)."""
-scatter_add_rows = primitive("scatter_add_rows", _scatter_add_rows)
-"""``base`` plus ``values`` added into rows ``plan.index`` (valid positions only)."""
-
-
 def scatter_rows(g, plan, shape, dtype):
     """Zeros of `shape` with the rows of `g` added at the plan's valid positions (raw): the
     cotangent of `gather_rows`."""
@@ -239,7 +217,7 @@ def gather(x, idx):
     flat, valid = _flat_index(x, idx, 4)
     rest = tuple(data.shape[2:])
     plan = plan_for(flat, valid, lanes * width)
-    rows = gather_rows(P.reshape(data, shape=(lanes * width,) + rest), plan=plan)
+    rows = P.gather_rows(P.reshape(data, shape=(lanes * width,) + rest), plan=plan)
     out = P.reshape(rows, shape=tuple(idx.data.shape) + rest)
     lengths = getattr(idx, "lengths", None)
     return Batched(out) if lengths is None else Ragged(out, lengths)
@@ -280,7 +258,7 @@ def scatter_add(x, idx, value):
         v = P.broadcast_to(P.reshape(v, shape=tuple(v.shape) + (1,) * (len(target) - v.ndim))
                            if v.ndim < len(target) else v, shape=target)
     plan = plan_for(flat, valid, lanes * width)
-    out = scatter_add_rows(P.reshape(data, shape=(lanes * width,) + rest),
+    out = P.scatter_add_rows(P.reshape(data, shape=(lanes * width,) + rest),
                            P.reshape(v, shape=(lanes * m,) + rest), plan=plan)
     out = P.reshape(out, shape=(lanes, width) + rest)
     return Ragged(out, x.lengths) if type(x) is Ragged else Batched(out)
@@ -303,9 +281,9 @@ def ragged_matmul(a, b):
     plan = valid_rows_plan(a.lengths, width)
     if plan.index.shape[0] >= COMPACT_BELOW * lanes * width:
         return None
-    rows = gather_rows(P.reshape(data, shape=(lanes * width, d)), plan=plan)
+    rows = P.gather_rows(P.reshape(data, shape=(lanes * width, d)), plan=plan)
     out = P.matmul(rows, b)
-    padded = unpack_rows(out, plan=plan)
+    padded = P.unpack_rows(out, plan=plan)
     return Ragged(P.reshape(padded, shape=(lanes, width, out.shape[-1])), a.lengths)
 
 
@@ -350,3 +328,10 @@ def _stop(x):
         return hook()
     value = getattr(x, "value", None)
     return x if value is None else value
+
+
+def __getattr__(name: str):
+    # the row primitives (declared in spmdbatch/primitives/graph.py) by their old names here
+    if name in ("gather_rows", "scatter_add_rows", "unpack_rows"):
+        return getattr(P, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,1 @@
+def custom_vjp(fn): raise NotImplementedError
