@@ -81,7 +81,10 @@ class SpmdFunction:
         forget_uniform_objects()
         UNIFORM_OBJECTS.active += 1
         try:
-            out = run_batched(self.fn, (), wrapped, wrapped_kw)
+            if getattr(self.fn, "_spmd_native", False):   # @native (a custom_vjp function):
+                out = self.fn(*wrapped, **wrapped_kw)       # as it is, on the batched values
+            else:
+                out = run_batched(self.fn, (), wrapped, wrapped_kw)
         finally:
             STATE.partial, STATE.frame, STATE.lanes, STATE.max_depth = saved
             UNIFORM_OBJECTS.active -= 1
