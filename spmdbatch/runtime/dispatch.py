@@ -32,6 +32,7 @@ class Primitive:
 
     __slots__ = ("name", "impl", "differentiable", "broadcasting", "elementwise", "vjp", "batch",
                  "ragged", "origin", "__weakref__")
+    _spmd_native = True     # spmd(prim) applies it to the batched values (its batching rule)
 
     def __init__(self, name: str, impl: Callable, *, differentiable: bool = True,
                  broadcasting: bool = False, elementwise: bool = False, vjp=None, batch=None,
