@@ -40,7 +40,8 @@ never repeats: the inverse of gathering the valid rows of a padded array)."""
 gather_rows = primitive("gather_rows", _gather_rows, ragged=_FLAT_ROWS,
                         vjp=(lambda g, ans, x, *, plan: S.scatter_rows(g, plan, np.shape(x), g.dtype),))
 """``x[plan.index]`` along axis 0 (VJP: a scatter-add of the valid positions)."""
-scatter_add_rows = primitive("scatter_add_rows", _scatter_add_rows, ragged=_FLAT_ROWS,
-                             vjp=(lambda g, ans, base, values, *, plan: g,
-                                  lambda g, ans, base, values, *, plan: S.take_valid_rows(g, plan, values.dtype)))
+scatter_add_rows = primitive(
+    "scatter_add_rows", _scatter_add_rows, ragged=_FLAT_ROWS,
+    vjp=(lambda g, ans, base, values, *, plan: g,
+         lambda g, ans, base, values, *, plan: S.take_valid_rows(g, plan, values.dtype)))
 """``base`` plus ``values`` added into rows ``plan.index`` (valid positions only)."""

@@ -191,7 +191,8 @@ min = primitive("min", _min, batch=family(reduction), ragged=family(_ragged_redu
 logsumexp = primitive(
     "logsumexp", _logsumexp, batch=family(reduction), ragged=family(_ragged_reduction, "low"),
     vjp=(lambda g, ans, x, axis=None, keepdims=False:
-         safe_mul(_expand_reduced(g, x, axis, keepdims), np.exp(x - _expand_reduced(ans, x, axis, keepdims))),))
+         safe_mul(_expand_reduced(g, x, axis, keepdims),
+                  np.exp(x - _expand_reduced(ans, x, axis, keepdims))),))
 """log(sum(exp(x))) over `axis`, without overflow; -inf where every term is -inf."""
 any = primitive("any", _any, batch=family(reduction), ragged=family(_ragged_reduction, "false"),  # noqa: A001
                 differentiable=False)

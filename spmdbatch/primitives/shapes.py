@@ -53,7 +53,6 @@ def _full_like_impl(a, fill_value, dtype=None, shape=None):
     return np.full_like(a, fill_value, dtype=dtype, shape=shape)
 
 
-
 # --- batching rules -----------------------------------------------------------------------
 def _roll_rule(args, shift, axis=None):
     (x,) = args
@@ -63,6 +62,13 @@ def _roll_rule(args, shift, axis=None):
         return Batched(P.reshape(flat, shape=data.shape))
     axes = tuple(int(a) % x.ndim + 1 for a in axis) if isinstance(axis, tuple) else int(axis) % x.ndim + 1
     return Batched(P.roll(data, shift=shift, axis=axes))
+
+
+def _transpose_rule(args, axes=None):
+    return Batched(P.transpose(
+        args[0].data, axes=(0,) + tuple(int(a) % args[0].ndim + 1 for a in
+                                        (axes if axes is not None else range(args[0].ndim - 1, -1, -1)))
+        if args[0].ndim else (0,)))
 
 
 def _broadcast_to_rule(args, shape):
@@ -225,10 +231,7 @@ reshape = primitive("reshape", _reshape, ragged=_reshape_ragged,
                         P.reshape(args[0].data, shape=(args[0].data.shape[0],) + tuple(shape))),
                     vjp=(lambda g, ans, x, shape: g.reshape(np.shape(x)),))
 transpose = primitive("transpose", _transpose, ragged=_transpose_ragged,
-                      batch=lambda args, axes=None: Batched(P.transpose(
-                          args[0].data, axes=(0,) + tuple(int(a) % args[0].ndim + 1 for a in
-                                                          (axes if axes is not None else range(args[0].ndim - 1, -1, -1)))
-                          if args[0].ndim else (0,))),
+                      batch=_transpose_rule,
                       vjp=(lambda g, ans, x, axes=None:
                            g.transpose(tuple(np.argsort(axes)) if axes is not None else None),))
 broadcast_to = primitive("broadcast_to", _broadcast_to, batch=_broadcast_to_rule,
@@ -239,7 +242,8 @@ concatenate = primitive("concatenate", _concatenate, batch=_concatenate_rule, ra
 astype = primitive("astype", _astype,
                    batch=lambda args, dtype: Batched(P.astype(args[0].data, dtype=dtype)),
                    ragged=lambda args, dtype: Ragged(P.astype(args[0].data, dtype=dtype), args[0].lengths),
-                   vjp=(lambda g, ans, x, dtype: g.astype(x.dtype) if np.issubdtype(x.dtype, np.inexact) else None,))
+                   vjp=(lambda g, ans, x, dtype:
+                        g.astype(x.dtype) if np.issubdtype(x.dtype, np.inexact) else None,))
 roll = primitive("roll", _roll, batch=_roll_rule, ragged=_roll_ragged,
                  vjp=(lambda g, ans, x, shift, axis=None: namespace(g).roll(
                      g, tuple(-s for s in shift) if isinstance(shift, tuple) else -shift, axis),))

@@ -182,7 +182,8 @@ NONDIFF = {
 
 
 def test_every_non_differentiable_primitive_is_covered():
-    nondiff = {name for name, p in PRIMITIVES.items() if not p.differentiable}
+    nondiff = {name for name, p in PRIMITIVES.items()
+               if not p.differentiable and p.origin.startswith("spmdbatch.")}   # (tests declare others)
     assert nondiff - set(NONDIFF) == set()
     for name in nondiff:
         assert PRIMITIVES[name].vjp is None

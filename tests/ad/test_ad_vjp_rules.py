@@ -752,7 +752,9 @@ def test_binary_broadcasting(name, shapes, data):
 
 # --- coverage of the registry -----------------------------------------------------------------
 def test_every_differentiable_primitive_has_a_case():
-    with_rules = {name for name, p in PRIMITIVES.items() if p.vjp is not None}
+    # (the package's primitives: tests register others)
+    with_rules = {name for name, p in PRIMITIVES.items()
+                  if p.vjp is not None and p.origin.startswith("spmdbatch.")}
     covered = {c.prim for c in CASES}
     missing = with_rules - covered
     assert not missing, f"primitives with a VJP rule but no finite-difference case: {sorted(missing)}"

@@ -140,7 +140,8 @@ def test_pytree_and_shared_arguments_under_grad_of_spmd():
     expected_b = sum(_numeric_affine_grads(PARAMS, x, np.ones(3))[0]["b"] for x in XS)
     np.testing.assert_allclose(got["w"], expected_w)
     np.testing.assert_allclose(got["b"], expected_b)
-    got_x = sb.grad(lambda xs: sb.spmd(lambda p, x: affine(p, x).sum(), in_axes=(None, 0))(PARAMS, xs).sum())(XS)
+    per_example = sb.spmd(lambda p, x: affine(p, x).sum(), in_axes=(None, 0))
+    got_x = sb.grad(lambda xs: per_example(PARAMS, xs).sum())(XS)
     np.testing.assert_allclose(got_x, [_numeric_affine_grads(PARAMS, x, np.ones(3))[1] for x in XS])
 
 

@@ -228,7 +228,8 @@ def _getitem(d):
     if kind == "int":
         return {"index": (d.data.draw(st.integers(-s[0], s[0] - 1)),)}
     if kind == "slice":
-        return {"index": (slice(d.data.draw(st.integers(0, s[0])), None),) + (slice(None, None, -1),) * (len(s) > 1)}
+        start = d.data.draw(st.integers(0, s[0]))
+        return {"index": (slice(start, None),) + (slice(None, None, -1),) * (len(s) > 1)}
     if kind == "newaxis":
         return {"index": (None, Ellipsis)}
     d.operand((d.data.draw(st.integers(1, 3)),), st.integers(0, s[0] - 1), np.int64)
