@@ -77,8 +77,9 @@ def primitive(name=None, impl: Callable | None = None, *, batch: Callable | None
     broadcasting as numpy's do (gives fast derived batching and ragged rules).
     `broadcasting` (default: `elementwise`): autodiff sums each operand's cotangent back to
     the operand's shape, so VJP rules may return it at the broadcast shape.
+    `numpy`: a numpy function or ufunc (or a tuple of them) that the primitive computes.
     `register_name=False` makes an anonymous primitive (custom_vjp does), not reachable by
-    name and free to share one.
+    name and free to share one. `origin`: the declaring module (default: the caller's).
     """
     if origin is None:
         origin = sys._getframe(1).f_globals.get("__name__", "")

@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import UnsupportedOperation
 from . import primitives as P
 from .blame import lane_error, user_frame
+from .dispatch import PRIMITIVES
 
 FUNCTIONS: dict = {}
 
@@ -81,7 +82,7 @@ def _reduction(name):
             raise NotImplementedError(f"numpy.{name}(where=/initial=) is not supported on traced values")
         if dtype is not None:
             a = P.astype(a, dtype=np.dtype(dtype))
-        return getattr(P, name)(a, axis=normalize_axis(axis, np.ndim(a)), keepdims=bool(keepdims))
+        return PRIMITIVES[name](a, axis=normalize_axis(axis, np.ndim(a)), keepdims=bool(keepdims))
     reduce.__name__ = name
     return reduce
 
