@@ -11,7 +11,7 @@ import threading
 
 from ..errors import GradientError
 from ..runtime.array_methods import ArrayMethods
-from ..runtime.batched import user_frame
+from ..runtime.blame import user_frame
 from ..runtime.backend import is_float_dtype, namespace
 from ..runtime.dispatch import register_value_type
 

@@ -24,7 +24,8 @@ import types
 import numpy as np
 
 from ..errors import DivergentSideEffect, SpmdError, UnmergeableGroups, UnsupportedConstruct
-from ..runtime.batched import Batched, lane_error, user_frame
+from ..runtime.batched import Batched
+from ..runtime.blame import lane_error, user_frame
 from ..runtime.mapped import LaneMapped, mapped_rows
 from ..runtime.ragged import Ragged, ragged_arange
 from ..runtime import primitives as P

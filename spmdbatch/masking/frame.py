@@ -25,7 +25,8 @@ from types import FunctionType
 import numpy as np
 
 from ..errors import LaneError, UnmergeableGroups
-from ..runtime.batched import Batched, set_lane_namer, user_frame
+from ..runtime.batched import Batched
+from ..runtime.blame import set_lane_namer, user_frame
 from .lanes import UNDEFINED, fresh, merge, merge_envs, repeat_lanes, take
 from .recursion import Recursion
 from .stats import STATS

@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UnmergeableGroups, UnsupportedConstruct, VaryingValueError
-from ..runtime.batched import Batched, user_frame
+from ..runtime.batched import Batched
+from ..runtime.blame import user_frame
 from ..runtime.mapped import LaneMapped
 from ..runtime.ragged import Ragged
 from .lanes import UNDEFINED, is_varying, merge, take

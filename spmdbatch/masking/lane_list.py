@@ -36,7 +36,8 @@ from ..ad.tracer import Tracer
 from ..errors import LaneError, UnmergeableGroups, VaryingValueError
 from ..runtime import primitives as P
 from ..runtime import pytree
-from ..runtime.batched import Batched, user_frame
+from ..runtime.batched import Batched
+from ..runtime.blame import user_frame
 from ..runtime.ragged import Ragged
 from .lanes import OWNED_CONTAINERS, UNDEFINED, is_varying, merge, take
 

@@ -21,7 +21,8 @@ from ..errors import UnmergeableGroups
 from ..runtime import primitives as P
 from ..runtime import pytree
 from ..ad.tracer import Tracer
-from ..runtime.batched import Batched, user_frame
+from ..runtime.batched import Batched
+from ..runtime.blame import user_frame
 from ..runtime.mapped import MIN_MAPPED_SIZE, LaneMapped, as_mapped, identity_index, mappable
 from ..runtime.ragged import Ragged
 
@@ -179,6 +180,11 @@ def take(value, idx, memo=None):
         if hit is None or hit[0] is not index:
             hit = memo[key] = (index, index[idx])
         return LaneMapped(value.base, hit[1], value.lengths)
+    if kind is Ragged:
+        data = value.data
+        if type(data) is np.ndarray:
+            return LaneMapped(data, idx, value.lengths)     # raw per-lane data: map, do not copy
+        return Ragged(P.take_lanes(data, idx), value.lengths[idx])
     hook = getattr(value, "_spmd_take_lanes", None)
     if hook is not None:
         return hook(idx)
@@ -379,8 +385,6 @@ def merge(values, counts, name: str = "a value", disjoint: bool = True, _memo=No
         if all(type(v) is LaneMapped and v.base is values[0].base for v in values):
             # (through the fast path above, so fields of a record keep sharing one lane map)
             return merge(values, counts, name, disjoint, _memo)
-        if all(type(v) is LaneMapped for v in values):
-            return values[0]._spmd_merge_lanes(values[1:], counts)
         values = [v.materialize() if type(v) is LaneMapped else v for v in values]
     hook = getattr(values[0], "_spmd_merge_lanes", None)
     if hook is not None:

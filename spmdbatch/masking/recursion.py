@@ -12,7 +12,8 @@ import numpy as np
 
 from ..errors import SpmdError, UnmergeableGroups
 from ..runtime import primitives as P
-from ..runtime.batched import Batched, user_frame
+from ..runtime.batched import Batched
+from ..runtime.blame import user_frame
 from .lanes import _lane_data, check_row_shapes, is_varying, merge, merge_envs, take
 from .return_rows import ReturnRows
 

@@ -12,7 +12,8 @@ from ..errors import SpmdError
 from ..runtime import primitives as P
 from ..runtime.array_methods import index_update
 from ..runtime.backend import namespace
-from ..runtime.batched import Batched, user_frame
+from ..runtime.batched import Batched
+from ..runtime.blame import user_frame
 from .frame import STATE
 from .lanes import merge
 

@@ -15,8 +15,9 @@ import numpy as np
 
 from ..errors import UnsupportedOperation
 from . import primitives as P
-from .blame import user_frame
-from .batched import Batched, lane_error
+from . import segments
+from .batched import Batched, as_ragged
+from .blame import lane_error, user_frame
 from .dispatch import bind, register_value_type
 
 _ARANGE_CACHE: dict = {}
@@ -424,7 +425,6 @@ def _dims_before(items, stop):
 def _getitem_rule(args, index):
     x, *arrays = args
     if _needs_ragged_rule(x, arrays, index):       # a varying mask or slice bound: ragged result
-        from .ragged import as_ragged
         return P.getitem(as_ragged(x), *arrays, index=index)
     try:
         return _getitem_lanes(x, arrays, index)
@@ -493,7 +493,6 @@ def _getitem_fast(x, arrays, index):
         return None
     if type(x) is Batched:
         if k.data.ndim >= 2 and x.data.ndim >= 2:   # h[src]: rows by a per-example index
-            from . import segments
             return segments.gather(x, k)
         if k.data.ndim != 1:
             return None
@@ -507,7 +506,6 @@ def _index_update_rule(args, index, mode):
     if mode == "add" and index == (P.ARRAY_SLOT,) and type(arrays[0]) is Batched:
         data = _as_lanes(x, _lanes(args))
         if data.ndim >= 2:
-            from . import segments
             if segments.applies(arrays[0]):
                 return segments.scatter_add(Batched(data), arrays[0], value)   # add.at(agg, dst, msg)
     try:
