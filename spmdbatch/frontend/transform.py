@@ -16,7 +16,7 @@ import re
 import types
 
 from ..errors import HasExceptionHandling, UnsupportedConstruct, VaryingValueError
-from ..masking import calls, formatting, frame, iterators, lane_list, lanes, sums
+from ..masking import calls, formatting, frame, iterators, lane_list, lanes, recursion, sums
 from ..runtime.batched import Batched
 from .emit_batched import BatchedEmitter
 from .emit_plain import _HELPERS as PLAIN_HELPERS
@@ -33,6 +33,7 @@ BATCH_HELPERS = {
     "lane_count": lanes.lane_count, "store_attr": calls.store_attr, "del_attr": calls.del_attr,
     "store_global": calls.store_global, "del_global": calls.del_global,
     "store_nonlocal": calls.store_nonlocal, "call_fused": calls.call_fused,
+    "recurse": recursion.recurse, "Sums": sums.Sums,
     "inplace": calls.inplace, "raise_all_lanes": frame.raise_all_lanes,
     "count_call": frame.count_call, "Batched": Batched,
     "LaneList": lane_list.LaneList, "LaneDict": lane_list.LaneDict, "RaggedList": lane_list.RaggedList,

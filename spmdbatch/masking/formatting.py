@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..runtime.batched import Batched
+from ..runtime.batched import Batched, Ragged
+from ..runtime.mapped import LaneMapped
+from ..runtime.ragged import to_examples
+from .lane_list import _one
 from .lanes import is_varying, lane_count, take
 
 _CONVERT = {"s": str, "r": repr, "a": ascii}
@@ -17,8 +20,6 @@ _CONVERT = {"s": str, "r": repr, "a": ascii}
 
 def _raw(leaf, batch):
     """A one-lane leaf's data with its lane axis (as the caller of @spmd would see it)."""
-    from ..runtime.ragged import Ragged, to_examples
-    from ..runtime.mapped import LaneMapped
     if type(leaf) is LaneMapped:
         leaf = leaf.materialize()
     if type(leaf) is Ragged:
@@ -31,7 +32,6 @@ def _raw(leaf, batch):
 
 def example_value(value, i):
     """Example (lane) `i`'s own value of a varying value, as plain Python/numpy objects."""
-    from .lane_list import _one
     return _one(take(value, np.array([i])), _raw)
 
 

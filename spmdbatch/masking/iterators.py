@@ -17,6 +17,7 @@ from ..runtime.batched import Batched
 from ..runtime.blame import user_frame
 from ..runtime.mapped import LaneMapped
 from ..runtime.ragged import Ragged
+from .lane_list import RaggedList, RaggedListIterator, iterate
 from .lanes import UNDEFINED, is_varying, merge, take
 
 
@@ -255,7 +256,6 @@ def lane_enumerate(source, start=0):
 
 def get_iter(value):
     """`iter(value)` for batch programs."""
-    from .lane_list import RaggedList, iterate
     if type(value) is RaggedList:
         return iterate(value)
     if type(value) is LaneMapped:
@@ -294,8 +294,6 @@ def iter_next(iterator):
     except StopIteration:
         return UNDEFINED, False
 
-
-from .lane_list import RaggedListIterator  # noqa: E402  (lane_list imports lanes only)
 
 
 def batched_range(*args):

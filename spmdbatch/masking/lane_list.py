@@ -33,13 +33,14 @@ from __future__ import annotations
 import numpy as np
 
 from ..ad.tracer import Tracer
-from ..errors import LaneError, UnmergeableGroups, VaryingValueError
+from ..errors import DivergentSideEffect, LaneError, UnmergeableGroups, VaryingValueError
 from ..runtime import primitives as P
 from ..runtime import pytree
 from ..runtime.batched import Batched
 from ..runtime.blame import user_frame
 from ..runtime.ragged import Ragged
-from .lanes import OWNED_CONTAINERS, UNDEFINED, is_varying, merge, take
+from .lanes import OWNED_CONTAINERS, UNDEFINED, fresh, is_varying, lane_count, merge, take
+from .state import STATE, running_examples, running_lane_count
 
 
 # Lists passed to the batched calls now running (`calls.run_batched`): id -> [list, count].
@@ -60,7 +61,6 @@ class LaneList(list):
         return out
 
     def _spmd_freeze(self):
-        from .lanes import fresh
         out = FrozenList(fresh(v) for v in list.__iter__(self))
         out.lengths = None
         return out
@@ -71,7 +71,6 @@ class LaneList(list):
     def _spmd_lane_count(self):
         for v in list.__iter__(self):
             if is_varying(v):
-                from .lanes import lane_count
                 return lane_count(v)
         return None
 
@@ -96,7 +95,6 @@ class RaggedList(LaneList):
         return _make(cols, self.lengths[idx], _is_frozen(self) or id(self) in BORROWED)
 
     def _spmd_freeze(self):
-        from .lanes import fresh
         return _make([fresh(v) for v in list.__iter__(self)], self.lengths.copy(), True)
 
     def _spmd_lane_count(self):
@@ -202,7 +200,6 @@ def _is_frozen(lst) -> bool:
 
 
 def _refuse_borrowed():
-    from ..errors import DivergentSideEffect
     filename, lineno = user_frame(3)
     raise DivergentSideEffect(
         "changing a list that was passed to this function, after its examples took different paths "
@@ -245,7 +242,6 @@ class LaneDict(dict):
         return LaneDict({k: take(v, idx, memo) for k, v in self.items()})
 
     def _spmd_freeze(self):
-        from .lanes import fresh
         return {k: fresh(v) for k, v in self.items()}   # (a plain dict: changes are refused)
 
     def _spmd_merge_lanes(self, others, counts):
@@ -254,7 +250,6 @@ class LaneDict(dict):
     def _spmd_lane_count(self):
         for v in self.values():
             if is_varying(v):
-                from .lanes import lane_count
                 return lane_count(v)
         return None
 
@@ -318,14 +313,9 @@ def _lanes_or_none(lst, *others):
     n = LaneList._spmd_lane_count(lst)
     for v in others:
         if n is None and is_varying(v):
-            from .lanes import lane_count
             n = lane_count(v)
     if n is None:
-        from .frame import STATE
-        frame = STATE.frame
-        if frame is None:
-            return 1
-        return frame.n if STATE.lanes is None else len(STATE.lanes)
+        return running_lane_count()
     return n
 
 
@@ -347,18 +337,10 @@ def _positions(index, lengths, what, insert=False):
 
 def _lane_error(message, bad):
     """Raise IndexError `message` for the running group's lanes `bad` (a LaneError naming them)."""
-    from .frame import STATE
-    frame = STATE.frame
     filename, lineno = user_frame(3)
-    if frame is None:
-        raise LaneError(f"IndexError: {message} (raised in examples {bad.tolist()} of the batch only)",
-                        bad.tolist(), filename, lineno)
-    lanes = STATE.lanes
-    which = frame.batch_indices(bad if lanes is None else lanes[bad])
-    everyone = not frame.base_partial and frame.recursion is None and len(which) == frame.n \
-        and (lanes is None or len(lanes) == frame.n)
-    if everyone:
-        raise IndexError(message)
+    which = running_examples(bad)
+    if STATE.frame is not None and not STATE.partial and len(which) == STATE.frame.n:
+        raise IndexError(message)           # (every example of the batch raises it)
     raise LaneError(f"IndexError: {message} (raised in examples {which} of the batch only)",
                     which, filename, lineno)
 
@@ -596,11 +578,8 @@ def stack_lanes(lst, axis=0, kind="stack"):
                                 f"axis {axis}", filename, lineno, "Stack along axis 0 (the ragged axis).")
     empty = (lengths == 0).nonzero()[0]
     if empty.size and kind != "array":
-        from .frame import STATE
         filename, lineno = user_frame(3)
-        frame = STATE.frame
-        which = empty.tolist() if frame is None else frame.batch_indices(
-            empty if STATE.lanes is None else STATE.lanes[empty])
+        which = running_examples(empty)
         raise LaneError(f"ValueError: need at least one array to {kind} (raised in examples {which} "
                         f"of the batch only)", which, filename, lineno)
     n = len(lengths)

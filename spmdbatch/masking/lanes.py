@@ -274,6 +274,29 @@ def repeat_lanes(value, m, n):
     return merge([value] * m, [n] * m, "an argument", disjoint=False)
 
 
+def merge_calls(args, kwargs, counts):
+    """The arguments of several calls of one function as those of ONE call over all their
+    lanes: call i passes ``args[i]``, ``kwargs[i]`` (the same keys) for ``counts[i]`` lanes.
+    The calls may be made by the same lanes (fused calls), so an object that every call
+    passes is repeated for each (`repeat_lanes`), never taken as uniform."""
+    m, n = len(args), counts[0]
+    same_counts = all(c == n for c in counts)
+
+    def one(values, name):
+        first = values[0]
+        if same_counts:
+            for v in values:
+                if v is not first:
+                    break
+            else:
+                return repeat_lanes(first, m, n)
+        return merge(values, counts, name, disjoint=False)
+
+    merged = [one([a[i] for a in args], f"argument {i}") for i in range(len(args[0]))]
+    merged_kw = {key: one([k[key] for k in kwargs], f"argument {key!r}") for key in kwargs[0]}
+    return merged, merged_kw
+
+
 def fresh(value):
     """`value` with new objects wherever it holds per-lane data (the same lanes, the same
     arrays): a group of new lanes may then hold it without sharing objects with the group
