@@ -30,6 +30,13 @@ def _same_kind(group):
         raise UnmergeableGroups(f"loops over different kinds of iterables meet "
                                 f"({', '.join(sorted({type(it).__name__ for it in group}))})")
 
+
+def _same_loop(group):
+    """`_same_kind`, and every iterator at one position (lanes of one loop in one iteration)."""
+    _same_kind(group)
+    if any(it.position != group[0].position for it in group):
+        raise UnmergeableGroups("lanes of one for loop at different positions")
+
 class BatchedRange:
     """``range(start, stop, step)`` where some bound varies between examples."""
 
@@ -115,9 +122,7 @@ class LaneSequenceIterator:
 
     def _spmd_merge_lanes(self, others, counts):
         group = [self] + list(others)
-        _same_kind(group)
-        if any(it.position != self.position for it in group):
-            raise UnmergeableGroups("lanes of one for loop at different positions")
+        _same_loop(group)
         return LaneSequenceIterator(merge([it.items for it in group], counts), self.position)
 
     def next(self):
@@ -228,9 +233,7 @@ class LaneZipIterator:
 
     def _spmd_merge_lanes(self, others, counts):
         group = [self] + list(others)
-        _same_kind(group)
-        if any(it.position != self.position for it in group):
-            raise UnmergeableGroups("lanes of one for loop at different positions")
+        _same_loop(group)
         return LaneZipIterator(merge([it.zipped for it in group], counts), self.position)
 
     def next(self):
