@@ -18,6 +18,7 @@ import functools
 
 import numpy as np
 
+from .ad.tracer import is_traced
 from .errors import BatchSizeError
 from .frontend.decode import check_python_version
 from .frontend.show import describe
@@ -162,7 +163,7 @@ def _stack_examples(examples, where, sizes):
 def _stack_leaf(values, where):
     if all(type(v) is np.ndarray for v in values):
         arrays = values
-    elif any(hasattr(v, "tape") for v in values):   # traced values
+    elif any(is_traced(v) for v in values):   # traced values
         shapes = {tuple(np.shape(v)) for v in values}
         if len(shapes) == 1:
             return np.stack(values)
@@ -225,7 +226,7 @@ def _unwrap(value, batch):
         if value is None:
             return None
         value = np.asarray(value)
-    if hasattr(value, "tape"):  # uniform traced result: broadcast with autodiff
+    if is_traced(value):  # uniform traced result: broadcast with autodiff
         return P.broadcast_to(value, shape=(batch,) + tuple(value.shape))
     xp = namespace(value)
     return xp.array(xp.broadcast_to(value, (batch,) + tuple(np.shape(value))))

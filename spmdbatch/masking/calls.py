@@ -23,6 +23,7 @@ import types
 
 import numpy as np
 
+from ..ad.tracer import untraced
 from ..errors import DivergentSideEffect, SpmdError, UnmergeableGroups, UnsupportedConstruct
 from ..runtime.array_methods import index_update
 from ..runtime.batched import Batched
@@ -340,7 +341,7 @@ def _extreme_of_sequence(name, arg_prim, seq, kwargs):
     if empty.all():
         return kwargs["default"]
     pos = arg_prim(seq, axis=0)
-    pos = np.where(empty, 0, getattr(pos.data, "value", pos.data))
+    pos = np.where(empty, 0, untraced(pos.data))
     out = Batched(P.getitem(seq.data, np.arange(lanes), pos, index=(P.ARRAY_SLOT, P.ARRAY_SLOT)))
     return P.where(Batched(empty), kwargs["default"], out) if empty.any() else out
 
@@ -688,7 +689,7 @@ def _lane_lookup(obj, key):
     lane's own entry. Arrays and numbers become one varying value (a gather from their stack,
     so gradients reach traced entries); callables a `LaneSwitch`. A missing key raises a
     LaneError naming the examples, as the loop's KeyError/IndexError."""
-    raw = np.asarray(getattr(key.data, "value", key.data))
+    raw = np.asarray(untraced(key.data))
     distinct, which = np.unique(raw, return_inverse=True)
     choices, bad, first = [], [], None
     for j, k in enumerate(distinct):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..ad.tracer import untraced
 from ..runtime.batched import Batched, Ragged
 from ..runtime.mapped import LaneMapped
 from ..runtime.ragged import to_examples
@@ -23,10 +24,10 @@ def _raw(leaf, batch):
     if type(leaf) is LaneMapped:
         leaf = leaf.materialize()
     if type(leaf) is Ragged:
-        return to_examples(Ragged(getattr(leaf.data, "value", leaf.data), leaf.lengths))
+        return to_examples(Ragged(untraced(leaf.data), leaf.lengths))
     if isinstance(leaf, Batched):
         data = leaf.data
-        return getattr(data, "value", data)
+        return untraced(data)
     return [leaf]
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..ad.tracer import untraced
 from ..errors import LaneError, UnmergeableGroups
 from ..runtime.batched import Batched
 from ..runtime.blame import user_frame
@@ -37,7 +38,7 @@ from .stats import STATS
 def _mask_of(cond: Batched):
     """The raw boolean lane mask of a varying condition."""
     data = cond.data
-    data = getattr(data, "value", data)  # tracer -> raw (truth values carry no gradient)
+    data = untraced(data)  # tracer -> raw (truth values carry no gradient)
     if data.dtype != np.bool_:
         data = data != 0
     if data.ndim > 1:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ad.tracer import Tracer
+from ..ad.tracer import Tracer, untraced
 from ..errors import DivergentSideEffect, LaneError, UnmergeableGroups, VaryingValueError
 from ..runtime import primitives as P
 from ..runtime import pytree
@@ -322,7 +322,7 @@ def _lanes_or_none(lst, *others):
 def _positions(index, lengths, what, insert=False):
     """Per-lane non-negative positions of a (uniform or varying) Python index."""
     if type(index) is Batched:
-        data = getattr(index.data, "value", index.data)
+        data = untraced(index.data)
         if data.ndim != 1 or data.dtype.kind not in "iub":
             filename, lineno = user_frame(3)
             raise VaryingValueError(f"{what}: list indices must be integers", filename, lineno)
@@ -599,8 +599,8 @@ def stack_lanes(lst, axis=0, kind="stack"):
         filename, lineno = user_frame(3)
         raise VaryingValueError(f"numpy.{kind} of list items of different shapes {sorted(tails)}",
                                 filename, lineno)
-    dtype = np.result_type(*[getattr(d, "value", d).dtype for d in datas])
-    datas = [d if getattr(d, "value", d).dtype == dtype else P.astype(d, dtype=dtype) for d in datas]
+    dtype = np.result_type(*[untraced(d).dtype for d in datas])
+    datas = [d if untraced(d).dtype == dtype else P.astype(d, dtype=dtype) for d in datas]
     data = P.concatenate(*[P.reshape(d, shape=(n, 1) + tuple(d.shape[1:])) for d in datas], axis=1)
     tail = tuple(data.shape[2:])
     if kind == "concatenate":
@@ -612,7 +612,7 @@ def stack_lanes(lst, axis=0, kind="stack"):
         lengths = lengths * k
     valid = np.arange(data.shape[1])[None, :] < lengths[:, None]
     valid = valid.reshape(valid.shape + (1,) * (data.ndim - 2))
-    raw = getattr(data, "value", data)
+    raw = untraced(data)
     data = P.where(valid, data, np.zeros((), dtype=raw.dtype))
     return Ragged(data, lengths)
 

@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import UnmergeableGroups
 from ..runtime import primitives as P
 from ..runtime import pytree
-from ..ad.tracer import Tracer
+from ..ad.tracer import Tracer, untraced
 from ..runtime.batched import Batched
 from ..runtime.blame import user_frame
 from ..runtime.mapped import MIN_MAPPED_SIZE, LaneMapped, as_mapped, identity_index, mappable
@@ -536,7 +536,7 @@ def weak_merge_dtype(values):
         with np.errstate(over="ignore", invalid="ignore"):
             for v in numbers:
                 if type(v) is Batched:
-                    v = getattr(v.data, "value", v.data)
+                    v = untraced(v.data)
                 cast = np.asarray(v).astype(dtype)
                 if dtype.kind in "iub" and np.any(cast != v):
                     return None

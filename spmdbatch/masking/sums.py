@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..ad.tracer import untraced
 from ..errors import SpmdError
 from ..runtime import primitives as P
 from ..runtime.array_methods import index_update
@@ -117,7 +118,7 @@ class Sums:
         ids = np.concatenate([p[0] for p in parts])
         own = frame.extension.origin[ids] if frame.extension is not None else ids
         data = datas[0] if len(datas) == 1 else P.concatenate(*datas, axis=0)
-        xp = namespace(getattr(data, "value", data))
+        xp = namespace(untraced(data))
         zeros = xp.zeros((frame.n,) + tuple(data.shape[1:]), dtype=data.dtype)
         return Batched(index_update(zeros, own, data, mode="add"))
 
