@@ -286,7 +286,7 @@ class BatchedEmitter(PlainEmitter):
         if self.straight:
             self.w.line(f"{self.h('raise_all_lanes')}({exc})")
             return
-        self.w.line(f"{self.F}.raise_in_lanes({exc}, {self.L}, {self.N})")
+        self.w.line(f"{self.h('raise_in_lanes')}({self.F}, {exc}, {self.L}, {self.N})")
 
     # --- whole function --------------------------------------------------------------------------
     def body(self):

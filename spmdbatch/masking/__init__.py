@@ -12,6 +12,7 @@
   frame's `finisher`;
 - `lane_list`, `formatting`, `return_rows`: lists and dicts the program builds, strings of
   per-example values, per-lane buffers of returned rows;
+- `raising`: `raise` in batch programs (a LaneError naming the examples that raise);
 - `stats`: counting batched calls (`spmdbatch.stats()`).
 """
 from .calls import batch_polymorphic, call, getitem, logical_not, native, set_transformer, setitem

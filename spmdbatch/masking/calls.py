@@ -31,14 +31,14 @@ from ..runtime.blame import lane_error, user_frame
 from ..runtime.mapped import LaneMapped, mapped_rows
 from ..runtime.ragged import Ragged, ragged_arange
 from ..runtime import primitives as P
-from .frame import raise_all_lanes
 from .iterators import batched_range, lane_enumerate, lane_zip
 from . import lane_list as LL
 from .lane_list import LaneDict, LaneList, RaggedList
 from .formatting import example_value, lane_strings
 from .lanes import forget_uniform_objects, is_owned_cell, is_varying, lane_count, merge, merge_calls, take
 from .state import STATE
-from .stats import STATS
+from .raising import raise_all_lanes
+from .stats import STATS, count_running_call
 
 _TRANSFORMER = None   # set by the frontend: transformer(fn, varying_pattern) -> batched function
 _NATIVE_MODULE_PREFIXES = ("numpy", "cupy", "cupyx", "scipy", "spmdbatch.runtime", "spmdbatch.ad",
@@ -179,9 +179,7 @@ def call_polymorphic(fn, self_arg, args, kwargs, when):
     if when is not True and not when(*self_arg, *data, **kw):
         return NOT_PLAIN
     if STATS.active is not None:
-        frame = STATE.frame
-        skipped = 0 if frame is None or STATE.lanes is None else max(0, frame.n - len(STATE.lanes))
-        STATS.record_call(fn.__qualname__, n, skipped)
+        count_running_call(fn.__qualname__, n)
     return _lanes_of_result(fn(*self_arg, *data, **kw), n, fn)
 
 

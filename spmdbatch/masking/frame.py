@@ -26,13 +26,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..ad.tracer import untraced
-from ..errors import LaneError, UnmergeableGroups
+from ..errors import UnmergeableGroups
 from ..runtime.batched import Batched
-from ..runtime.blame import user_frame
-from .formatting import example_exception
-from .lanes import is_varying, lane_count, merge, merge_envs, take
+from .lanes import merge, merge_envs, take
 from .state import STATE
-from .stats import STATS
+from .stats import STATS, count_running_call
 
 
 def _mask_of(cond: Batched):
@@ -46,47 +44,6 @@ def _mask_of(cond: Batched):
             "the truth value of an array with more than one element is ambiguous (in some "
             "example); use .any() or .all()")
     return data
-
-
-def raise_all_lanes(exc):
-    """`raise exc` in straight-line code: every lane of the call raises it; that is only some
-    examples of the batch when the call was made under a varying condition."""
-    if isinstance(exc, type):
-        exc = exc()
-    frame = STATE.frame
-    if frame is None:
-        exc = _own_exception(exc, None, 0)
-    else:
-        exc = _own_exception(exc, frame, STATE.lanes if STATE.lanes is not None else frame.n)
-    if not STATE.partial or frame is None:
-        raise exc
-    lanes = STATE.lanes if STATE.lanes is not None else np.arange(frame.n)
-    which = frame.batch_indices(lanes)
-    filename, lineno = user_frame(2)
-    raise LaneError(f"{type(exc).__name__}{': ' + str(exc) if str(exc) else ''} (raised in "
-                    f"examples {which} of the batch only)", which, filename, lineno) from exc
-
-
-def _own_exception(exc, frame, lanes):
-    """`exc` with the message of the first example that raises it, when it was built from
-    per-example values (an f-string of a varying value): `lanes` are the raising group's lanes
-    of `frame` (or their count)."""
-    if not any(is_varying(a) for a in getattr(exc, "args", ())):
-        return exc
-    local = np.arange(lanes) if isinstance(lanes, int) else np.asarray(lanes)
-    if frame is None or not len(local):
-        return example_exception(exc, 0)
-    first = min(range(len(local)), key=lambda p: frame.batch_indices(local[p:p + 1])[0])
-    return example_exception(exc, first)
-
-
-def count_call(function, *args):
-    """Count a straight-line batch program's call in `spmdbatch.stats()` (when open)."""
-    if STATS.active is not None:
-        n = lane_count(*args)
-        frame = STATE.frame
-        skipped = 0 if frame is None or STATE.lanes is None else max(0, frame.n - len(STATE.lanes))
-        STATS.record_call(function, n, skipped)
 
 
 class Frame:
@@ -118,11 +75,9 @@ class Frame:
         self.parent_lanes = STATE.lanes    # make this call's batch (None: all of them)
         self.extension = None              # (see the class docstring)
         self.finisher = None
-        STATE.frame = self
         if STATS.active is not None:
-            skipped = 0 if self.parent is None or self.parent_lanes is None else \
-                max(0, self.parent.n - len(self.parent_lanes))
-            STATS.record_call(function, n, skipped)
+            count_running_call(function, n)
+        STATE.frame = self
 
     # --- moving groups ----------------------------------------------------------------------
     def jump(self, block, lanes, n, env):
@@ -248,21 +203,6 @@ class Frame:
         if not np.count_nonzero(lanes[1:] < lanes[:-1]):
             return value                   # (already in lane order)
         return take(value, lanes.argsort(kind="stable"), {})
-
-    def raise_in_lanes(self, exc, lanes, n):
-        """Raise `exc` for the running group: as a LaneError naming the examples (batch
-        indices of the outermost @spmd call) when only some examples raise it."""
-        if isinstance(exc, type):
-            exc = exc()
-        exc = _own_exception(exc, self, np.arange(n) if lanes is None else lanes)
-        if not self.base_partial and (
-                n == self.n if self.extension is None else
-                len(np.unique(self.extension.origin[np.arange(n) if lanes is None else lanes])) == self.n):
-            raise exc                         # every example raises it
-        which = self.batch_indices(np.arange(n) if lanes is None else lanes)
-        filename, lineno = user_frame(2)
-        raise LaneError(f"{type(exc).__name__}{': ' + str(exc) if str(exc) else ''} (raised in "
-                        f"examples {which} of the batch only)", which, filename, lineno) from exc
 
     def batch_indices(self, local):
         """Positions in the outermost batch of this frame's lanes `local`."""
