@@ -28,10 +28,10 @@ from .masking.lanes import UNIFORM_OBJECTS, forget_uniform_objects, weak_merge_d
 from .runtime import primitives as P
 from .runtime import pytree
 from .runtime.backend import namespace
-from .runtime.batched import Batched
+from .runtime.batched import Batched, Ragged
 from .runtime.mapped import LaneMapped
 from .masking.lane_list import to_user
-from .runtime.ragged import Ragged, from_examples, to_examples
+from .runtime.ragged import from_examples, to_examples
 
 
 def spmd(fn=None, *, in_axes=0, max_depth=None):

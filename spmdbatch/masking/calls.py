@@ -26,10 +26,10 @@ import numpy as np
 from ..ad.tracer import untraced
 from ..errors import DivergentSideEffect, SpmdError, UnmergeableGroups, UnsupportedConstruct
 from ..runtime.array_methods import index_update
-from ..runtime.batched import Batched
+from ..runtime.batched import Batched, Ragged
 from ..runtime.blame import lane_error, user_frame
 from ..runtime.mapped import LaneMapped, mapped_rows
-from ..runtime.ragged import Ragged, ragged_arange
+from ..runtime.ragged import ragged_arange
 from ..runtime import primitives as P
 from .iterators import batched_range, lane_enumerate, lane_zip
 from . import lane_list as LL

@@ -13,10 +13,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UnmergeableGroups, UnsupportedConstruct, VaryingValueError
-from ..runtime.batched import Batched
+from ..runtime.batched import Batched, Ragged
 from ..runtime.blame import user_frame
 from ..runtime.mapped import LaneMapped
-from ..runtime.ragged import Ragged
 from .lane_list import RaggedList, RaggedListIterator, iterate
 from .lanes import UNDEFINED, is_varying, merge, take
 

@@ -36,9 +36,8 @@ from ..ad.tracer import Tracer, untraced
 from ..errors import DivergentSideEffect, LaneError, UnmergeableGroups, VaryingValueError
 from ..runtime import primitives as P
 from ..runtime import pytree
-from ..runtime.batched import Batched
+from ..runtime.batched import Batched, Ragged
 from ..runtime.blame import user_frame
-from ..runtime.ragged import Ragged
 from .lanes import OWNED_CONTAINERS, UNDEFINED, fresh, is_varying, lane_count, merge, take
 from .state import STATE, running_examples, running_lane_count
 

@@ -21,10 +21,9 @@ from ..errors import UnmergeableGroups
 from ..runtime import primitives as P
 from ..runtime import pytree
 from ..ad.tracer import Tracer, untraced
-from ..runtime.batched import Batched
+from ..runtime.batched import Batched, Ragged
 from ..runtime.blame import user_frame
 from ..runtime.mapped import MIN_MAPPED_SIZE, LaneMapped, as_mapped, identity_index, mappable
-from ..runtime.ragged import Ragged
 
 
 class _Undefined:

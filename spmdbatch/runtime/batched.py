@@ -1,4 +1,6 @@
-"""`Batched`: the per-example value of every lane, stacked along a leading batch axis.
+"""`Batched`: the per-example value of every lane, stacked along a leading batch axis; and
+`Ragged`, the same for examples whose first axis differs in length (its rules are in
+runtime/ragged.py).
 
 Inside an @spmd program a value is either *uniform* (a plain Python object or array, the same
 for every example) or *varying* (a `Batched`). A `Batched` behaves like the value of ONE

@@ -1,7 +1,8 @@
-"""Ragged per-example values: examples whose first axis differs in length.
+"""The rules of ragged per-example values: examples whose first axis differs in length.
 
-A `Ragged` is a `Batched` whose `data` is padded (with zeros) to the longest example along
-the first per-example axis, plus `lengths` (one int per lane). Each example sees its own
+A `Ragged` (runtime/batched.py, beside `Batched`) is a `Batched` whose `data` is padded (with
+zeros) to the longest example along the first per-example axis, plus `lengths` (one int
+per lane). Each example sees its own
 length: `x.shape[0]` and `len(x)` are varying, iteration stops at the lane's own end, and
 reductions over the ragged axis ignore the padding (they fill it with the reduction's
 identity first). Padding never leaks into results or gradients: it is either masked away
