@@ -2,10 +2,9 @@
 
 A `Ragged` (runtime/batched.py, beside `Batched`) is a `Batched` whose `data` is padded (with
 zeros) to the longest example along the first per-example axis, plus `lengths` (one int
-per lane). Each example sees its own
-length: `x.shape[0]` and `len(x)` are varying, iteration stops at the lane's own end, and
-reductions over the ragged axis ignore the padding (they fill it with the reduction's
-identity first). Padding never leaks into results or gradients: it is either masked away
+per lane). Each example sees its own length: `x.shape[0]` and `len(x)` are varying,
+iteration stops at the lane's own end, and reductions over the ragged axis ignore the
+padding (they fill it with the reduction's identity first). Padding never leaks into results or gradients: it is either masked away
 or kept out of the example's view.
 
 Primitives get ragged rules in `RAGGED_RULES`; a primitive without one refuses ragged
