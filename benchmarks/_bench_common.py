@@ -161,3 +161,22 @@ def write_json(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
     print(f"\nwrote {path}")
+
+
+def add_sst_argument(parser) -> None:
+    """`--data DIR`: where the Stanford Sentiment Treebank is (see `sst_trees`)."""
+    parser.add_argument("--data", default=None,
+                        help="SST directory (default: $SPMDBATCH_SST_DIR or ../shared/data/sst)")
+
+
+def sst_trees(directory, count: int, synthetic: bool = False):
+    """(vocabulary, the first `count` training trees, where they come from): the SST in
+    `directory` (None: $SPMDBATCH_SST_DIR or ../shared/data/sst), or a synthetic treebank
+    when there is none there or `synthetic` (a benchmark's --quick) asks for one."""
+    from examples.treelstm import data as sst     # (needs the repository root on sys.path)
+    directory = directory or sst.default_data_dir()
+    if directory is None or synthetic:
+        vocab, trees = sst.synthetic_treebank(count, seed=0)
+        return vocab, trees, "synthetic treebank"
+    corpus = sst.load_sst(directory)
+    return corpus.vocab, corpus.train[:count], f"SST train[:{count}]"

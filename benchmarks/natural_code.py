@@ -33,10 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 
 import _natural_treelstm as N  # noqa: E402
-from _bench_common import environment, markdown_table, paired_ratio, parse_args, write_json  # noqa: E402
+from _bench_common import (add_sst_argument, environment, markdown_table, paired_ratio,  # noqa: E402
+                           parse_args, sst_trees, write_json)
 
 import spmdbatch as sb  # noqa: E402
-from examples.treelstm import data as sst  # noqa: E402
 from examples.treelstm import handbatched as HB  # noqa: E402
 from examples.treelstm import model as M  # noqa: E402
 from spmdbatch import nn  # noqa: E402
@@ -47,7 +47,7 @@ LR, EMBED_LR, WEIGHT_DECAY = 0.05, 0.1, 1e-4
 
 
 def add_arguments(ap):
-    ap.add_argument("--data", default=None, help="SST directory (default: $SPMDBATCH_SST_DIR or ../shared/data/sst)")
+    add_sst_argument(ap)
     ap.add_argument("--trees", type=int, default=300, help="training trees per pass")
     ap.add_argument("--batch-sizes", default="25,100")
     ap.add_argument("--hidden", type=int, default=150)
@@ -169,14 +169,7 @@ def main(argv=None):
             print(torch_note)
     if args.quick:
         args.trees, args.hidden, args.embedding, args.batch_sizes = 24, 16, 16, "8"
-    directory = args.data or sst.default_data_dir()
-    if directory is None or args.quick:
-        vocab, trees = sst.synthetic_treebank(args.trees, seed=0)
-        source = "synthetic treebank"
-    else:
-        corpus = sst.load_sst(directory)
-        vocab, trees = corpus.vocab, corpus.train[:args.trees]
-        source = f"SST train[:{args.trees}]"
+    vocab, trees, source = sst_trees(args.data, args.trees, synthetic=args.quick)
     model = M.TreeLSTM(len(vocab), 5, args.embedding, args.hidden, dropout=0.0, rng=0)
     ref_name, agreement = check_agreement(model, impls, trees[:min(len(trees), 25)])
     print(f"loss and gradients agree (max relative difference vs {ref_name}): "

@@ -26,10 +26,9 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_common import add_threads_argument, limit_threads  # noqa: E402
+from _bench_common import add_sst_argument, add_threads_argument, limit_threads, sst_trees  # noqa: E402
 
 import spmdbatch as sb  # noqa: E402
-from examples.treelstm import data as sst  # noqa: E402
 from examples.treelstm import model as M  # noqa: E402
 from examples.treelstm import train as T  # noqa: E402
 
@@ -65,7 +64,7 @@ def peak_memory_mb(step, model, state, batch):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=None, help="SST directory (default: $SPMDBATCH_SST_DIR or ../shared/data/sst)")
+    add_sst_argument(ap)
     ap.add_argument("--trees", type=int, default=500, help="training trees per pass")
     ap.add_argument("--per-example-trees", type=int, default=100, help="trees per pass for per-example")
     ap.add_argument("--batch-sizes", default="25,100")
@@ -84,14 +83,7 @@ def main(argv=None):
     if args.quick:
         args.trees, args.per_example_trees, args.repeat = 40, 10, 1
         args.hidden, args.embedding, args.batch_sizes = 16, 16, "10"
-    directory = args.data or sst.default_data_dir()
-    if directory is None or args.quick:
-        vocab, trees = sst.synthetic_treebank(args.trees, seed=0)
-        source = "synthetic treebank"
-    else:
-        corpus = sst.load_sst(directory)
-        vocab, trees = corpus.vocab, corpus.train[:args.trees]
-        source = f"SST train[:{args.trees}]"
+    vocab, trees, source = sst_trees(args.data, args.trees, synthetic=args.quick)
     model = M.TreeLSTM(len(vocab), 5, args.embedding, args.hidden, rng=0)
     if args.backend == "cupy":
         model, trees = sb.to_device(model, "cupy"), sb.to_device(trees, "cupy")

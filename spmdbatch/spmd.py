@@ -18,19 +18,20 @@ import functools
 
 import numpy as np
 
+from .ad.tracer import is_traced
 from .errors import BatchSizeError
 from .frontend.decode import check_python_version
-from .frontend.transform import program_of
+from .frontend.show import describe
 from .masking.calls import run_batched
-from .masking.frame import STATE
+from .masking.state import STATE
 from .masking.lanes import UNIFORM_OBJECTS, forget_uniform_objects, weak_merge_dtype
 from .runtime import primitives as P
 from .runtime import pytree
 from .runtime.backend import namespace
-from .runtime.batched import Batched
+from .runtime.batched import Batched, Ragged
 from .runtime.mapped import LaneMapped
 from .masking.lane_list import to_user
-from .runtime.ragged import Ragged, from_examples, to_examples
+from .runtime.ragged import from_examples, to_examples
 
 
 def spmd(fn=None, *, in_axes=0, max_depth=None):
@@ -165,7 +166,7 @@ def _stack_examples(examples, where, sizes):
 def _stack_leaf(values, where):
     if all(type(v) is np.ndarray for v in values):
         arrays = values
-    elif any(hasattr(v, "tape") for v in values):   # traced values
+    elif any(is_traced(v) for v in values):   # traced values
         shapes = {tuple(np.shape(v)) for v in values}
         if len(shapes) == 1:
             return np.stack(values)
@@ -228,41 +229,15 @@ def _unwrap(value, batch):
         if value is None:
             return None
         value = np.asarray(value)
-    if hasattr(value, "tape"):  # uniform traced result: broadcast with autodiff
+    if is_traced(value):  # uniform traced result: broadcast with autodiff
         return P.broadcast_to(value, shape=(batch,) + tuple(value.shape))
     xp = namespace(value)
     return xp.array(xp.broadcast_to(value, (batch,) + tuple(np.shape(value))))
 
 
 def show(fn) -> str:
-    """A readable text of the batch program of `fn`: blocks, schedule, varying values, code."""
-    from .frontend.ir import format_ir
-    from .frontend.uniformity import analyze
-    target = fn.fn if isinstance(fn, SpmdFunction) else fn
-    prog = program_of(target)
-    fn_ir, em = prog.fn_ir, prog.emitter
-    specs = fn.in_axes if isinstance(fn, SpmdFunction) else 0
-    nargs = fn_ir.argcount
-    specs = specs if isinstance(specs, (tuple, list)) else (specs,) * nargs
-    varying_args = {a for a, s in zip(fn_ir.argnames, specs) if s is not None}
-    info = analyze(fn_ir, varying_args)
-    lines = [f"batch program of {fn_ir.qualname} ({fn_ir.filename}:{fn_ir.firstlineno})",
-             f"varying arguments: {', '.join(sorted(varying_args)) or '(none)'}",
-             f"varying values: {', '.join(sorted(v for v in info.varying_vars if not v.startswith('$'))) or '(none)'}",
-             "", "blocks in schedule order (lanes split at varying branches, merge at joins):"]
-    for pos, bid in enumerate(em.sched.order):
-        blk = fn_ir.blocks[bid]
-        notes = []
-        if bid in info.varying_branches:
-            notes.append("VARYING branch: split lanes (masks pushed)")
-        elif type(blk.term).__name__ in ("Branch", "ForIter"):
-            notes.append("uniform branch: native")
-        if em.sched.loop_end[pos] >= 0:
-            notes.append(f"loop header, loop ends at #{em.sched.loop_end[pos]}")
-        preds = em.preds_of.get(bid, [])
-        if len(preds) > 1:
-            notes.append("join: lane groups merge here")
-        lines.append(f"  #{pos} (block {bid}) env={em.env[bid]} " + ("; ".join(notes)))
-    source = prog.source.replace(f"def {em.names.helper('fn')}(", f"def {fn_ir.name}(", 1)
-    lines += ["", "IR:", format_ir(fn_ir), "", "generated code:", source]
-    return "\n".join(lines)
+    """A readable text of the batch program of `fn` (a function or an `spmd` of one): blocks,
+    schedule, varying values, code (frontend/show.py)."""
+    if isinstance(fn, SpmdFunction):
+        return describe(fn.fn, fn.in_axes)
+    return describe(fn, 0)

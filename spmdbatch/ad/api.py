@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import GradientError
 from ..runtime import pytree
-from ..runtime.batched import user_frame
+from ..runtime.blame import user_frame
 from ..runtime.backend import is_floating, namespace
 from .sparse import SparseRows, densify
 from .tape import Tape

@@ -11,7 +11,7 @@ import threading
 
 from ..errors import GradientError
 from ..runtime.array_methods import ArrayMethods
-from ..runtime.batched import user_frame
+from ..runtime.blame import user_frame
 from ..runtime.backend import is_float_dtype, namespace
 from ..runtime.dispatch import register_value_type
 
@@ -144,3 +144,15 @@ register_value_type(Tracer, 1, trace_apply)
 from ..runtime.pytree import register_leaf_type  # noqa: E402
 
 register_leaf_type(Tracer)
+
+
+# --- what code outside `ad` may ask of a value (instead of looking inside tracers) ---------------
+def is_traced(x) -> bool:
+    """Whether `x` is a value being differentiated (a `Tracer`)."""
+    return isinstance(x, Tracer)
+
+
+def untraced(x):
+    """The array `x` stands for, without its autodiff record: a `Tracer`'s value; anything
+    else as it is (no gradient flows through what is computed from it)."""
+    return x.value if isinstance(x, Tracer) else x

@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ad.sparse import SparseRows
+from ..ad.tracer import is_traced
 from ..runtime import pytree
 from ..runtime.backend import _is_cupy_array, cupy_module
 from .comm import DistributedError, get_comm
@@ -105,7 +106,7 @@ def _prepare(leaf, name, op, allow_sparse=True, shallow=False) -> _Leaf:
     """The leaf ready for a collective (`shallow`: only checked, no data prepared)."""
     if leaf is NO_GRADIENT:
         return _Leaf("none", (), None)
-    if hasattr(leaf, "tape"):
+    if is_traced(leaf):
         raise TypeError(f"leaf {name} is a traced value: reduce gradients, not values being "
                         f"differentiated")
     if type(leaf) is SparseRows:

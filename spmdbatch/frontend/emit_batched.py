@@ -45,12 +45,11 @@ class _LineMark:
 class BatchedEmitter(PlainEmitter):
     """PlainEmitter with batched statements and scheduler-based control flow."""
 
-    def __init__(self, fn, uniformity=None, sums=()):
+    def __init__(self, fn, sums=()):
         super().__init__(fn)
         self.sums = tuple(sums)     # return positions summed over the recursion (reduction.py)
         self.sched = schedule(fn)
         self.live = analyze_liveness(fn)
-        self.uniformity = uniformity
         # a block's environment: its live params (stack values), then its live-in locals
         self.env = {b: live_params(fn, self.live, b) + sorted(self.live.live_in[b] - set(fn.blocks[b].params))
                     for b in self.sched.order}
@@ -152,12 +151,12 @@ class BatchedEmitter(PlainEmitter):
         pass
 
     def stmt_Accumulate(self, s):
-        self.w.line(f"{self.F}.accumulate({s.position}, {self.L}, {self.N}, {self.op(s.value)})")
+        self.w.line(f"{self.F}.finisher.add({s.position}, {self.L}, {self.N}, {self.op(s.value)})")
 
     def stmt_DeferredCall(self, s):
         args = "(" + "".join(self.op(a) + ", " for a in s.args) + ")"
         kwargs = "{" + ", ".join(f"{k!r}: {self.op(v)}" for k, v in s.kwargs.items()) + "}"
-        self.w.line(f"{self.F}.defer({s.position}, {self.L}, {self.N}, {self.op(s.func)}, {args}, {kwargs})")
+        self.w.line(f"{self.F}.finisher.defer({s.position}, {self.L}, {self.N}, {self.op(s.func)}, {args}, {kwargs})")
 
     def stmt_StoreAttr(self, s):
         self.w.line(f"{self.h('store_attr')}({self.op(s.obj)}, {s.name!r}, {self.op(s.value)})")
@@ -264,7 +263,7 @@ class BatchedEmitter(PlainEmitter):
         kw = "(" + "".join("{" + ", ".join(f"{k!r}: {self.op(v)}" for k, v in d.items()) + "}, "
                            for d in kwargs) + ")"
         env = "(" + "".join(self.v(n) + ", " for n in self.env[t.cont] if n not in targets) + ")"
-        self.w.line(f"{self.F}.recurse({self.sched.position[t.cont]}, {self.L}, {self.N}, {calls}, "
+        self.w.line(f"{self.h('recurse')}({self.F}, {self.sched.position[t.cont]}, {self.L}, {self.N}, {calls}, "
                     f"{arg_lists}, {kw}, {env}, "
                     f"{self.names.helper('recursion')}, {self.names.helper('g')})")
 
@@ -287,7 +286,7 @@ class BatchedEmitter(PlainEmitter):
         if self.straight:
             self.w.line(f"{self.h('raise_all_lanes')}({exc})")
             return
-        self.w.line(f"{self.F}.raise_in_lanes({exc}, {self.L}, {self.N})")
+        self.w.line(f"{self.h('raise_in_lanes')}({self.F}, {exc}, {self.L}, {self.N})")
 
     # --- whole function --------------------------------------------------------------------------
     def body(self):
@@ -322,7 +321,7 @@ class BatchedEmitter(PlainEmitter):
                    f"{self.h('lane_count')}({', '.join(args)}), {self.names.helper('env_names')}, "
                    f"{fn.qualname!r})")
         if self.sums:
-            out.append(f"{F}.sums = {self.sums!r}")
+            out.append(f"{F}.finisher = {self.h('Sums')}({self.sums!r})")
         entry_env = "(" + "".join(n + ", " for n in [self.v(n) for n in self.env[fn.entry]]
                                   + [self.cell(c) for c in self.cells]) + ")"
         out.append(f"{F}.jump({sched.position[fn.entry]}, None, {F}.n, {entry_env})")
@@ -362,7 +361,7 @@ class BatchedEmitter(PlainEmitter):
         return [tuple(self.sched.loop_end), tuple(names), self.recursion_spec()]
 
     def recursion_spec(self):
-        """What `Frame.recurse` needs to start callee lanes: (the function's code object, the
+        """What `recursion.recurse` needs to start callee lanes: (the function's code object, the
         entry block's number, the argument index of each entry environment slot)."""
         if not self.recursion_sites:
             return None

@@ -14,7 +14,7 @@ A recursive tree model often returns, next to its state, a total over the subtre
 Run as written, every height of the recursion computes its nodes' terms and adds totals.
 Since the total of a call is the sum of the terms of every call below it, the batch program
 instead records each term with the lanes that made it, and the frame adds them up per
-example when the batched call ends (masking/frame.py `Frame.sums`); a term that is a call
+example when the batched call ends (masking/sums.py `Sums`); a term that is a call
 (here `node_loss`) is *deferred*: its arguments are recorded and the function runs once,
 batched over all the lanes of all heights. This is what hand-batched code does (one
 classifier step over all nodes); the sum is the same up to floating-point reassociation.

@@ -16,7 +16,8 @@ import re
 import types
 
 from ..errors import HasExceptionHandling, UnsupportedConstruct, VaryingValueError
-from ..masking import calls, formatting, frame, iterators, lane_list, lanes, sums
+from ..masking import (calls, formatting, frame, iterators, lane_list, lanes, raising, recursion,
+                       stats, sums)
 from ..runtime.batched import Batched
 from .emit_batched import BatchedEmitter
 from .emit_plain import _HELPERS as PLAIN_HELPERS
@@ -33,8 +34,9 @@ BATCH_HELPERS = {
     "lane_count": lanes.lane_count, "store_attr": calls.store_attr, "del_attr": calls.del_attr,
     "store_global": calls.store_global, "del_global": calls.del_global,
     "store_nonlocal": calls.store_nonlocal, "call_fused": calls.call_fused,
-    "inplace": calls.inplace, "raise_all_lanes": frame.raise_all_lanes,
-    "count_call": frame.count_call, "Batched": Batched,
+    "recurse": recursion.recurse, "Sums": sums.Sums,
+    "inplace": calls.inplace, "raise_all_lanes": raising.raise_all_lanes,
+    "raise_in_lanes": raising.raise_in_lanes, "count_call": stats.count_call, "Batched": Batched,
     "LaneList": lane_list.LaneList, "LaneDict": lane_list.LaneDict, "RaggedList": lane_list.RaggedList,
     "list_truth": lane_list.truth, "format_value": formatting.format_value,
     "build_string": formatting.build_string, "Cell": lanes.owned_cell,

@@ -23,18 +23,22 @@ import types
 
 import numpy as np
 
+from ..ad.tracer import untraced
 from ..errors import DivergentSideEffect, SpmdError, UnmergeableGroups, UnsupportedConstruct
-from ..runtime.batched import Batched, lane_error, user_frame
+from ..runtime.array_methods import index_update
+from ..runtime.batched import Batched, Ragged
+from ..runtime.blame import lane_error, user_frame
 from ..runtime.mapped import LaneMapped, mapped_rows
-from ..runtime.ragged import Ragged, ragged_arange
+from ..runtime.ragged import ragged_arange
 from ..runtime import primitives as P
-from .frame import STATE, raise_all_lanes
 from .iterators import batched_range, lane_enumerate, lane_zip
 from . import lane_list as LL
 from .lane_list import LaneDict, LaneList, RaggedList
-from .formatting import lane_strings
-from .lanes import forget_uniform_objects, is_owned_cell, is_varying, lane_count, merge, take
-from .stats import STATS
+from .formatting import example_value, lane_strings
+from .lanes import forget_uniform_objects, is_owned_cell, is_varying, lane_count, merge, merge_calls, take
+from .state import STATE
+from .raising import raise_all_lanes
+from .stats import STATS, count_running_call
 
 _TRANSFORMER = None   # set by the frontend: transformer(fn, varying_pattern) -> batched function
 _NATIVE_MODULE_PREFIXES = ("numpy", "cupy", "cupyx", "scipy", "spmdbatch.runtime", "spmdbatch.ad",
@@ -176,9 +180,7 @@ def call_polymorphic(fn, self_arg, args, kwargs, when):
     if when is not True and not when(*self_arg, *data, **kw):
         return NOT_PLAIN
     if STATS.active is not None:
-        frame = STATE.frame
-        skipped = 0 if frame is None or STATE.lanes is None else max(0, frame.n - len(STATE.lanes))
-        STATS.record_call(fn.__qualname__, n, skipped)
+        count_running_call(fn.__qualname__, n)
     return _lanes_of_result(fn(*self_arg, *data, **kw), n, fn)
 
 
@@ -236,7 +238,6 @@ def _print(*args, **kwargs):
     the per-example loop prints them, never an internal wrapper)."""
     if not _any_varying(args, kwargs):
         return builtins.print(*args, **kwargs)
-    from .formatting import example_value
     n = lane_count(*[a for a in args if is_varying(a)])
     for i in range(n):
         builtins.print(*[example_value(a, i) if is_varying(a) else a for a in args], **kwargs)
@@ -339,7 +340,7 @@ def _extreme_of_sequence(name, arg_prim, seq, kwargs):
     if empty.all():
         return kwargs["default"]
     pos = arg_prim(seq, axis=0)
-    pos = np.where(empty, 0, getattr(pos.data, "value", pos.data))
+    pos = np.where(empty, 0, untraced(pos.data))
     out = Batched(P.getitem(seq.data, np.arange(lanes), pos, index=(P.ARRAY_SLOT, P.ARRAY_SLOT)))
     return P.where(Batched(empty), kwargs["default"], out) if empty.any() else out
 
@@ -453,7 +454,6 @@ _SPECIAL = {
     builtins.len: _len,
     builtins.setattr: lambda obj, name, value: store_attr(obj, name, value),
     builtins.delattr: lambda obj, name: del_attr(obj, name),
-    builtins.range: batched_range,
     builtins.min: _extreme(builtins.min, P.minimum, P.argmin),
     builtins.max: _extreme(builtins.max, P.maximum, P.argmax),
     np.arange: _arange,
@@ -590,7 +590,7 @@ def _per_lane_method(lst, name, args, kwargs):
     return getattr(lst, name)(*args, **kwargs)
 
 
-def _same_function(a, b) -> bool:
+def same_function(a, b) -> bool:
     if a is b:
         return True
     return (type(a) is types.MethodType and type(b) is types.MethodType
@@ -602,38 +602,43 @@ def call_fused(funcs, args, kwargs):
     other's results (frontend/fusion.py): one batched call over all their lanes when they
     call the same batched function, else one after the other."""
     fn = funcs[0]
-    if not all(_same_function(fn, f) for f in funcs[1:]) or \
+    if not all(same_function(fn, f) for f in funcs[1:]) or \
             not all(_any_varying(a, k) for a, k in zip(args, kwargs)) or \
             any(set(k) != set(kwargs[0]) for k in kwargs[1:]) or \
             any(len(a) != len(args[0]) for a in args[1:]):
         return tuple(call(f, *a, **k) for f, a, k in zip(funcs, args, kwargs))
-    kind = type(fn)
-    if kind is types.MethodType:
-        target, self_arg = fn.__func__, (fn.__self__,)
-    else:
-        target, self_arg = fn, ()
+    target = fn.__func__ if type(fn) is types.MethodType else fn
     if type(target) is not types.FunctionType or not is_user_function(target):
         return tuple(call(f, *a, **k) for f, a, k in zip(funcs, args, kwargs))
     n = lane_count(*args[0], *kwargs[0].values())
-    counts = [n] * len(funcs)
+    m = len(funcs)
     try:
-        merged = [merge([a[i] for a in args], counts, f"argument {i}", disjoint=False)
-                  for i in range(len(args[0]))]
-        merged_kw = {key: merge([k[key] for k in kwargs], counts, f"argument {key!r}", disjoint=False)
-                     for key in kwargs[0]}
+        merged, merged_kw = merge_calls(args, kwargs, [n] * m)
     except (ValueError, UnmergeableGroups):
         # arguments that cannot become one batch (arrays of different shapes per call, as
         # slices of different lengths are): the calls run one after the other
         return tuple(call(f, *a, **k) for f, a, k in zip(funcs, args, kwargs))
-    STATS.record_fused(len(funcs))
-    saved = STATE.lanes
+    STATS.record_fused(m)
     # lane i of the fused call is lane i % n of the caller (errors name the right examples)
-    STATE.lanes = np.tile(np.arange(n) if saved is None else saved, len(funcs))
+    lanes = np.tile(np.arange(n) if STATE.lanes is None else STATE.lanes, m)
+    result = call_merged(fn, merged, merged_kw, STATE.frame, lanes, STATE.partial)
+    return tuple(take(result, np.arange(i * n, (i + 1) * n), {}) for i in range(m))
+
+
+def call_merged(fn, args, kwargs, frame, lanes, partial):
+    """``fn(*args, **kwargs)``: ONE call over the lanes of several calls of `fn`, whose
+    arguments `lanes.merge_calls` merged; lane j of it is lane ``lanes[j]`` of `frame` (errors
+    name that lane's example), `partial` whether those are only some examples of the batch.
+
+    The one place where several calls run as one batched call: fused calls (`call_fused`)
+    and the deferred terms of sums (masking/sums.py). Recursive calls merge their arguments
+    the same way but join the running frame instead (masking/recursion.py)."""
+    saved = STATE.frame, STATE.lanes, STATE.partial
+    STATE.frame, STATE.lanes, STATE.partial = frame, lanes, partial
     try:
-        result = _TRANSFORMER(target)(*self_arg, *merged, **merged_kw)
+        return call(fn, *args, **kwargs)
     finally:
-        STATE.lanes = saved
-    return tuple(take(result, np.arange(i * n, (i + 1) * n), {}) for i in range(len(funcs)))
+        STATE.frame, STATE.lanes, STATE.partial = saved
 
 
 class LaneSwitch:
@@ -683,7 +688,7 @@ def _lane_lookup(obj, key):
     lane's own entry. Arrays and numbers become one varying value (a gather from their stack,
     so gradients reach traced entries); callables a `LaneSwitch`. A missing key raises a
     LaneError naming the examples, as the loop's KeyError/IndexError."""
-    raw = np.asarray(getattr(key.data, "value", key.data))
+    raw = np.asarray(untraced(key.data))
     distinct, which = np.unique(raw, return_inverse=True)
     choices, bad, first = [], [], None
     for j, k in enumerate(distinct):
@@ -767,7 +772,6 @@ def setitem(obj, index, value):
         obj[index] = value
         return obj
     if type(obj) is Batched or hasattr(obj, "shape") and hasattr(obj, "dtype"):
-        from ..runtime.array_methods import index_update
         return index_update(obj, index, value, mode="set")
     if type(index) is Batched or (type(index) is tuple and any(type(i) is Batched for i in index)):
         filename, lineno = user_frame()

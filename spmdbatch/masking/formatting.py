@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..runtime.batched import Batched
+from ..ad.tracer import untraced
+from ..runtime.batched import Batched, Ragged
+from ..runtime.mapped import LaneMapped
+from ..runtime.ragged import to_examples
+from .lane_list import _one
 from .lanes import is_varying, lane_count, take
 
 _CONVERT = {"s": str, "r": repr, "a": ascii}
@@ -17,21 +21,18 @@ _CONVERT = {"s": str, "r": repr, "a": ascii}
 
 def _raw(leaf, batch):
     """A one-lane leaf's data with its lane axis (as the caller of @spmd would see it)."""
-    from ..runtime.ragged import Ragged, to_examples
-    from ..runtime.mapped import LaneMapped
     if type(leaf) is LaneMapped:
         leaf = leaf.materialize()
     if type(leaf) is Ragged:
-        return to_examples(Ragged(getattr(leaf.data, "value", leaf.data), leaf.lengths))
+        return to_examples(Ragged(untraced(leaf.data), leaf.lengths))
     if isinstance(leaf, Batched):
         data = leaf.data
-        return getattr(data, "value", data)
+        return untraced(data)
     return [leaf]
 
 
 def example_value(value, i):
     """Example (lane) `i`'s own value of a varying value, as plain Python/numpy objects."""
-    from .lane_list import _one
     return _one(take(value, np.array([i])), _raw)
 
 

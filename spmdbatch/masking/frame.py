@@ -15,37 +15,28 @@ merged (their lanes concatenated) before it runs.
 
 A group is ``(lanes, count, env)``: `lanes` are the group's positions in the call's batch
 (None for "all of them, in order"), `env` the values of the block's live-in variables.
+
+The scheduler knows nothing of recursion or of sums; they plug in through two slots of a
+frame (see `Frame`): `extension`, which runs lanes of its own besides the call's (recursion by
+height, masking/recursion.py), and `finisher`, which turns the returned value into the
+call's result (sums over a recursion, masking/sums.py).
 """
 from __future__ import annotations
 
-import sys
-import threading
-from types import FunctionType
-
 import numpy as np
 
-from ..errors import LaneError, UnmergeableGroups
-from ..runtime.batched import Batched, set_lane_namer, user_frame
-from .lanes import UNDEFINED, fresh, merge, merge_envs, repeat_lanes, take
-from .recursion import Recursion
-from .stats import STATS
-
-
-class _State(threading.local):
-    """The running batch program of this thread (threads run batch programs independently)."""
-    partial = False   # True while the running group is not every lane of the top-level batch
-    frame = None      # the innermost running Frame
-    lanes = None      # the running group's lanes in that frame (None: all, in order)
-    max_depth = None  # limit of recursive calls per example (None: sys.getrecursionlimit())
-
-
-STATE = _State()
+from ..ad.tracer import untraced
+from ..errors import UnmergeableGroups
+from ..runtime.batched import Batched
+from .lanes import merge, merge_envs, take
+from .state import STATE
+from .stats import STATS, count_running_call
 
 
 def _mask_of(cond: Batched):
     """The raw boolean lane mask of a varying condition."""
     data = cond.data
-    data = getattr(data, "value", data)  # tracer -> raw (truth values carry no gradient)
+    data = untraced(data)  # tracer -> raw (truth values carry no gradient)
     if data.dtype != np.bool_:
         data = data != 0
     if data.ndim > 1:
@@ -55,55 +46,22 @@ def _mask_of(cond: Batched):
     return data
 
 
-def raise_all_lanes(exc):
-    """`raise exc` in straight-line code: every lane of the call raises it; that is only some
-    examples of the batch when the call was made under a varying condition."""
-    if isinstance(exc, type):
-        exc = exc()
-    frame = STATE.frame
-    if frame is None:
-        exc = _own_exception(exc, None, 0)
-    else:
-        exc = _own_exception(exc, frame, STATE.lanes if STATE.lanes is not None else frame.n)
-    if not STATE.partial or frame is None:
-        raise exc
-    lanes = STATE.lanes if STATE.lanes is not None else np.arange(frame.n)
-    which = frame.batch_indices(lanes)
-    filename, lineno = user_frame(2)
-    raise LaneError(f"{type(exc).__name__}{': ' + str(exc) if str(exc) else ''} (raised in "
-                    f"examples {which} of the batch only)", which, filename, lineno) from exc
-
-
-def _own_exception(exc, frame, lanes):
-    """`exc` with the message of the first example that raises it, when it was built from
-    per-example values (an f-string of a varying value): `lanes` are the raising group's lanes
-    of `frame` (or their count)."""
-    from .formatting import example_exception
-    from .lanes import is_varying
-    if not any(is_varying(a) for a in getattr(exc, "args", ())):
-        return exc
-    local = np.arange(lanes) if isinstance(lanes, int) else np.asarray(lanes)
-    if frame is None or not len(local):
-        return example_exception(exc, 0)
-    first = min(range(len(local)), key=lambda p: frame.batch_indices(local[p:p + 1])[0])
-    return example_exception(exc, first)
-
-
-def count_call(function, *args):
-    """Count a straight-line batch program's call in `spmdbatch.stats()` (when open)."""
-    if STATS.active is not None:
-        from .lanes import lane_count
-        n = lane_count(*args)
-        frame = STATE.frame
-        skipped = 0 if frame is None or STATE.lanes is None else max(0, frame.n - len(STATE.lanes))
-        STATS.record_call(function, n, skipped)
-
-
 class Frame:
-    """Waiting lane groups of one batched call (see module docstring)."""
+    """Waiting lane groups of one batched call (see module docstring).
+
+    Lanes ``0..n-1`` are the call's own. Two slots let other modules extend a frame:
+
+    - `extension`: None, or an object that runs more lanes in this frame (recursion by
+      height: `recursion.Recursion`). The scheduler then hands it every returning group
+      (``returned(lanes, n, value)``); when no group waits and ``parked`` is true, takes the
+      groups that ``resume()`` gives (``(block, lanes, n, env)``); gets the call's result from
+      ``result(returns)``; and maps any lane to the own lane it serves by ``origin[lane]``.
+    - `finisher`: None, or an object whose ``finish(frame, value)`` gives the call's result
+      from the returned value (the totals of sums over a recursion: `sums.Sums`).
+    """
 
     __slots__ = ("loop_end", "names", "fwd", "back", "returns", "n", "base_partial", "parent",
-                 "parent_lanes", "recursion", "sums", "stash")
+                 "parent_lanes", "extension", "finisher")
 
     def __init__(self, loop_end, n: int, names=None, function: str = "?"):
         self.loop_end = loop_end   # loop_end[b]: last block of the loop headed by b, or -1
@@ -115,14 +73,11 @@ class Frame:
         self.base_partial = STATE.partial
         self.parent = STATE.frame          # the calling frame, and the lanes of its group that
         self.parent_lanes = STATE.lanes    # make this call's batch (None: all of them)
-        self.recursion = None              # a Recursion once a recursive call started lanes
-        self.sums = ()                     # return positions summed over the recursion
-        self.stash: dict = {}              # position -> recorded terms (frontend/reduction.py)
-        STATE.frame = self
+        self.extension = None              # (see the class docstring)
+        self.finisher = None
         if STATS.active is not None:
-            skipped = 0 if self.parent is None or self.parent_lanes is None else \
-                max(0, self.parent.n - len(self.parent_lanes))
-            STATS.record_call(function, n, skipped)
+            count_running_call(function, n)
+        STATE.frame = self
 
     # --- moving groups ----------------------------------------------------------------------
     def jump(self, block, lanes, n, env):
@@ -163,97 +118,20 @@ class Frame:
             (self.jump_back if f_back else self.jump)(f_block, f_lanes, n - k, take(f_env, f_idx, {}))
 
     def ret(self, lanes, n, value):
-        rec = self.recursion
-        if rec is None:
+        ext = self.extension
+        if ext is None:
             self.returns.append((lanes, n, value))
             return
-        # own lanes and callee lanes alike: `result` gathers the own lanes from the chunks
-        rec.returned(np.arange(n) if lanes is None else lanes, n, value)
-
-    # --- recursion scheduled by height (frontend/recursion.py) ---------------------------------
-    def recurse(self, cont, lanes, n, funcs, args, kwargs, env, spec, globals_):
-        """Calls of the function to itself from the running group: the callee lanes join this
-        frame at the entry block and the group waits at block `cont` for their results. Calls
-        of any other function run now (as ordinary batched calls) and the group goes on."""
-        code, entry, entry_args = spec
-        if n == 0 or any(kwargs) or not all(type(f) is FunctionType and f.__code__ is code
-                                            and f.__globals__ is globals_ for f in funcs):
-            from .calls import call, call_fused
-            if len(funcs) > 1:                  # (a fused group of calls)
-                results = call_fused(funcs, args, kwargs)
-            else:
-                results = (call(funcs[0], *args[0], **kwargs[0]),)
-            if self.sums and n:
-                results = tuple(record_sums_of(self, r, lanes, n) for r in results)
-            self.jump(cont, lanes, n, env + tuple(results))
-            return
-        rec = self.recursion
-        if rec is None:
-            rec = self.recursion = Recursion(self.n)
-        m = len(funcs)
-        if m > 1:
-            STATS.record_fused(m)
-        ids = np.arange(self.n) if lanes is None else lanes
-        callees = rec.start(ids, m)
-        limit = STATE.max_depth if STATE.max_depth is not None else sys.getrecursionlimit()
-        deep = rec.too_deep(callees, limit)
-        if len(deep):
-            which = self.batch_indices(deep)
-            filename, lineno = user_frame(2)
-            raise LaneError(f"RecursionError: maximum recursion depth ({limit} calls) exceeded (in "
-                            f"examples {which} of the batch)", which, filename, lineno,
-                            "The recursion does not end for these examples (a cycle in a tree?). "
-                            "The limit is spmd(..., max_depth=N), by default sys.getrecursionlimit().")
-        # (one call: the callee lanes get their own copies of the caller's varying objects,
-        # since one object in two groups of the frame would read as uniform)
-        if m > 1:
-            merged = []
-            first_args = args[0]
-            for i, value in enumerate(first_args):
-                same = True
-                for a in args:
-                    if a[i] is not value:
-                        same = False
-                        break
-                merged.append(repeat_lanes(value, m, n) if same else
-                              merge([a[i] for a in args], [n] * m, f"argument {i}", disjoint=False))
-        else:
-            merged = [fresh(a) for a in args[0]]
-        if STATS.active is not None:
-            STATS.record_call(code.co_qualname if hasattr(code, "co_qualname") else code.co_name,
-                              m * n, 0)
-        self.jump(entry, callees.reshape(-1), m * n,
-                  tuple(merged[i] if i >= 0 else UNDEFINED for i in entry_args))
-        rec.park(cont, ids, env, callees)
-
-    # --- sums over the recursion (frontend/reduction.py) ------------------------------------------
-    def accumulate(self, position, lanes, n, value):
-        """Record `value` as a term of sum `position` for the running lanes."""
-        if n:
-            self.stash.setdefault(position, []).append((lanes, n, value, None))
-
-    def defer(self, position, lanes, n, fn, args, kwargs):
-        """Record the term ``fn(*args, **kwargs)``, to be called when the batched call ends
-        (called now instead when `fn` might have side effects: `sums.may_defer`)."""
-        if not n:
-            return
-        if may_defer(fn):
-            self.stash.setdefault(position, []).append((lanes, n, None, (fn, args, kwargs)))
-        else:
-            from .calls import call
-            self.accumulate(position, lanes, n, call(fn, *args, **kwargs))
-
-    def _resume_parked(self):
-        """Move every parked lane whose callees have all returned to its continuation."""
-        for cont, lanes, n, env in self.recursion.resume():
-            self.jump(cont, lanes, n, env)
+        # own lanes and extension lanes alike: its `result` picks the own lanes
+        ext.returned(np.arange(n) if lanes is None else lanes, n, value)
 
     # --- choosing the next block ----------------------------------------------------------------
     def pop(self):
         """The next ``(block, lanes, n, env)`` to run, or ``(-1, None, 0, None)`` when done."""
         fwd, back = self.fwd, self.back
-        if not fwd and not back and self.recursion is not None and self.recursion.parked:
-            self._resume_parked()
+        if not fwd and not back and self.extension is not None and self.extension.parked:
+            for block, lanes, n, env in self.extension.resume():
+                self.jump(block, lanes, n, env)
         if not back:
             if not fwd:
                 STATE.partial = self.base_partial
@@ -282,8 +160,8 @@ class Frame:
                         rest.append(g)
                 lanes, n, env = cluster[0] if len(cluster) == 1 else self._merge(block, cluster)
                 fwd.setdefault(block, []).extend(rest)
-        # (a permutation of all lanes is complete; once callee lanes joined, no group is)
-        STATE.partial = self.base_partial or n != self.n or self.recursion is not None
+        # (a permutation of all lanes is complete; once an extension runs lanes, no group is)
+        STATE.partial = self.base_partial or n != self.n or self.extension is not None
         STATE.lanes = lanes
         return block, lanes, n, env
 
@@ -307,17 +185,14 @@ class Frame:
     def result(self):
         """The returned value of every lane, in the call's lane order."""
         value = self._returned()
-        if self.sums:
-            items = list(value)
-            for p in self.sums:
-                items[p] = total(self, p)
-            value = tuple(items)
+        if self.finisher is not None:
+            return self.finisher.finish(self, value)
         return value
 
     def _returned(self):
         returns = self.returns
-        if self.recursion is not None:
-            return self.recursion.result(returns)
+        if self.extension is not None:
+            return self.extension.result(returns)
         if len(returns) == 1 and returns[0][0] is None:
             return returns[0][2]
         if not returns:
@@ -329,44 +204,14 @@ class Frame:
             return value                   # (already in lane order)
         return take(value, lanes.argsort(kind="stable"), {})
 
-    def raise_in_lanes(self, exc, lanes, n):
-        """Raise `exc` for the running group: as a LaneError naming the examples (batch
-        indices of the outermost @spmd call) when only some examples raise it."""
-        if isinstance(exc, type):
-            exc = exc()
-        exc = _own_exception(exc, self, np.arange(n) if lanes is None else lanes)
-        if not self.base_partial and (
-                n == self.n if self.recursion is None else
-                len(np.unique(self.recursion.origin[np.arange(n) if lanes is None else lanes])) == self.n):
-            raise exc                         # every example raises it
-        which = self.batch_indices(np.arange(n) if lanes is None else lanes)
-        filename, lineno = user_frame(2)
-        raise LaneError(f"{type(exc).__name__}{': ' + str(exc) if str(exc) else ''} (raised in "
-                        f"examples {which} of the batch only)", which, filename, lineno) from exc
-
     def batch_indices(self, local):
         """Positions in the outermost batch of this frame's lanes `local`."""
         idx = np.asarray(local)
         frame = self
         while frame is not None:
-            if frame.recursion is not None:
-                idx = frame.recursion.origin[idx]
+            if frame.extension is not None:
+                idx = frame.extension.origin[idx]
             if frame.parent_lanes is not None:
                 idx = frame.parent_lanes[idx]
             frame = frame.parent
         return sorted({int(i) for i in np.asarray(idx).reshape(-1)})
-
-
-def _examples_of_lanes(local):
-    """Batch indices of the running group's lanes at positions `local` (for runtime errors)."""
-    local = np.asarray(local, dtype=np.intp).reshape(-1)
-    frame = STATE.frame
-    if frame is None:
-        return sorted({int(i) for i in local})
-    lanes = STATE.lanes
-    return frame.batch_indices(local if lanes is None else np.asarray(lanes)[local])
-
-
-set_lane_namer(_examples_of_lanes)
-
-from .sums import may_defer, record_sums_of, total  # noqa: E402  (sums reads STATE, defined above)

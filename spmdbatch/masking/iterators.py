@@ -13,9 +13,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UnmergeableGroups, UnsupportedConstruct, VaryingValueError
-from ..runtime.batched import Batched, user_frame
+from ..runtime.batched import Batched, Ragged
+from ..runtime.blame import user_frame
 from ..runtime.mapped import LaneMapped
-from ..runtime.ragged import Ragged
+from .lane_list import RaggedList, RaggedListIterator, iterate
 from .lanes import UNDEFINED, is_varying, merge, take
 
 
@@ -27,6 +28,13 @@ def _same_kind(group):
     if any(type(it) is not kind for it in group[1:]):
         raise UnmergeableGroups(f"loops over different kinds of iterables meet "
                                 f"({', '.join(sorted({type(it).__name__ for it in group}))})")
+
+
+def _same_loop(group):
+    """`_same_kind`, and every iterator at one position (lanes of one loop in one iteration)."""
+    _same_kind(group)
+    if any(it.position != group[0].position for it in group):
+        raise UnmergeableGroups("lanes of one for loop at different positions")
 
 class BatchedRange:
     """``range(start, stop, step)`` where some bound varies between examples."""
@@ -113,9 +121,7 @@ class LaneSequenceIterator:
 
     def _spmd_merge_lanes(self, others, counts):
         group = [self] + list(others)
-        _same_kind(group)
-        if any(it.position != self.position for it in group):
-            raise UnmergeableGroups("lanes of one for loop at different positions")
+        _same_loop(group)
         return LaneSequenceIterator(merge([it.items for it in group], counts), self.position)
 
     def next(self):
@@ -226,9 +232,7 @@ class LaneZipIterator:
 
     def _spmd_merge_lanes(self, others, counts):
         group = [self] + list(others)
-        _same_kind(group)
-        if any(it.position != self.position for it in group):
-            raise UnmergeableGroups("lanes of one for loop at different positions")
+        _same_loop(group)
         return LaneZipIterator(merge([it.zipped for it in group], counts), self.position)
 
     def next(self):
@@ -254,7 +258,6 @@ def lane_enumerate(source, start=0):
 
 def get_iter(value):
     """`iter(value)` for batch programs."""
-    from .lane_list import RaggedList, iterate
     if type(value) is RaggedList:
         return iterate(value)
     if type(value) is LaneMapped:
@@ -293,8 +296,6 @@ def iter_next(iterator):
     except StopIteration:
         return UNDEFINED, False
 
-
-from .lane_list import RaggedListIterator  # noqa: E402  (lane_list imports lanes only)
 
 
 def batched_range(*args):

@@ -32,13 +32,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ad.tracer import Tracer
-from ..errors import LaneError, UnmergeableGroups, VaryingValueError
+from ..ad.tracer import Tracer, untraced
+from ..errors import DivergentSideEffect, LaneError, UnmergeableGroups, VaryingValueError
 from ..runtime import primitives as P
 from ..runtime import pytree
-from ..runtime.batched import Batched, user_frame
-from ..runtime.ragged import Ragged
-from .lanes import OWNED_CONTAINERS, UNDEFINED, is_varying, merge, take
+from ..runtime.batched import Batched, Ragged
+from ..runtime.blame import user_frame
+from .lanes import OWNED_CONTAINERS, UNDEFINED, fresh, is_varying, lane_count, merge, take
+from .state import STATE, running_examples, running_lane_count
 
 
 # Lists passed to the batched calls now running (`calls.run_batched`): id -> [list, count].
@@ -59,7 +60,6 @@ class LaneList(list):
         return out
 
     def _spmd_freeze(self):
-        from .lanes import fresh
         out = FrozenList(fresh(v) for v in list.__iter__(self))
         out.lengths = None
         return out
@@ -70,7 +70,6 @@ class LaneList(list):
     def _spmd_lane_count(self):
         for v in list.__iter__(self):
             if is_varying(v):
-                from .lanes import lane_count
                 return lane_count(v)
         return None
 
@@ -95,7 +94,6 @@ class RaggedList(LaneList):
         return _make(cols, self.lengths[idx], _is_frozen(self) or id(self) in BORROWED)
 
     def _spmd_freeze(self):
-        from .lanes import fresh
         return _make([fresh(v) for v in list.__iter__(self)], self.lengths.copy(), True)
 
     def _spmd_lane_count(self):
@@ -201,7 +199,6 @@ def _is_frozen(lst) -> bool:
 
 
 def _refuse_borrowed():
-    from ..errors import DivergentSideEffect
     filename, lineno = user_frame(3)
     raise DivergentSideEffect(
         "changing a list that was passed to this function, after its examples took different paths "
@@ -244,7 +241,6 @@ class LaneDict(dict):
         return LaneDict({k: take(v, idx, memo) for k, v in self.items()})
 
     def _spmd_freeze(self):
-        from .lanes import fresh
         return {k: fresh(v) for k, v in self.items()}   # (a plain dict: changes are refused)
 
     def _spmd_merge_lanes(self, others, counts):
@@ -253,7 +249,6 @@ class LaneDict(dict):
     def _spmd_lane_count(self):
         for v in self.values():
             if is_varying(v):
-                from .lanes import lane_count
                 return lane_count(v)
         return None
 
@@ -317,21 +312,16 @@ def _lanes_or_none(lst, *others):
     n = LaneList._spmd_lane_count(lst)
     for v in others:
         if n is None and is_varying(v):
-            from .lanes import lane_count
             n = lane_count(v)
     if n is None:
-        from .frame import STATE
-        frame = STATE.frame
-        if frame is None:
-            return 1
-        return frame.n if STATE.lanes is None else len(STATE.lanes)
+        return running_lane_count()
     return n
 
 
 def _positions(index, lengths, what, insert=False):
     """Per-lane non-negative positions of a (uniform or varying) Python index."""
     if type(index) is Batched:
-        data = getattr(index.data, "value", index.data)
+        data = untraced(index.data)
         if data.ndim != 1 or data.dtype.kind not in "iub":
             filename, lineno = user_frame(3)
             raise VaryingValueError(f"{what}: list indices must be integers", filename, lineno)
@@ -346,18 +336,10 @@ def _positions(index, lengths, what, insert=False):
 
 def _lane_error(message, bad):
     """Raise IndexError `message` for the running group's lanes `bad` (a LaneError naming them)."""
-    from .frame import STATE
-    frame = STATE.frame
     filename, lineno = user_frame(3)
-    if frame is None:
-        raise LaneError(f"IndexError: {message} (raised in examples {bad.tolist()} of the batch only)",
-                        bad.tolist(), filename, lineno)
-    lanes = STATE.lanes
-    which = frame.batch_indices(bad if lanes is None else lanes[bad])
-    everyone = not frame.base_partial and frame.recursion is None and len(which) == frame.n \
-        and (lanes is None or len(lanes) == frame.n)
-    if everyone:
-        raise IndexError(message)
+    which = running_examples(bad)
+    if STATE.frame is not None and not STATE.partial and len(which) == STATE.frame.n:
+        raise IndexError(message)           # (every example of the batch raises it)
     raise LaneError(f"IndexError: {message} (raised in examples {which} of the batch only)",
                     which, filename, lineno)
 
@@ -595,11 +577,8 @@ def stack_lanes(lst, axis=0, kind="stack"):
                                 f"axis {axis}", filename, lineno, "Stack along axis 0 (the ragged axis).")
     empty = (lengths == 0).nonzero()[0]
     if empty.size and kind != "array":
-        from .frame import STATE
         filename, lineno = user_frame(3)
-        frame = STATE.frame
-        which = empty.tolist() if frame is None else frame.batch_indices(
-            empty if STATE.lanes is None else STATE.lanes[empty])
+        which = running_examples(empty)
         raise LaneError(f"ValueError: need at least one array to {kind} (raised in examples {which} "
                         f"of the batch only)", which, filename, lineno)
     n = len(lengths)
@@ -619,8 +598,8 @@ def stack_lanes(lst, axis=0, kind="stack"):
         filename, lineno = user_frame(3)
         raise VaryingValueError(f"numpy.{kind} of list items of different shapes {sorted(tails)}",
                                 filename, lineno)
-    dtype = np.result_type(*[getattr(d, "value", d).dtype for d in datas])
-    datas = [d if getattr(d, "value", d).dtype == dtype else P.astype(d, dtype=dtype) for d in datas]
+    dtype = np.result_type(*[untraced(d).dtype for d in datas])
+    datas = [d if untraced(d).dtype == dtype else P.astype(d, dtype=dtype) for d in datas]
     data = P.concatenate(*[P.reshape(d, shape=(n, 1) + tuple(d.shape[1:])) for d in datas], axis=1)
     tail = tuple(data.shape[2:])
     if kind == "concatenate":
@@ -632,7 +611,7 @@ def stack_lanes(lst, axis=0, kind="stack"):
         lengths = lengths * k
     valid = np.arange(data.shape[1])[None, :] < lengths[:, None]
     valid = valid.reshape(valid.shape + (1,) * (data.ndim - 2))
-    raw = getattr(data, "value", data)
+    raw = untraced(data)
     data = P.where(valid, data, np.zeros((), dtype=raw.dtype))
     return Ragged(data, lengths)
 

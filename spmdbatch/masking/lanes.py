@@ -20,10 +20,10 @@ import numpy as np
 from ..errors import UnmergeableGroups
 from ..runtime import primitives as P
 from ..runtime import pytree
-from ..ad.tracer import Tracer
-from ..runtime.batched import Batched, user_frame
+from ..ad.tracer import Tracer, untraced
+from ..runtime.batched import Batched, Ragged
+from ..runtime.blame import user_frame
 from ..runtime.mapped import MIN_MAPPED_SIZE, LaneMapped, as_mapped, identity_index, mappable
-from ..runtime.ragged import Ragged
 
 
 class _Undefined:
@@ -179,6 +179,11 @@ def take(value, idx, memo=None):
         if hit is None or hit[0] is not index:
             hit = memo[key] = (index, index[idx])
         return LaneMapped(value.base, hit[1], value.lengths)
+    if kind is Ragged:
+        data = value.data
+        if type(data) is np.ndarray:
+            return LaneMapped(data, idx, value.lengths)     # raw per-lane data: map, do not copy
+        return Ragged(P.take_lanes(data, idx), value.lengths[idx])
     hook = getattr(value, "_spmd_take_lanes", None)
     if hook is not None:
         return hook(idx)
@@ -266,6 +271,29 @@ def repeat_lanes(value, m, n):
             repeated = np.concatenate([index] * m)
             return kind(*[LaneMapped(v.base, repeated, v.lengths) for v in value])
     return merge([value] * m, [n] * m, "an argument", disjoint=False)
+
+
+def merge_calls(args, kwargs, counts):
+    """The arguments of several calls of one function as those of ONE call over all their
+    lanes: call i passes ``args[i]``, ``kwargs[i]`` (the same keys) for ``counts[i]`` lanes.
+    The calls may be made by the same lanes (fused calls), so an object that every call
+    passes is repeated for each (`repeat_lanes`), never taken as uniform."""
+    m, n = len(args), counts[0]
+    same_counts = all(c == n for c in counts)
+
+    def one(values, name):
+        first = values[0]
+        if same_counts:
+            for v in values:
+                if v is not first:
+                    break
+            else:
+                return repeat_lanes(first, m, n)
+        return merge(values, counts, name, disjoint=False)
+
+    merged = [one([a[i] for a in args], f"argument {i}") for i in range(len(args[0]))]
+    merged_kw = {key: one([k[key] for k in kwargs], f"argument {key!r}") for key in kwargs[0]}
+    return merged, merged_kw
 
 
 def fresh(value):
@@ -379,8 +407,6 @@ def merge(values, counts, name: str = "a value", disjoint: bool = True, _memo=No
         if all(type(v) is LaneMapped and v.base is values[0].base for v in values):
             # (through the fast path above, so fields of a record keep sharing one lane map)
             return merge(values, counts, name, disjoint, _memo)
-        if all(type(v) is LaneMapped for v in values):
-            return values[0]._spmd_merge_lanes(values[1:], counts)
         values = [v.materialize() if type(v) is LaneMapped else v for v in values]
     hook = getattr(values[0], "_spmd_merge_lanes", None)
     if hook is not None:
@@ -509,7 +535,7 @@ def weak_merge_dtype(values):
         with np.errstate(over="ignore", invalid="ignore"):
             for v in numbers:
                 if type(v) is Batched:
-                    v = getattr(v.data, "value", v.data)
+                    v = untraced(v.data)
                 cast = np.asarray(v).astype(dtype)
                 if dtype.kind in "iub" and np.any(cast != v):
                     return None

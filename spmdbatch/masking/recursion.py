@@ -1,20 +1,28 @@
 """Recursion scheduled by height: the state a frame keeps once a function called itself.
 
-frontend/recursion.py ends a block at a call of the function to itself; `Frame.recurse`
-then adds the callee lanes to the running frame and parks the calling lanes here until all
-their callees returned (see docs/DESIGN.md, "Recursion, by height").
+frontend/recursion.py ends a block at a call of the function to itself; `recurse` then adds
+the callee lanes to the running frame and parks the calling lanes here until all their
+callees returned (see docs/DESIGN.md, "Recursion, by height"). A `Recursion` is the frame's
+`extension` (masking/frame.py): the scheduler hands it returning groups and takes resumed ones.
 """
 from __future__ import annotations
 
 import copy
+import sys
+from types import FunctionType
 
 import numpy as np
 
-from ..errors import SpmdError, UnmergeableGroups
+from ..errors import LaneError, SpmdError, UnmergeableGroups
 from ..runtime import primitives as P
-from ..runtime.batched import Batched, user_frame
-from .lanes import _lane_data, check_row_shapes, is_varying, merge, merge_envs, take
+from ..runtime.batched import Batched
+from ..runtime.blame import user_frame
+from .calls import call, call_fused
+from .lanes import (UNDEFINED, _lane_data, check_row_shapes, fresh, is_varying, merge, merge_calls,
+                    merge_envs, take)
 from .return_rows import ReturnRows
+from .state import STATE
+from .stats import STATS
 
 
 class Recursion:
@@ -285,3 +293,54 @@ def _gather(values, counts, parts, size):
         order[pos] = offset + rows
         offset += n
     return take(merged, order, {})
+
+
+def recurse(frame, cont, lanes, n, funcs, args, kwargs, env, spec, globals_):
+    """Calls of the function to itself from the running group of `frame` (the generated code
+    of a `Recurse` terminator, frontend/recursion.py): the callee lanes join the frame at the
+    entry block (the frame's `extension` is this frame's `Recursion`) and the group parks at
+    block `cont` until their results are in. Calls of any other function (a rebound global,
+    keyword arguments) run now, as ordinary batched calls, and the group goes on to `cont`.
+    `spec` is (the function's code object, the entry block, the entry environment's argument
+    positions)."""
+    code, entry, entry_args = spec
+    if n == 0 or any(kwargs) or not all(type(f) is FunctionType and f.__code__ is code
+                                        and f.__globals__ is globals_ for f in funcs):
+        if len(funcs) > 1:                  # (a fused group of calls)
+            results = call_fused(funcs, args, kwargs)
+        else:
+            results = (call(funcs[0], *args[0], **kwargs[0]),)
+        sums = frame.finisher               # (the continuation will not add these results'
+        if sums is not None and n:          # sums: they become terms, masking/sums.py)
+            results = tuple(sums.record_result(r, lanes, n) for r in results)
+        frame.jump(cont, lanes, n, env + tuple(results))
+        return
+    rec = frame.extension
+    if rec is None:
+        rec = frame.extension = Recursion(frame.n)
+    m = len(funcs)
+    if m > 1:
+        STATS.record_fused(m)
+    ids = np.arange(frame.n) if lanes is None else lanes
+    callees = rec.start(ids, m)
+    limit = STATE.max_depth if STATE.max_depth is not None else sys.getrecursionlimit()
+    deep = rec.too_deep(callees, limit)
+    if len(deep):
+        which = frame.batch_indices(deep)
+        filename, lineno = user_frame(2)
+        raise LaneError(f"RecursionError: maximum recursion depth ({limit} calls) exceeded (in "
+                        f"examples {which} of the batch)", which, filename, lineno,
+                        "The recursion does not end for these examples (a cycle in a tree?). "
+                        "The limit is spmd(..., max_depth=N), by default sys.getrecursionlimit().")
+    if m > 1:
+        merged, _ = merge_calls(args, kwargs, [n] * m)
+    else:
+        # (the callee lanes get their own copies of the caller's varying objects, since one
+        # object in two groups of the frame would read as uniform)
+        merged = [fresh(a) for a in args[0]]
+    if STATS.active is not None:
+        STATS.record_call(code.co_qualname if hasattr(code, "co_qualname") else code.co_name,
+                          m * n, 0)
+    frame.jump(entry, callees.reshape(-1), m * n,
+               tuple(merged[i] if i >= 0 else UNDEFINED for i in entry_args))
+    rec.park(cont, ids, env, callees)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ad.tracer import Tracer
+from ..ad.tracer import Tracer, untraced
 from ..runtime import primitives as P
 from ..runtime.backend import namespace
 from ..runtime.batched import Batched
@@ -124,7 +124,7 @@ def _item(value, kind, position):
 
 
 def _raw(data):
-    return data.value if type(data) is Tracer else data
+    return untraced(data)
 
 
 def _grown(buffer, raw, capacity):

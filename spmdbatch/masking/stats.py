@@ -17,6 +17,9 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 
+from .lanes import lane_count
+from .state import STATE
+
 
 class Stats:
     """Counters of one `stats()` block."""
@@ -74,3 +77,17 @@ class stats:  # noqa: N801  (used as a function / context manager)
     def __exit__(self, *exc):
         STATS.active = self.previous
         return False
+
+
+def count_running_call(function, n):
+    """Count a batched call of `function` over `n` lanes made by the running group (the other
+    lanes of the running frame are left out of it)."""
+    frame = STATE.frame
+    skipped = 0 if frame is None or STATE.lanes is None else max(0, frame.n - len(STATE.lanes))
+    STATS.record_call(function, n, skipped)
+
+
+def count_call(function, *args):
+    """Count a straight-line batch program's call (generated code; when `stats()` is open)."""
+    if STATS.active is not None:
+        count_running_call(function, lane_count(*args))

@@ -17,6 +17,7 @@ import numpy as np
 
 from .. import files
 from ..runtime import pytree
+from ..ad.tracer import untraced
 from ..runtime.backend import to_numpy
 from .module import named_leaves
 
@@ -25,7 +26,7 @@ _MAX_META_BYTES = 64 * 2**20
 
 
 def _host(leaf):
-    return np.asarray(to_numpy(getattr(leaf, "value", leaf)))
+    return np.asarray(to_numpy(untraced(leaf)))
 
 
 def save_tree(path, tree, meta=None):

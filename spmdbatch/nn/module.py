@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .. import files
+from ..ad.tracer import untraced
 from ..masking import calls as _calls
 from ..runtime import pytree
 from ..runtime.backend import is_floating, to_numpy
@@ -109,11 +110,11 @@ class Module:
 
     def num_parameters(self) -> int:
         """The total number of scalar parameters (elements of floating leaves)."""
-        return int(sum(np.size(_raw(v)) for _, v in self.parameters() if is_floating(_raw(v))))
+        return int(sum(np.size(untraced(v)) for _, v in self.parameters() if is_floating(untraced(v))))
 
     def state_dict(self) -> dict:
         """``{dotted name: numpy array}`` (host copies of the leaves)."""
-        return {name: np.array(to_numpy(_raw(leaf))) for name, leaf in self.parameters()}
+        return {name: np.array(to_numpy(untraced(leaf))) for name, leaf in self.parameters()}
 
     def load_state_dict(self, state: dict, strict: bool = True):
         """A new module with the leaves taken from `state` (as made by `state_dict`).
@@ -136,13 +137,13 @@ class Module:
                 out.append(leaf)
                 continue
             value = np.asarray(state[name])
-            if np.shape(value) != np.shape(_raw(leaf)):
+            if np.shape(value) != np.shape(untraced(leaf)):
                 raise ValueError(f"load_state_dict for {type(self).__name__}: {name!r} has shape "
-                                 f"{np.shape(value)} in the state, {np.shape(_raw(leaf))} in the module")
+                                 f"{np.shape(value)} in the state, {np.shape(untraced(leaf))} in the module")
             if isinstance(leaf, (int, float, bool)):
                 out.append(type(leaf)(value))
             else:
-                out.append(value.astype(np.asarray(_raw(leaf)).dtype, copy=True))
+                out.append(value.astype(np.asarray(untraced(leaf)).dtype, copy=True))
         return treedef.unflatten(out)
 
     def save(self, path) -> None:
@@ -166,7 +167,7 @@ class Module:
                                   max_member_bytes=4096).get(_META_KEY)
         if strict and saved_as is not None and str(saved_as) != type(self).__qualname__:
             raise ValueError(f"{path} holds the parameters of a {saved_as}, not a {type(self).__qualname__}")
-        expected = {name: np.shape(_raw(leaf)) for name, leaf in self.parameters()}
+        expected = {name: np.shape(untraced(leaf)) for name, leaf in self.parameters()}
         if saved_as is not None:
             expected[_META_KEY] = None
         state = files.read_npz(path, expected, strict=strict, max_member_bytes=4096)
@@ -176,7 +177,7 @@ class Module:
     def astype(self, dtype):
         """A copy with every floating leaf cast to `dtype`."""
         return pytree.tree_map(
-            lambda x: np.asarray(x).astype(dtype) if is_floating(_raw(x)) and not isinstance(x, float) else x,
+            lambda x: np.asarray(x).astype(dtype) if is_floating(untraced(x)) and not isinstance(x, float) else x,
             self)
 
     # --- modes -------------------------------------------------------------------------------
@@ -213,10 +214,6 @@ def _register_field(cls, name, value):
     cls.__dataclass_fields__ = {**cls.__dataclass_fields__, name: made.__dataclass_fields__[name]}
     if not hasattr(cls, name):        # instances that never set it read None
         setattr(cls, name, None)
-
-
-def _raw(leaf):
-    return getattr(leaf, "value", leaf) if hasattr(leaf, "tape") else leaf
 
 
 # --- dotted names ----------------------------------------------------------------------------
@@ -261,7 +258,7 @@ def map_modules(tree, fn):
 
 # --- repr ------------------------------------------------------------------------------------
 def _describe_leaf(x) -> str:
-    raw = _raw(x)
+    raw = untraced(x)
     if hasattr(raw, "shape") and hasattr(raw, "dtype"):
         prefix = "traced " if raw is not x else ""
         return f"{prefix}{raw.dtype}[{', '.join(map(str, raw.shape))}]"

@@ -36,6 +36,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..ad.sparse import SparseRows, densify
+from ..ad.tracer import untraced
 from ..runtime import pytree
 from ..runtime.backend import is_floating, namespace
 from .module import named_leaves
@@ -53,7 +54,7 @@ def global_norm(tree) -> float:
     total = 0.0
     for leaf in pytree.leaves(tree):
         if is_floating(leaf):
-            a = np.asarray(getattr(leaf, "value", leaf), dtype=np.float64)
+            a = np.asarray(untraced(leaf), dtype=np.float64)
             total += float((a * a).sum())
     return math.sqrt(total)
 
@@ -159,7 +160,7 @@ class Optimizer:
     def _init_slot(self, slot, leaf):
         if not is_floating(leaf):
             return np.zeros(())
-        value = getattr(leaf, "value", leaf)
+        value = untraced(leaf)
         return namespace(value).zeros(np.shape(value), dtype=getattr(value, "dtype", np.float64))
 
     def update(self, params, grads, state: OptState, *, donate: bool = False):
@@ -190,7 +191,7 @@ class Optimizer:
         hps = self.leaf_hyper(params)
         t = state.step + 1
         # (an array two leaves share is not written in place: each gets a copy)
-        uses = Counter(id(getattr(p, "value", p)) for p in p_leaves) if donate else None
+        uses = Counter(id(untraced(p)) for p in p_leaves) if donate else None
         new_p, new_slots = [], {s: [] for s in self.SLOTS}
         for i, (p, g, hp) in enumerate(zip(p_leaves, g_leaves, hps)):
             if not is_floating(p):
@@ -198,8 +199,8 @@ class Optimizer:
                 for s in self.SLOTS:
                     new_slots[s].append(slot_leaves[s][i])
                 continue
-            p_raw = getattr(p, "value", p)
-            g_raw = getattr(g, "value", g)
+            p_raw = untraced(p)
+            g_raw = untraced(g)
             if type(g_raw) is SparseRows:
                 hp = dict(hp)
                 if callable(hp["lr"]):

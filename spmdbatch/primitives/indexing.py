@@ -22,7 +22,8 @@ from ..errors import UnsupportedOperation
 from ..runtime import primitives as P
 from ..runtime import segments
 from ..runtime.backend import namespace
-from ..runtime.batched import Batched, lane_error
+from ..runtime.batched import Batched
+from ..runtime.blame import lane_error
 from ..runtime.batching import _as_lanes, _lanes, _ndim, _with_rank, lane_arange
 from ..runtime.blame import user_frame
 from ..runtime.primitives import fill_index, is_advanced_index

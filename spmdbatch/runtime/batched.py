@@ -1,4 +1,6 @@
-"""`Batched`: the per-example value of every lane, stacked along a leading batch axis.
+"""`Batched`: the per-example value of every lane, stacked along a leading batch axis; and
+`Ragged`, the same for examples whose first axis differs in length (its rules are in
+runtime/ragged.py).
 
 Inside an @spmd program a value is either *uniform* (a plain Python object or array, the same
 for every example) or *varying* (a `Batched`). A `Batched` behaves like the value of ONE
@@ -12,10 +14,13 @@ Python needs one concrete value for `bool(x)`, `int(x)`, `float(x)`, shapes and 
 """
 from __future__ import annotations
 
-from ..errors import VaryingValueError
+import numpy as np
+
+from ..errors import UnsupportedOperation, VaryingValueError
+from . import primitives as P
 from .array_methods import ArrayMethods
 from .backend import namespace
-from .blame import lane_error, set_lane_namer, user_frame  # noqa: F401  (also imported from here)
+from .blame import user_frame
 
 
 def _concrete_error(what: str, hint: str) -> VaryingValueError:
@@ -108,6 +113,88 @@ class Batched(ArrayMethods):
     def __repr__(self):
         weak = ", weak" if self.weak else ""
         return f"Batched(lanes={self.data.shape[0]}, shape={self.shape}, dtype={self.dtype}{weak})"
+
+
+
+class Ragged(Batched):
+    """Per-example arrays of different lengths along their first axis (examples whose first
+    axis differs in length): `data` padded with zeros to the longest example, plus `lengths`
+    (one int per lane). Each example sees its own length (`x.shape[0]`, `len(x)` are varying);
+    the rules of runtime/ragged.py keep the padding out of results and gradients."""
+
+    __slots__ = ("lengths",)
+
+    def __init__(self, data, lengths):
+        self.data = data
+        self.lengths = lengths
+        self.weak = False
+
+    @property
+    def shape(self):
+        return (Batched(self.lengths, weak=True),) + tuple(self.data.shape[2:])   # Python ints
+
+    @property
+    def padded_length(self) -> int:
+        return self.data.shape[1]
+
+    def mask(self):
+        """Boolean data (lanes, padded length, 1, ...) that is True inside each example."""
+        data = self.data
+        valid = np.arange(data.shape[1])[None, :] < np.asarray(self.lengths)[:, None]
+        return valid.reshape(valid.shape + (1,) * (data.ndim - 2))
+
+    def _spmd_take_lanes(self, idx):
+        # (masking.lanes.take maps raw per-lane data instead: runtime/mapped.py)
+        return Ragged(P.take_lanes(self.data, idx), self.lengths[idx])
+
+    def _spmd_merge_lanes(self, others, counts):
+        group = [self] + list(others)
+        if not all(type(g) is Ragged for g in group):
+            if all(type(g) in (Ragged, Batched) and g.data.ndim >= 2 for g in group):
+                group = [as_ragged(g) for g in group]     # (a regular array: every length full)
+            else:
+                filename, lineno = user_frame(2)
+                raise UnsupportedOperation(
+                    "a variable holds a ragged value on some paths and another kind of value on "
+                    "others where control flow joins", filename, lineno,
+                    "Pad the examples to one length before batching, or index, reduce or iterate "
+                    "over the ragged axis instead.")
+        width = max(g.padded_length for g in group)
+        return Ragged(P.concatenate(*[_pad_to(g.data, width) for g in group], axis=0),
+                      np.concatenate([g.lengths for g in group]))
+
+    def _spmd_assign(self, other):
+        Batched._spmd_assign(self, other)
+        self.lengths = other.lengths
+
+    def _spmd_stop_gradient(self):
+        return Ragged(getattr(self.data, "value", self.data), self.lengths)
+
+    def __len__(self):
+        filename, lineno = user_frame()
+        raise VaryingValueError("len() of a ragged value as a Python int", filename, lineno,
+                                "Inside @spmd code len(x) works (it is varying); elsewhere use x.shape[0].")
+
+    def __repr__(self):
+        return f"Ragged(lanes={self.data.shape[0]}, padded shape={self.data.shape[1:]}, dtype={self.dtype})"
+
+
+def as_ragged(x):
+    """`x` as a `Ragged` (a regular varying array: every example's full length)."""
+    if type(x) is Ragged:
+        return x
+    data = x.data
+    return Ragged(data, np.full(data.shape[0], data.shape[1], dtype=np.intp))
+
+
+
+def _pad_to(data, width):
+    missing = width - data.shape[1]
+    if missing == 0:
+        return data
+    raw = getattr(data, "value", data)
+    zeros = np.zeros((data.shape[0], missing) + tuple(data.shape[2:]), dtype=raw.dtype)
+    return P.concatenate(data, zeros, axis=1)
 
 
 from .pytree import register_leaf_type  # noqa: E402

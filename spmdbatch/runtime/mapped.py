@@ -7,7 +7,8 @@ recursion. Indexing it with one per-lane integer (`tree.left[k]`) gathers straig
 `base` in one step; any other operation first materializes ``base[index]``.
 
 Only raw (not differentiated) data is mapped: values on the autodiff tape are copied, so
-their gradients flow through the lane-gather primitive.
+their gradients flow through the lane-gather primitive. Taking and merging lanes of mapped
+values (and of a mix of mapped and other values) is masking/lanes.py's `take` and `merge`.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from ..errors import VaryingValueError
 from . import primitives as P
 from .array_methods import ArrayMethods
 from .backend import namespace
-from .batched import Batched, lane_error, user_frame
+from .batched import Batched, Ragged
+from .blame import lane_error, user_frame
 from .dispatch import bind, register_value_type
 
 MIN_MAPPED_SIZE = 8
@@ -63,7 +65,6 @@ class LaneMapped(ArrayMethods):
 
     def materialize(self) -> Batched:
         if self.lengths is not None:
-            from .ragged import Ragged
             return Ragged(self.base[self.index], self.lengths[self.index])
         return Batched(self.base[self.index])
 
@@ -72,13 +73,6 @@ class LaneMapped(ArrayMethods):
 
     def _spmd_take_lanes(self, idx):
         return LaneMapped(self.base, self.index[idx], self.lengths)
-
-    def _spmd_merge_lanes(self, others, counts):
-        group = [self] + list(others)
-        if all(type(g) is LaneMapped and g.base is self.base for g in group):
-            return LaneMapped(self.base, np.concatenate([g.index for g in group]), self.lengths)
-        from ..masking.lanes import merge   # (runtime does not import masking at load time)
-        return merge([g.materialize() if type(g) is LaneMapped else g for g in group], counts)
 
     def _spmd_stop_gradient(self):
         return self

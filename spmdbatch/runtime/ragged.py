@@ -1,10 +1,10 @@
-"""Ragged per-example values: examples whose first axis differs in length.
+"""The rules of ragged per-example values: examples whose first axis differs in length.
 
-A `Ragged` is a `Batched` whose `data` is padded (with zeros) to the longest example along
-the first per-example axis, plus `lengths` (one int per lane). Each example sees its own
-length: `x.shape[0]` and `len(x)` are varying, iteration stops at the lane's own end, and
-reductions over the ragged axis ignore the padding (they fill it with the reduction's
-identity first). Padding never leaks into results or gradients: it is either masked away
+A `Ragged` (runtime/batched.py, beside `Batched`) is a `Batched` whose `data` is padded (with
+zeros) to the longest example along the first per-example axis, plus `lengths` (one int
+per lane). Each example sees its own length: `x.shape[0]` and `len(x)` are varying,
+iteration stops at the lane's own end, and reductions over the ragged axis ignore the
+padding (they fill it with the reduction's identity first). Padding never leaks into results or gradients: it is either masked away
 or kept out of the example's view.
 
 A primitive applied to a ragged operand runs its ragged rule (`Primitive.ragged`, declared
@@ -23,67 +23,10 @@ import numpy as np
 from ..errors import UnsupportedOperation
 from . import primitives as P
 from .array_methods import ArrayMethods
-from .batched import Batched, lane_error, user_frame
+from .batched import Batched, Ragged, _pad_to, as_ragged
+from .blame import lane_error, user_frame
+from .mapped import LaneMapped
 from .dispatch import register_value_type
-
-
-class Ragged(Batched):
-    """Per-example arrays of different lengths along their first axis (padded, see module)."""
-
-    __slots__ = ("lengths",)
-
-    def __init__(self, data, lengths):
-        self.data = data
-        self.lengths = lengths
-        self.weak = False
-
-    @property
-    def shape(self):
-        return (Batched(self.lengths, weak=True),) + tuple(self.data.shape[2:])   # Python ints
-
-    @property
-    def padded_length(self) -> int:
-        return self.data.shape[1]
-
-    def mask(self):
-        """Boolean data (lanes, padded length, 1, ...) that is True inside each example."""
-        data = self.data
-        valid = np.arange(data.shape[1])[None, :] < np.asarray(self.lengths)[:, None]
-        return valid.reshape(valid.shape + (1,) * (data.ndim - 2))
-
-    def _spmd_take_lanes(self, idx):
-        if type(self.data) is np.ndarray:   # raw per-lane data: follow lanes by index map
-            from .mapped import LaneMapped
-            return LaneMapped(self.data, idx, self.lengths)
-        return Ragged(P.take_lanes(self.data, idx), self.lengths[idx])
-
-    def _spmd_merge_lanes(self, others, counts):
-        group = [self] + list(others)
-        if not all(type(g) is Ragged for g in group):
-            if all(type(g) in (Ragged, Batched) and g.data.ndim >= 2 for g in group):
-                group = [as_ragged(g) for g in group]     # (a regular array: every length full)
-            else:
-                raise _refusal("a variable holds a ragged value on some paths and another kind of "
-                               "value on others where control flow joins")
-        width = max(g.padded_length for g in group)
-        return Ragged(P.concatenate(*[_pad_to(g.data, width) for g in group], axis=0),
-                      np.concatenate([g.lengths for g in group]))
-
-    def _spmd_assign(self, other):
-        Batched._spmd_assign(self, other)
-        self.lengths = other.lengths
-
-    def _spmd_stop_gradient(self):
-        return Ragged(getattr(self.data, "value", self.data), self.lengths)
-
-    def __len__(self):
-        filename, lineno = user_frame()
-        from ..errors import VaryingValueError
-        raise VaryingValueError("len() of a ragged value as a Python int", filename, lineno,
-                                "Inside @spmd code len(x) works (it is varying); elsewhere use x.shape[0].")
-
-    def __repr__(self):
-        return f"Ragged(lanes={self.data.shape[0]}, padded shape={self.data.shape[1:]}, dtype={self.dtype})"
 
 
 def _refusal(what: str, hint: str = "Pad the examples to one length before batching, or "
@@ -92,13 +35,6 @@ def _refusal(what: str, hint: str = "Pad the examples to one length before batch
     filename, lineno = user_frame(depth)
     return UnsupportedOperation(what, filename, lineno, hint)
 
-
-def as_ragged(x):
-    """`x` as a `Ragged` (a regular varying array: every example's full length)."""
-    if type(x) is Ragged:
-        return x
-    data = x.data
-    return Ragged(data, np.full(data.shape[0], data.shape[1], dtype=np.intp))
 
 
 def _raw(value):
@@ -170,14 +106,6 @@ def ragged_arange(*args, dtype=None):
     data = (start[:, None] + np.arange(width) * step[:, None]).astype(dtype)
     return Ragged(data, count)
 
-
-def _pad_to(data, width):
-    missing = width - data.shape[1]
-    if missing == 0:
-        return data
-    raw = getattr(data, "value", data)
-    zeros = np.zeros((data.shape[0], missing) + tuple(data.shape[2:]), dtype=raw.dtype)
-    return P.concatenate(data, zeros, axis=1)
 
 
 def from_examples(arrays):
@@ -346,7 +274,10 @@ class RaggedT(ArrayMethods):
     xp = property(lambda self: self.base.xp)
 
     def _spmd_take_lanes(self, idx):
-        return RaggedT(self.base._spmd_take_lanes(idx))
+        base = self.base
+        if type(base) is Ragged and type(base.data) is np.ndarray:   # raw data: map, do not copy
+            return RaggedT(LaneMapped(base.data, idx, base.lengths))
+        return RaggedT(base._spmd_take_lanes(idx))
 
     def _spmd_merge_lanes(self, others, counts):
         if not all(type(o) is RaggedT for o in others):

@@ -29,8 +29,10 @@ import numpy as np
 
 from ..errors import LaneError
 from . import primitives as P
+from .array_methods import index_update
 from .backend import namespace
-from .batched import Batched, user_frame
+from .batched import Batched, Ragged
+from .blame import user_frame
 
 MAX_ROUNDS = 64
 """Above this many rounds (a node with more incoming edges), a scatter uses ``add.at``."""
@@ -211,7 +213,6 @@ def gather(x, idx):
     """``x[idx]`` per example (x: Ragged or Batched with >= 1 per-example axes; idx: a
     Ragged or Batched integer array, such as edges (E,) or (E, 2)): one take over the
     flattened rows of all lanes. The result is ragged like `idx`."""
-    from .ragged import Ragged
     data = _with_width(x)
     lanes, width = data.shape[0], data.shape[1]
     flat, valid = _flat_index(x, idx, 4)
@@ -227,7 +228,6 @@ def scatter_add(x, idx, value):
     """``x`` with ``value`` rows added at ``x[idx]`` per example, repeated indices
     accumulating (numpy.add.at): one scatter over all lanes. `value` is a per-example
     array of shape ``idx.shape + x.shape[1:]`` (ragged like idx), or broadcasts to it."""
-    from .ragged import Ragged
     data = x.data
     lanes, width = data.shape[0], data.shape[1]
     rest = tuple(data.shape[2:])
@@ -251,8 +251,12 @@ def scatter_add(x, idx, value):
                 raise ValueError(f"shape mismatch: values of per-example shape {tuple(value.shape)} "
                                  f"cannot be added at an index of length {m}")
     else:
+        # a uniform value broadcasts against each example's (m, *rest) from the right
         v = value if np.ndim(value) else np.asarray(value, dtype=_raw(data).dtype)
-        v = P.reshape(v, shape=(1, 1) + tuple(np.shape(v))) if np.ndim(v) else P.reshape(v, shape=(1, 1))
+        if np.ndim(v) > 1 + len(rest):
+            raise ValueError(f"shape mismatch: values of shape {tuple(np.shape(v))} cannot be "
+                             f"added at an index of length {m} into rows of shape {rest}")
+        v = P.reshape(v, shape=(1,) * (2 + len(rest) - np.ndim(v)) + tuple(np.shape(v)))
     target = (lanes, m) + rest
     if tuple(v.shape) != target:
         v = P.broadcast_to(P.reshape(v, shape=tuple(v.shape) + (1,) * (len(target) - v.ndim))
@@ -273,7 +277,6 @@ def ragged_matmul(a, b):
     """``a @ b`` for a ragged (T, d) `a` and a uniform (d, h) `b`: one GEMM over the valid
     rows of all examples (their disjoint union) when padding is a large share, else one
     GEMM over the padded rows."""
-    from .ragged import Ragged
     data = a.data
     lanes, width, d = data.shape
     if lanes * width == 0:
@@ -299,7 +302,6 @@ def segment_softmax(scores, segment_ids, num_segments):
     changes neither the result nor its gradient; scores of one example that spread over
     more than about 80 (float32) or 700 (float64) underflow in segments far below it.
     """
-    from .array_methods import index_update
     if (scores.data if isinstance(scores, Batched) else scores).shape[-scores.ndim] == 0:
         return scores * 1.0                              # no edges (in any example)
     peak = scores.max(axis=0, keepdims=True)
@@ -314,7 +316,6 @@ def segment_softmax(scores, segment_ids, num_segments):
 def _zeros(n, rest, dtype):
     """Zeros of shape (n,) + rest, where n may be varying (a Batched of lengths)."""
     if isinstance(n, Batched):
-        from .ragged import Ragged
         lengths = np.asarray(_raw(n.data)).astype(np.intp)
         width = max(int(lengths.max()) if lengths.size else 0, 1)
         return Ragged(np.zeros((lengths.shape[0], width) + rest, dtype=dtype), lengths)

@@ -1,6 +1,7 @@
 """The oracle of @spmd: the batched result equals the per-example loop, gradients the sum."""
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import numpy as np
@@ -89,3 +90,12 @@ def check_batched_grad(f, params, *args, in_axes=None, rtol=1e-8, atol=1e-10):
         assert np.all(np.isfinite(gv)), "non-finite gradient"
         np.testing.assert_allclose(gv, e, rtol=rtol, atol=atol)
     return got
+
+
+def line_of(fn, text):
+    """Line number (in its file) of the first source line of `fn` containing `text`."""
+    lines, start = inspect.getsourcelines(fn)
+    for i, line in enumerate(lines):
+        if text in line:
+            return start + i
+    raise AssertionError(f"{text!r} not in {fn.__name__}")

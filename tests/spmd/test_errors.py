@@ -7,20 +7,12 @@ import numpy as np
 import pytest
 
 import spmdbatch as sb
+from oracle import line_of
 from spmdbatch.errors import (BatchSizeError, DivergentSideEffect, LaneError, SpmdError,
                               UnsupportedConstruct, VaryingValueError)
 
 X = np.array([-1.0, 2.0, 3.0, -4.0])
 THIS_FILE = __file__
-
-
-def line_of(fn, text):
-    """Line number in this file of the first source line of `fn` containing `text`."""
-    lines, start = inspect.getsourcelines(fn)
-    for i, line in enumerate(lines):
-        if text in line:
-            return start + i
-    raise AssertionError(f"{text!r} not in {fn.__name__}")
 
 
 def assert_points_at(err, fn, text):

@@ -3,7 +3,6 @@ recursion that never ends, and lookups with a per-example key behave as the per-
 loop does, the loop's exception becoming a `LaneError` that names the examples raising it."""
 from __future__ import annotations
 
-import inspect
 from typing import NamedTuple
 
 import numpy as np
@@ -13,14 +12,9 @@ from hypothesis import strategies as st
 
 import spmdbatch as sb
 from spmdbatch.errors import LaneError
-from oracle import check_batched, check_batched_grad
+from oracle import check_batched, check_batched_grad, line_of
 
 SETTINGS = settings(max_examples=25, deadline=None)
-
-
-def line_of(fn, text):
-    lines, start = inspect.getsourcelines(fn)
-    return start + next(i for i, line in enumerate(lines) if text in line)
 
 
 def loop_raises(f, *examples):

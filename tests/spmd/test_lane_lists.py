@@ -3,7 +3,6 @@
 an SpmdError naming the user's line."""
 from __future__ import annotations
 
-import inspect
 
 import numpy as np
 import pytest
@@ -11,17 +10,9 @@ import pytest
 import spmdbatch as sb
 from spmdbatch.errors import DivergentSideEffect, LaneError, SpmdError
 
-from oracle import check_batched, check_batched_grad
+from oracle import check_batched, check_batched_grad, line_of
 
 THIS_FILE = __file__
-
-
-def line_of(fn, text):
-    lines, start = inspect.getsourcelines(fn)
-    for i, line in enumerate(lines):
-        if text in line:
-            return start + i
-    raise AssertionError(f"{text!r} not in {fn.__name__}")
 
 
 def _plain(value):
