@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import SpmdError, UnmergeableGroups
 from ..runtime import primitives as P
+from ..runtime.backend import namespace
 from ..runtime.batched import Batched, user_frame
 from .lanes import _lane_data, check_row_shapes, is_varying, merge, merge_envs, take
 from .return_rows import ReturnRows
@@ -31,7 +32,7 @@ class Recursion:
     """
 
     __slots__ = ("n", "total", "capacity", "_origin", "_depth", "parked", "chunks", "_chunk_of",
-                 "_row_of", "_unconsolidated", "_store")
+                 "_row_of", "_unconsolidated", "_store", "_loop_store")
 
     def __init__(self, n):
         self.n = n
@@ -48,16 +49,15 @@ class Recursion:
         self._chunk_of = np.full(self.capacity, -1, dtype=np.intp)
         self._row_of = np.full(self.capacity, -1, dtype=np.intp)
         self._store = None        # ReturnRows once a group returned; False when values do not fit
+        self._loop_store = None   # the same for what iteration lanes of parallel loops added
 
     # per-lane tables (grown by doubling): the example, returning chunk and row of each lane
     origin = property(lambda self: self._origin[:self.total])
     chunk_of = property(lambda self: self._chunk_of[:self.total])
     row_of = property(lambda self: self._row_of[:self.total])
 
-    def start(self, lanes, m):
-        """Number the callee lanes of `m` calls made by `lanes`: an (m, len(lanes)) array."""
-        k = len(lanes)
-        start, end = self.total, self.total + m * k
+    def _reserve(self, end):
+        """Grow the per-lane tables to hold lanes up to `end`."""
         if end > self.capacity:
             grow = max(end, 2 * self.capacity) - self.capacity
             self._origin = np.concatenate([self._origin, np.zeros(grow, dtype=np.intp)])
@@ -65,10 +65,28 @@ class Recursion:
             self._chunk_of = np.concatenate([self._chunk_of, np.full(grow, -1, dtype=np.intp)])
             self._row_of = np.concatenate([self._row_of, np.full(grow, -1, dtype=np.intp)])
             self.capacity += grow
+
+    def start(self, lanes, m):
+        """Number the callee lanes of `m` calls made by `lanes`: an (m, len(lanes)) array."""
+        k = len(lanes)
+        start, end = self.total, self.total + m * k
+        self._reserve(end)
         self._origin[start:end].reshape(m, k)[:] = self._origin[lanes]     # (each call's lanes)
         self._depth[start:end].reshape(m, k)[:] = self._depth[lanes] + 1
         self.total = end
         return np.arange(start, end).reshape(m, k)
+
+    def start_iterations(self, lanes, counts):
+        """Number the iteration lanes of a parallel loop (frontend/child_loops.py): lane
+        ``lanes[i]`` gets ``counts[i]`` of them, consecutive; returns their ids. They belong to
+        the same activation (same example, same depth)."""
+        owners = np.repeat(lanes, counts)
+        start, end = self.total, self.total + len(owners)
+        self._reserve(end)
+        self._origin[start:end] = self._origin[owners]
+        self._depth[start:end] = self._depth[owners]
+        self.total = end
+        return np.arange(start, end)
 
     def too_deep(self, callees, limit):
         """The callee lanes (of `start`) whose recursion depth exceeds `limit`."""
@@ -78,33 +96,46 @@ class Recursion:
             return flat[:0]
         return flat[self._depth[flat] > limit]
 
-    def park(self, cont, lanes, env, callees):
+    def park(self, cont, lanes, env, callees, loop=None):
+        """Lanes `lanes` wait at block `cont` until their callees (an (m, len(lanes)) array)
+        returned; or, with `loop` = ``(owner, sums)``, until their iteration lanes `callees`
+        (a flat array, grouped by lane: ``owner[i]`` is the position in `lanes` of iteration
+        lane ``callees[i]``) ended; the last `sums` slots of `env` then get what the
+        iterations added (`_loop_sums`)."""
         varying = tuple([is_varying(v) for v in env])
         iterators = _has_iterators(env, varying)
         if iterators:
             env = _own_iterators(env, varying)
         pending = np.empty(len(lanes), dtype=bool)
         pending.fill(True)
-        self.parked.append([cont, lanes, env, varying, callees, pending, len(lanes), iterators])
+        self.parked.append([cont, lanes, env, varying, callees, pending, len(lanes), iterators, loop])
         self._unconsolidated = True
 
-    def returned(self, lanes, n, value):
+    def returned(self, lanes, n, value, loop=False):
+        """Group `lanes` returned `value` (`loop`: iteration lanes ended with these sums)."""
         self._chunk_of[lanes] = len(self.chunks)
         self._row_of[lanes] = np.arange(n)
         self.chunks.append((value, n))
-        store = self._store
+        store = self._loop_store if loop else self._store
         if store is None:
-            store = self._store = ReturnRows.of(value) or False
+            store = ReturnRows.of(value) or False
+            if loop:
+                self._loop_store = store
+            else:
+                self._store = store
         if store is not False and not store.add(value, lanes, n, self.capacity):
-            self._store = False
+            if loop:
+                self._loop_store = False
+            else:
+                self._store = False
 
-    def gather(self, ids):
+    def gather(self, ids, loop=False):
         """The returned values of lanes `ids`, in that order."""
         if not len(ids):
             value, n = self.chunks[0]
             return take(value, ids, {})
         which = self._chunk_of[ids]
-        store = self._store
+        store = self._loop_store if loop else self._store
         if store:
             first = which[0]
             value, n = self.chunks[first]
@@ -162,10 +193,15 @@ class Recursion:
                 merged.extend(groups)
                 continue
             varying = tuple(is_varying(v) for v in env)
-            merged.append([cont, np.concatenate([g[1] for g in groups]), env, varying,
-                           np.concatenate([g[4] for g in groups], axis=1),
+            if groups[0][8] is None:
+                callees, loop = np.concatenate([g[4] for g in groups], axis=1), None
+            else:                                   # (iteration lanes: owners renumbered)
+                offsets = np.cumsum([0] + counts[:-1])
+                callees = np.concatenate([g[4] for g in groups])
+                loop = (np.concatenate([g[8][0] + o for g, o in zip(groups, offsets)]), groups[0][8][1])
+            merged.append([cont, np.concatenate([g[1] for g in groups]), env, varying, callees,
                            np.concatenate([g[5] for g in groups]), sum(g[6] for g in groups),
-                           _has_iterators(env, varying)])
+                           _has_iterators(env, varying), loop])
         self.parked = merged
 
     def resume(self):
@@ -177,9 +213,15 @@ class Recursion:
             self._consolidate()
         finished = False
         for group in self.parked:
-            cont, lanes, env, varying, callees, pending, count, iterators = group
-            ready = np.logical_and.reduce(done[callees], axis=0) if len(callees) > 1 else done[callees[0]]
-            ready &= pending
+            cont, lanes, env, varying, callees, pending, count, iterators, loop = group
+            if loop is not None:
+                owner = loop[0]
+                ready = pending.copy()
+                ready[owner[~done[callees]]] = False
+            else:
+                ready = np.logical_and.reduce(done[callees], axis=0) if len(callees) > 1 \
+                    else done[callees[0]]
+                ready &= pending
             idx = ready.nonzero()[0]
             k = len(idx)
             if not k:
@@ -192,7 +234,14 @@ class Recursion:
                 env = tuple([take(v, idx, memo) if var else v for v, var in zip(env, varying)])
                 if iterators:
                     env = _own_iterators(env, varying)
-                lanes, callees = lanes[idx], callees[:, idx]
+                lanes = lanes[idx]
+                if loop is None:
+                    callees = callees[:, idx]
+            if loop is not None:
+                mine = ready[owner]
+                position = np.cumsum(ready) - 1
+                env = self._loop_sums(env, callees[mine], position[owner[mine]], k, loop[1])
+                callees = None
             pieces.setdefault(cont, []).append((lanes, k, env, callees))
         if finished:
             self.parked = [g for g in self.parked if g[6]]
@@ -204,14 +253,47 @@ class Recursion:
                 counts = [p[1] for p in parts]
                 try:
                     env = merge_envs([p[2] for p in parts], counts)
-                    parts = [(np.concatenate([p[0] for p in parts]), sum(counts), env,
-                              np.concatenate([p[3] for p in parts], axis=1))]
+                    callees = None if parts[0][3] is None else \
+                        np.concatenate([p[3] for p in parts], axis=1)
+                    parts = [(np.concatenate([p[0] for p in parts]), sum(counts), env, callees)]
                 except UnmergeableGroups:
                     pass                        # the groups go on separately
             for lanes, k, env, callees in parts:
-                results = tuple(self.gather(c) for c in callees)
-                out.append((cont, lanes, k, env + results))
+                if callees is not None:
+                    env = env + tuple(self.gather(c) for c in callees)
+                out.append((cont, lanes, k, env))
         return out
+
+    def _loop_sums(self, env, ids, owner, k, sums):
+        """`env` of `k` resuming lanes with its last `sums` slots (the accumulators' values
+        before the loop) plus what their iteration lanes `ids` added (``owner[i]``: the
+        resuming lane of ``ids[i]``), as the loop as written would have added it."""
+        if not sums:
+            return env
+        added = self.gather(ids, loop=True)
+        wanted = added[len(added) - sums:] if type(added) is tuple else (added,)
+        out = list(env[:len(env) - sums])
+        for before, terms in zip(env[len(env) - sums:], wanted):
+            out.append(before + _segment_sum(terms, owner, k))
+        return tuple(out)
+
+
+def _segment_sum(terms, owner, k):
+    """Per resuming lane, the sum of the rows of `terms` it owns (every lane owns some)."""
+    from ..runtime.array_methods import index_update
+    if type(terms) is Batched:
+        data, weak = terms.data, terms.weak
+    else:                                   # (the same number or array in every iteration)
+        weak = isinstance(terms, (bool, int, float, complex))
+        raw = np.asarray(terms)
+        data = np.broadcast_to(raw[None], (len(owner),) + raw.shape)
+        if hasattr(terms, "value"):          # (a traced uniform term)
+            from ..runtime.numpy_api import broadcast_to
+            data = broadcast_to(terms[None], (len(owner),) + tuple(terms.shape))
+    raw = getattr(data, "value", data)
+    xp = namespace(raw)
+    zeros = xp.zeros((k,) + tuple(raw.shape[1:]), dtype=raw.dtype)
+    return Batched(index_update(zeros, owner, data, mode="add"), weak)
 
 
 def _has_iterators(env, varying) -> bool:
