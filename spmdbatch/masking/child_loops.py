@@ -17,11 +17,13 @@ import numpy as np
 
 from ..ad.tracer import Tracer
 from ..runtime import pytree
+from ..runtime import segments as S
+from ..runtime.segments import RowPlan
 from ..runtime.batched import Batched
 from ..runtime.mapped import LaneMapped
 from ..runtime.ragged import Ragged
 from .iterators import BatchedRange
-from .lanes import take
+from .lanes import is_varying, take
 from .recursion import Recursion
 
 
@@ -54,28 +56,40 @@ def parallel_for(frame, lanes, n, iterable, cont, cont_env, sums, body, body_env
     rows = sel[owner]                                 # (position in the running group)
     memo: dict = {}
     env = []
+    plan = None
     for i, v in enumerate(body_env):
         if i == item_slot:
             env.append(items)
         elif i in acc_slots:
             env.append(0)
         else:
-            env.append(_repeat(v, rows, memo))
+            if plan is None and _traced(v):
+                plan = RowPlan(rows, None, n)
+            env.append(_repeat(v, rows, memo, plan))
     frame.jump(body, iterations, len(iterations), tuple(env))
     rec.park(cont, ids, cont_env if k == n else take(cont_env, sel, {}), iterations, (owner, sums))
     return True
 
 
-def _repeat(value, rows, memo):
+def _repeat(value, rows, memo, plan):
     """`value` at lanes `rows` of its group, where a row may repeat (every iteration lane of
-    a lane gets its values): traced arrays through a row gather, whose gradient adds the
-    repeated rows up (`take_lanes` is for rows without repeats)."""
+    a lane gets its values): traced arrays through `gather_rows` (`plan`: of `rows`), whose
+    gradient adds the repeated rows up (`take_lanes` is for rows without repeats)."""
     kind = type(value)
     if kind is Batched and type(value.data) is Tracer:
-        return Batched(value.data[rows], value.weak)
+        return Batched(S.gather_rows(value.data, plan=plan), value.weak)
     if kind is tuple or kind is list:
-        return kind(_repeat(v, rows, memo) for v in value)
+        return kind(_repeat(v, rows, memo, plan) for v in value)
     return take(value, rows, memo)
+
+
+def _traced(value) -> bool:
+    kind = type(value)
+    if kind is Batched:
+        return type(value.data) is Tracer
+    if kind is tuple or kind is list:
+        return any(_traced(v) for v in value)
+    return False
 
 
 def _repeatable(value) -> bool:
@@ -84,8 +98,8 @@ def _repeatable(value) -> bool:
     kind = type(value)
     if kind is Batched or kind is tuple or kind is list:
         return kind is Batched or all(_repeatable(v) for v in value)
-    if kind is Tracer:
-        return True
+    if kind is Tracer or not is_varying(value):
+        return True             # (a uniform value is shared, not taken)
     leaves, _ = pytree.flatten(value)
     return not any(type(leaf) is Tracer or (type(leaf) is Batched and type(leaf.data) is Tracer)
                    for leaf in leaves)

@@ -12,7 +12,9 @@ import numpy as np
 
 from ..errors import SpmdError, UnmergeableGroups
 from ..runtime import primitives as P
+from ..runtime import segments as S
 from ..runtime.backend import namespace
+from ..runtime.segments import RowPlan
 from ..runtime.batched import Batched, user_frame
 from .lanes import _lane_data, check_row_shapes, is_varying, merge, merge_envs, take
 from .return_rows import ReturnRows
@@ -273,27 +275,33 @@ class Recursion:
         added = self.gather(ids, loop=True)
         wanted = added[len(added) - sums:] if type(added) is tuple else (added,)
         out = list(env[:len(env) - sums])
+        plan = RowPlan(owner, None, k)
         for before, terms in zip(env[len(env) - sums:], wanted):
-            out.append(before + _segment_sum(terms, owner, k))
+            out.append(_plus_segment_sums(before, terms, plan, k))
         return tuple(out)
 
 
-def _segment_sum(terms, owner, k):
-    """Per resuming lane, the sum of the rows of `terms` it owns (every lane owns some)."""
-    from ..runtime.array_methods import index_update
+def _plus_segment_sums(before, terms, plan, k):
+    """``before`` (one value per resuming lane) plus, per lane, the sum of the rows of
+    `terms` it owns (`plan`: the owner of each row, a scatter-add in a few buffered rounds)."""
     if type(terms) is Batched:
         data, weak = terms.data, terms.weak
     else:                                   # (the same number or array in every iteration)
         weak = isinstance(terms, (bool, int, float, complex))
-        raw = np.asarray(terms)
-        data = np.broadcast_to(raw[None], (len(owner),) + raw.shape)
         if hasattr(terms, "value"):          # (a traced uniform term)
             from ..runtime.numpy_api import broadcast_to
-            data = broadcast_to(terms[None], (len(owner),) + tuple(terms.shape))
+            data = broadcast_to(terms[None], (len(plan.index),) + tuple(terms.shape))
+        else:
+            raw = np.asarray(terms)
+            data = np.broadcast_to(raw[None], (len(plan.index),) + raw.shape)
     raw = getattr(data, "value", data)
-    xp = namespace(raw)
-    zeros = xp.zeros((k,) + tuple(raw.shape[1:]), dtype=raw.dtype)
-    return Batched(index_update(zeros, owner, data, mode="add"), weak)
+    if type(before) is Batched and not before.weak:
+        base = getattr(before.data, "value", before.data)
+        if base.dtype == raw.dtype and base.shape == (k,) + raw.shape[1:] and \
+                np.result_type(base, raw) == base.dtype:
+            return Batched(S.scatter_add_rows(before.data, data, plan=plan))
+    zeros = namespace(raw).zeros((k,) + tuple(raw.shape[1:]), dtype=raw.dtype)
+    return before + Batched(S.scatter_add_rows(zeros, data, plan=plan), weak)
 
 
 def _has_iterators(env, varying) -> bool:
