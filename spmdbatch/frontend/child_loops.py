@@ -141,15 +141,18 @@ def _qualifies(fn, lp):
         return None
     if not any(isinstance(fn.blocks[b].term, Recurse) for b in body):
         return None
+    iters = _iterator_names(fn, lp)
     for b in body:
         term = fn.blocks[b].term
         if isinstance(term, (ir.Return, ir.Raise)):
             return None
+        if any(p not in iters for p in fn.blocks[b].params):
+            return None             # (a value on the stack other than the iterator)
         for s, args in term.successors():
             if s not in lp.body:
                 return None
-            if s == h and (not isinstance(term, ir.Jump) or
-                           [getattr(a, "name", None) for a in args] != [head.params[0]]):
+            if s == h and (not isinstance(term, ir.Jump) or len(args) != 1 or
+                           getattr(args[0], "name", None) not in iters):
                 return None         # (`continue` under a condition: a branch to the header)
     preds = [b for b in fn.blocks if h in fn.successors(b) and b not in lp.body]
     if len(preds) != 1:
@@ -170,12 +173,32 @@ def _qualifies(fn, lp):
         return None                 # the loop variable is read after the loop
     assigned = {d for b in body for s in fn.blocks[b].stmts for d in s.defs()} | \
         {d for b in body for d in fn.blocks[b].term.defs()} | {t.item_target}
-    carried = sorted((assigned & live.live_in[h]) - {head.params[0]})
+    carried = sorted((assigned & live.live_in[h]) - iters)
     if iterable.name in assigned:
         return None
     if not _accumulators(fn, lp, carried):
         return None
-    return preds[0], iterable, Var(iterator), carried
+    return preds[0], iterable, Var(iterator), carried, iters
+
+
+def _iterator_names(fn, lp):
+    """The header's iterator param and the body blocks' params that only ever receive it
+    (the iterator stays on the stack through the body's branches)."""
+    h = lp.header
+    iters = {fn.blocks[h].params[0]}
+    changed = True
+    while changed:
+        changed = False
+        for b in lp.body - {h}:
+            for i, p in enumerate(fn.blocks[b].params):
+                if p in iters:
+                    continue
+                incoming = [args[i] for src in lp.body for s, args in fn.blocks[src].term.successors()
+                            if s == b and i < len(args)]
+                if incoming and all(getattr(a, "name", None) in iters for a in incoming):
+                    iters.add(p)
+                    changed = True
+    return iters
 
 
 def _accumulators(fn, lp, accs) -> bool:
@@ -244,7 +267,7 @@ def _accumulators(fn, lp, accs) -> bool:
     return True
 
 
-def _rewrite(fn, lp, pre_id, iterable, iterator, accs):
+def _rewrite(fn, lp, pre_id, iterable, iterator, accs, iters):
     """Copy the loop's body; the preheader ends in a `ParallelFor` to the copy."""
     h = lp.header
     t = fn.blocks[h].term
@@ -254,21 +277,25 @@ def _rewrite(fn, lp, pre_id, iterable, iterator, accs):
     for b in body:
         old = fn.blocks[b]          # (statements are shared: no pass changes them after this)
         blk = ir.Block(new_id[b], list(old.params), list(old.stmts), copy.copy(old.term))
-        blk.term = _retarget(blk.term, new_id, h, accs, t.exit)
+        blk.term = _retarget(blk.term, new_id, h, accs, t.exit, iters)
         fn.blocks[blk.id] = blk
     pre = fn.blocks[pre_id]
     pre.term = ParallelFor(iterable, iterator, h, t.item_target, new_id[t.body], t.exit, list(accs),
                            lineno=t.lineno)
 
 
-def _retarget(term, new_id, header, accs, cont):
+def _retarget(term, new_id, header, accs, cont, iters):
+    """The copy `term` (a shallow copy) of a body block's terminator, in the parallel body
+    (edges that carried the iterator carry None: an iteration lane has none)."""
+    def args(values):
+        return [ir.Const(None) if getattr(a, "name", None) in iters else a for a in values]
     if isinstance(term, ir.Jump) and term.target == header:
         return EndIteration(list(accs), cont, lineno=term.lineno)
     if isinstance(term, ir.Jump):
-        term.target = new_id[term.target]
+        term.target, term.args = new_id[term.target], args(term.args)
     elif isinstance(term, ir.Branch):
-        term.true_target = new_id[term.true_target]
-        term.false_target = new_id[term.false_target]
+        term.true_target, term.true_args = new_id[term.true_target], args(term.true_args)
+        term.false_target, term.false_args = new_id[term.false_target], args(term.false_args)
     elif isinstance(term, Recurse):
         term.cont = new_id[term.cont]
     else:
