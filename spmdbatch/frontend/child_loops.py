@@ -261,8 +261,15 @@ def _accumulators(fn, lp, accs) -> bool:
             if old is None:
                 ins[s] = state
                 work.append(s)
-            elif old != state:
-                return False            # joins must agree (no accumulator added on one side only)
+                continue
+            if {k: v for k, v in old.items() if v is not consumed} != \
+                    {k: v for k, v in state.items() if v is not consumed}:
+                return False            # joins must agree on the running values
+            merged = dict(old)
+            merged.update((k, v) for k, v in state.items() if v is consumed)
+            if merged != old:           # (a value consumed on some path is never read again)
+                ins[s] = merged
+                work.append(s)
         outs[bid] = state
     return True
 
