@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import math
 
+import weakref
+
 import numpy as np
 
 from ..runtime import primitives as P
@@ -223,10 +225,23 @@ defvjp(P.broadcast_to, lambda g, ans, x, shape: unbroadcast(g, x))
 defvjp(P.astype, lambda g, ans, x, dtype: g.astype(x.dtype) if np.issubdtype(x.dtype, np.inexact) else None)
 
 
+_LAST_OFFSETS = (lambda: None, None)  # (weak ref to ans, start of each operand) of the latest
+
+
 def _concatenate_vjp(pos, g, ans, *xs, axis=0):
-    start = 0
-    for x in xs[:pos]:
-        start += x.shape[axis]
+    # the rule runs once per operand: the offsets are computed once per node (linear, not
+    # quadratic, in the number of operands: a merge of one piece per level of a deep tree)
+    global _LAST_OFFSETS
+    last = _LAST_OFFSETS
+    if last[0]() is ans:            # (the node's rules run one after the other)
+        starts = last[1]
+    else:
+        starts = np.concatenate([[0], np.cumsum([x.shape[axis] for x in xs])]).tolist()
+        try:
+            _LAST_OFFSETS = (weakref.ref(ans), starts)
+        except TypeError:           # (not weakly referable: no cache)
+            pass
+    start = starts[pos]
     index = [slice(None)] * g.ndim
     index[axis] = slice(start, start + xs[pos].shape[axis])
     return g[tuple(index)]
