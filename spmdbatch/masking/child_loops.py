@@ -149,7 +149,8 @@ def _items(iterable, n):
             return None
         if values.dtype.kind not in "biuf" or values.ndim < 1:
             return None
-        weak = kind is not np.ndarray
+        # (a Python number in each example is weak, as the loop's item would be)
+        weak = kind is not np.ndarray and all(type(v) in (bool, int, float) for v in iterable)
         return np.full(n, len(values), dtype=np.intp), \
             Batched(np.tile(values, (n,) + (1,) * (values.ndim - 1)), weak=weak)
     return None
