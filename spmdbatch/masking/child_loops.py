@@ -96,8 +96,10 @@ def _repeatable(value) -> bool:
     """Whether `_repeat` gives `value` the right gradient: no traced data in a container
     other than tuples and lists (their items are handled one by one)."""
     kind = type(value)
-    if kind is Batched or kind is tuple or kind is list:
-        return kind is Batched or all(_repeatable(v) for v in value)
+    if kind is Batched or kind is LaneMapped:
+        return True                 # (lane-mapped data is raw: never traced)
+    if kind is tuple or kind is list:
+        return all(_repeatable(v) for v in value)
     if kind is Tracer or not is_varying(value):
         return True             # (a uniform value is shared, not taken)
     leaves, _ = pytree.flatten(value)
