@@ -6,6 +6,7 @@
 - `iterators`: `for` loops over uniform and varying iterables;
 - `calls`: batched calls, builtins with batched meaning;
 - `recursion`: a function's calls to itself, run by height (parked lanes, returned chunks);
+- `child_loops`: loops around such calls whose iterations run side by side (iteration lanes);
 - `sums`: sums over a recursion (recorded terms, deferred calls, per-example totals);
 - `stats`: counting batched calls (`spmdbatch.stats()`).
 """
