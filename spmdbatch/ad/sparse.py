@@ -5,6 +5,10 @@ Building it densely costs a zero array of the whole table for every gather: for 
 embedding table read at every level of a tree, that is most of the backward pass. A
 `SparseRows` keeps the (row indices, row values) parts instead; adding cotangents
 concatenates parts, and the dense array is built once, where a rule or a leaf needs it.
+
+A sum of two `SparseRows` only refers to its two operands; their parts are listed once, when
+something reads `parts` (so a cotangent that gets a row-sparse term at every level of a deep
+tree costs time linear in the number of terms, not quadratic).
 """
 from __future__ import annotations
 
@@ -16,13 +20,28 @@ from ..runtime.backend import namespace
 class SparseRows:
     """Sum over parts of ``values`` scattered (added) at ``indices`` of a zero array."""
 
-    __slots__ = ("shape", "dtype", "parts")
+    __slots__ = ("shape", "dtype", "_parts", "_operands")
     __array_ufunc__ = None   # ndarray + SparseRows defers to SparseRows.__radd__
 
     def __init__(self, shape, dtype, parts):
         self.shape = tuple(shape)
         self.dtype = dtype
-        self.parts = parts      # list of (indices, values, unique_indices)
+        self._parts = parts     # list of (indices, values, unique_indices)
+        self._operands = None   # (a, b) of a sum whose parts are not listed yet
+
+    @property
+    def parts(self):
+        """The (indices, values, unique_indices) parts, the operands' parts in order."""
+        if self._operands is not None:
+            out, stack = [], [self]
+            while stack:                # (iterative: sums nest as deep as the tree)
+                node = stack.pop()
+                if node._operands is None:
+                    out.extend(node._parts)
+                else:
+                    stack.extend(reversed(node._operands))
+            self._parts, self._operands = out, None
+        return self._parts
 
     @classmethod
     def rows(cls, shape, indices, values, unique):
@@ -60,7 +79,9 @@ class SparseRows:
 
     def __add__(self, other):
         if type(other) is SparseRows:
-            return SparseRows(self.shape, self.dtype, self.parts + other.parts)
+            out = SparseRows(self.shape, self.dtype, None)
+            out._operands = (self, other)
+            return out
         out = namespace(other).array(other, dtype=np.result_type(other, self.dtype), copy=True)
         if out.shape != self.shape:
             out = namespace(other).array(np.broadcast_to(out, self.shape))

@@ -31,6 +31,7 @@ from .emit_plain import PlainEmitter, Writer
 from .ir import Var
 from .liveness import analyze as analyze_liveness
 from .liveness import live_params
+from .child_loops import EndIteration, ParallelFor
 from .recursion import Recurse
 from .schedule import schedule
 
@@ -66,6 +67,10 @@ class BatchedEmitter(PlainEmitter):
         for t in self.recursion_sites.values():
             targets = t.defs()
             self.env[t.cont] = [n for n in self.env[t.cont] if n not in targets] + targets
+        # the exit of a parallel loop (frontend/child_loops.py) receives the accumulators last
+        for t in [b.term for b in fn.blocks.values() if isinstance(b.term, ParallelFor)]:
+            sums = self.loop_sums(t)
+            self.env[t.cont] = [n for n in self.env[t.cont] if n not in sums] + sums
         # blocks from which a recursive call can be reached: an empty group (a batch of no
         # examples, run for the structure of its result) avoids them where it can
         self.reaches_recursion = set(self.recursion_sites)
@@ -266,6 +271,31 @@ class BatchedEmitter(PlainEmitter):
         self.w.line(f"{self.h('recurse')}({self.F}, {self.sched.position[t.cont]}, {self.L}, {self.N}, {calls}, "
                     f"{arg_lists}, {kw}, {env}, "
                     f"{self.names.helper('recursion')}, {self.names.helper('g')})")
+
+    def loop_sums(self, t):
+        """The accumulators of a parallel loop that its exit block reads."""
+        return [a for a in t.accs if a in self.live.live_in[t.cont]]
+
+    def term_ParallelFor(self, bid, t):
+        """A loop whose iterations run side by side (masking/child_loops.py), or, when the
+        iterable cannot be split, the loop as written."""
+        sums = self.loop_sums(t)
+        body_env = self._env_tuple(t.body, [], {n: "None" for n in [t.target] + t.accs})
+        names = self.env[t.body]
+        item_slot = names.index(t.target) if t.target in names else -1
+        acc_slots = tuple(names.index(a) for a in t.accs if a in names)
+        self.w.line(f"if not {self.h('parallel_for')}({self.F}, {self.L}, {self.N}, "
+                    f"{self.op(t.iterable)}, {self.sched.position[t.cont]}, "
+                    f"{self._env_tuple(t.cont, [])}, {len(sums)}, {self.sched.position[t.body]}, "
+                    f"{body_env}, {item_slot}, {acc_slots!r}):")
+        self.w.indent()
+        self.edge(bid, t.header, [t.iterator])
+        self.w.dedent()
+
+    def term_EndIteration(self, bid, t):
+        sums = [a for a in t.accs if a in self.live.live_in[t.cont]]
+        self.w.line(f"{self.h('end_iteration')}({self.F}, {self.L}, {self.N}, "
+                    f"({''.join(self.v(a) + ', ' for a in sums)}))")
 
     def term_Return(self, bid, t):
         if self.straight:

@@ -16,11 +16,12 @@ import re
 import types
 
 from ..errors import HasExceptionHandling, UnsupportedConstruct, VaryingValueError
-from ..masking import (calls, formatting, frame, iterators, lane_list, lanes, raising, recursion,
-                       stats, sums)
+from ..masking import (calls, child_loops, formatting, frame, iterators, lane_list, lanes, raising,
+                       recursion, stats, sums)
 from ..runtime.batched import Batched
 from .emit_batched import BatchedEmitter
 from .emit_plain import _HELPERS as PLAIN_HELPERS
+from .child_loops import parallelize_child_loops
 from .fusion import fuse_calls
 from .lower import lower_function
 from .recursion import split_recursive_calls
@@ -40,6 +41,7 @@ BATCH_HELPERS = {
     "LaneList": lane_list.LaneList, "LaneDict": lane_list.LaneDict, "RaggedList": lane_list.RaggedList,
     "list_truth": lane_list.truth, "format_value": formatting.format_value,
     "build_string": formatting.build_string, "Cell": lanes.owned_cell,
+    "parallel_for": child_loops.parallel_for, "end_iteration": child_loops.end_iteration,
 }
 
 _LINE_COMMENT = re.compile(r"^\s*# (\d+): ")
@@ -56,6 +58,7 @@ class CompiledProgram:
         self.fusions = fuse_calls(self.fn_ir)
         self.recursion_sites = split_recursive_calls(self.fn_ir)
         self.sum_positions = recognize_sums(self.fn_ir)
+        self.parallel_loops = parallelize_child_loops(self.fn_ir)
         self.emitter = BatchedEmitter(self.fn_ir, sums=self.sum_positions)
         self.source = self.emitter.source()
         code = _compile_with_user_lines(self.source, self.fn_ir.filename, self.fn_ir.firstlineno)

@@ -8,6 +8,7 @@
 - `calls`: batched calls, builtins with batched meaning;
 - `recursion`: a function's calls to itself, run by height (parked lanes, returned chunks):
   the frame's `extension`;
+- `child_loops`: loops around such calls whose iterations run side by side (iteration lanes);
 - `sums`: sums over a recursion (recorded terms, deferred calls, per-example totals): the
   frame's `finisher`;
 - `lane_list`, `formatting`, `return_rows`: lists and dicts the program builds, strings of

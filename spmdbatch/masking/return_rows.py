@@ -104,10 +104,9 @@ class ReturnRows:
             buffer = self.buffers[j]
             if self.traced:
                 if sourcing is None:
-                    involved = np.bincount(which, minlength=len(chunks)).nonzero()[0]
-                    index = np.empty(len(chunks), dtype=np.intp)
-                    index[involved] = np.arange(len(involved))
-                    sourcing = involved.tolist(), index[which]
+                    # (by the groups these lanes came from, not all groups: linear in depth)
+                    involved, source_of = np.unique(which, return_inverse=True)
+                    sourcing = involved.tolist(), source_of.reshape(-1)
                 involved, source_of = sourcing
                 sources = [_item(chunks[g][0], self.kind, position).data for g in involved]
                 data = P.rows_of_sources(*sources, source_of=source_of, rows=rows, buffer=buffer,

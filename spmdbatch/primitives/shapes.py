@@ -8,6 +8,9 @@ Anything that would move the ragged axis is refused with the user's line.
 """
 from __future__ import annotations
 
+import threading
+import weakref
+
 import numpy as np
 
 from ..ad.tape import unbroadcast
@@ -216,10 +219,31 @@ def _pad_vjp(g, ans, x, pad_width, constant=0):
     return g[tuple(slice(before, g.shape[i] - after) for i, (before, after) in enumerate(pad_width))]
 
 
+class _Offsets(threading.local):
+    """The operands' start offsets of the concatenation whose VJP ran last (per thread)."""
+    of = None      # weak reference to that node's result
+    starts = None
+
+
+_OFFSETS = _Offsets()
+
+
 def _concatenate_vjp(pos, g, ans, *xs, axis=0):
-    start = 0
-    for x in xs[:pos]:
-        start += x.shape[axis]
+    # The tape runs this rule once per operand, one operand after the other: the offsets are
+    # computed once per node, so a merge of one piece per level of a deep tree costs linear
+    # time, not quadratic.
+    memo = _OFFSETS
+    if memo.of is not None and memo.of() is ans:
+        starts = memo.starts
+    else:
+        starts = [0]
+        for x in xs:
+            starts.append(starts[-1] + x.shape[axis])
+        try:
+            memo.of, memo.starts = weakref.ref(ans), starts
+        except TypeError:           # (a result that cannot be weakly referenced: no memo)
+            memo.of = None
+    start = starts[pos]
     index = [slice(None)] * g.ndim
     index[axis] = slice(start, start + xs[pos].shape[axis])
     return g[tuple(index)]

@@ -113,3 +113,23 @@ def test_molecules_quick(tmp_path):
         for key in ("spmd_graphs_per_s", "numpy_graphs_per_s", "spmd_over_numpy"):
             for v in r[key].values():
                 assert isinstance(v, float) and v > 0, (key, r[key])
+
+
+def test_childsum_tree_quick(tmp_path):
+    data = _run("childsum_tree.py", tmp_path)
+    assert data["benchmark"] == "childsum_tree"
+    for r in data["results"]:
+        # one batched call per level of the tallest tree: the child loop runs by height
+        assert r["encode_calls_first_batch"] == r["tallest_tree_first_batch"]
+        for key in ("spmd_fwd_ms_per_tree", "hand_fwd_ms_per_tree", "spmd_train_ms_per_tree",
+                    "hand_train_ms_per_tree", "hand_over_spmd_fwd", "hand_over_spmd_train"):
+            _positive_stats(r, key)
+        assert 0 <= r["max_relative_error"] < 1e-3
+
+
+def test_recursion_depth_quick(tmp_path):
+    data = _run("recursion_depth.py", tmp_path)
+    assert data["benchmark"] == "recursion_depth"
+    assert [r["depth"] for r in data["results"]] == [20, 60]
+    for r in data["results"]:
+        assert r["fwd_ms_per_level"] > 0 and r["fwd_bwd_ms_per_level"] > 0

@@ -1002,3 +1002,136 @@ class SumFormGen:
 @st.composite
 def sum_form_programs(draw):
     return SumFormGen(draw).program()
+
+
+# --- recursive calls in a loop over children (frontend/child_loops.py) --------------------------
+
+@dataclasses.dataclass
+class ChildLoopProgram:
+    """``rec(p, n, x) -> (h, s)`` whose activations call `rec` in a `for` loop over 0-3
+    children, adding the results into accumulators in random forms; `parallel`: whether
+    frontend/child_loops.py must run the loop's iterations side by side (False: a hazard
+    makes the iterations depend on each other, or the loop variable outlive the loop)."""
+    source: str
+    parallel: bool
+    why: str
+
+    def __repr__(self):  # hypothesis prints this for a falsifying example
+        return f"ChildLoopProgram(parallel={self.parallel}, why={self.why!r})\n{self.source}"
+
+
+class ChildLoopGen:
+    """Writes `rec` with a loop around its recursive call: the iterable (`range(m)`,
+    `range(1, m + 1)`, `np.arange(m)`: a per-example number of children), 1-3 accumulators
+    (floats, an int counter) initialised to numbers or values, updated by `a = a + t`,
+    `a = t + a`, `a += t`, a temporary, or in one or both branches of an `if`; now and then a
+    hazard: a carried value that is not a sum, an accumulator read in the body (also by the
+    call's argument), the loop variable read after the loop, a `break`."""
+
+    TERMS = ("hc", "sc", "term(p, hc, x)", "hc * sc", "0.5", "np.tanh(hc + j)", "1")
+
+    def __init__(self, draw):
+        self.draw = draw
+        self.lines: list = []
+        self.counter = 0
+        self.parallel = True
+        self.why = "independent iterations"
+
+    def choice(self, options):
+        return self.draw(st.sampled_from(list(options)))
+
+    def coin(self, pct):
+        return self.draw(st.integers(0, 99)) < pct
+
+    def emit(self, indent, text):
+        self.lines.append("    " * indent + text)
+
+    def hazard(self, why):
+        self.parallel, self.why = False, why
+
+    def update(self, indent, acc, term):
+        form = self.choice(("a + t", "t + a", "+=", "temp"))
+        if form == "a + t":
+            self.emit(indent, f"{acc} = {acc} + {term}")
+        elif form == "t + a":
+            self.emit(indent, f"{acc} = {term} + {acc}")
+        elif form == "+=":
+            self.emit(indent, f"{acc} += {term}")
+        else:
+            self.counter += 1
+            self.emit(indent, f"u{self.counter} = {term} + {acc}")
+            self.emit(indent, f"{acc} = u{self.counter}")
+
+    def program(self) -> ChildLoopProgram:
+        self.emit(0, "import numpy as np")
+        self.emit(0, "")
+        self.emit(0, "")
+        self.emit(0, "def term(p, h, x):")
+        self.emit(1, "return np.tanh(p[0] * h + p[1] * x) * p[2]")
+        self.emit(0, "")
+        self.emit(0, "")
+        self.emit(0, "def rec(p, n, x):")
+        self.emit(1, "h = np.tanh(p[3] * x)")
+        self.emit(1, "m = 0")
+        self.emit(1, "if n > 0:")
+        self.emit(2, f"m = {self.choice(('n % 3 + 1', '(n + 1) % 3', '2', 'n % 2 + 1'))}")
+        accs = [f"a{i}" for i in range(self.draw(st.integers(1, 3)))]
+        counter = self.coin(30)
+        for a in accs:
+            self.emit(1, f"{a} = {self.choice(('0.0', '0.0', 'h * 0.5', 'np.tanh(x)', '1.0'))}")
+        if counter:
+            self.emit(1, "c = 0")
+        after = self.coin(8)
+        if after:
+            self.emit(1, "j = 0")
+            self.hazard("the loop variable is read after the loop")
+        iterable = self.choice(("range(m)", "range(1, m + 1)", "np.arange(m)"))
+        self.emit(1, f"for j in {iterable}:")
+        xarg = self.choice(("x * 0.5", "-x", "np.tanh(x + j)", "x + 0.1 * j"))
+        if self.coin(6):
+            xarg = f"x + 0.1 * {accs[0]}"
+            self.hazard("an accumulator is read by the call's argument")
+        self.emit(2, f"hc, sc = rec(p, n - 1 - (j % 2), {xarg})")
+        for a in accs:
+            k = self.choice(("once", "once", "twice", "branch_one", "branch_both", "none"))
+            if k in ("once", "twice"):
+                for _ in range(1 if k == "once" else 2):
+                    self.update(2, a, self.choice(self.TERMS))
+            elif k.startswith("branch"):
+                self.emit(2, f"if {self.choice(('hc > 0.1', 'sc < 0.3', 'j % 2 == 0'))}:")
+                self.update(3, a, self.choice(self.TERMS))
+                if k == "branch_both":
+                    self.emit(2, "else:")
+                    self.update(3, a, self.choice(self.TERMS))
+        if counter:
+            self.emit(2, self.choice(("c += 1", "c = c + 1", "c = 1 + c")))
+        if self.coin(8):
+            a = self.choice(accs)
+            self.emit(2, f"{a} = {a} * 0.5 + hc")
+            self.hazard("a carried value that is not a sum")
+        elif self.coin(6):
+            a = self.choice(accs)
+            self.emit(2, f"{a} = {a} + hc * np.tanh({a})")
+            self.hazard("an accumulator read besides its `+`")
+        if self.coin(6):
+            self.emit(2, "if hc > 0.5:")
+            self.emit(3, "break")
+            self.hazard("a break")
+        total = " + ".join(accs) + (" + 0.1 * c" if counter else "") + (" + 0.01 * j" if after else "")
+        self.emit(1, f"h = np.tanh(h + {total})")
+        self.emit(1, "return h, " + self.choice(("term(p, h, x) + a0", "a0 + h", "h * 2.0")))
+        self.emit(0, "")
+        self.emit(0, "")
+        self.emit(0, "def top(p, n, x):")
+        self.emit(1, "return rec(p, n, x)")
+        self.emit(0, "")
+        self.emit(0, "")
+        self.emit(0, "def loss(p, n, x):")
+        self.emit(1, "h, s = rec(p, n, x)")
+        self.emit(1, "return s + 0.1 * h")
+        return ChildLoopProgram("\n".join(self.lines) + "\n", self.parallel, self.why)
+
+
+@st.composite
+def child_loop_programs(draw):
+    return ChildLoopGen(draw).program()

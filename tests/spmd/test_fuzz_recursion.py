@@ -36,7 +36,7 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from oracle import check_batched, check_batched_grad  # noqa: E402
-from recursion_gen import rec_programs, sum_form_programs  # noqa: E402
+from recursion_gen import child_loop_programs, rec_programs, sum_form_programs  # noqa: E402
 from source_module import import_source  # noqa: E402
 
 import spmdbatch as sb  # noqa: E402
@@ -343,3 +343,32 @@ def test_sum_accumulation_forms(program, ns, data):
     if program.is_sum and not program.leaf_call:
         calls = s.calls_by_function
         assert calls.get("term", 0) <= calls["rec"], (s, program)
+
+
+# --- recursive calls in loops over children (frontend/child_loops.py) -------------------------
+
+@settings(max_examples=EXAMPLES, **FUZZ_SETTINGS)
+@given(program=child_loop_programs(),
+       ns=st.lists(st.integers(0, 5), min_size=1, max_size=6),
+       data=st.data())
+def test_child_loops(program, ns, data):
+    """A loop around the recursive call whose iterations are independent but for sums runs
+    them side by side (then `rec` takes one batched call per depth, at most max(n) + 1),
+    other loops run as written, and values and gradients equal the loop."""
+    module = import_source(program.source, "spmd_fuzz_child_loop")
+    module.__fuzz_source__ = program.source
+    ns = np.array(ns, dtype=np.int64)
+    xs = np.array(data.draw(st.lists(FLOATS, min_size=len(ns), max_size=len(ns))), dtype=np.float64)
+    p = np.array(data.draw(PARAMS), dtype=np.float64)
+    prog = program_of(module.rec)
+    if prog.parallel_loops != int(program.parallel):
+        _fail(program, f"parallel_loops = {prog.parallel_loops}, expected {int(program.parallel)} "
+                       f"({program.why})", module)
+    try:
+        with sb.stats() as s:
+            check_batched(module.top, p, ns, xs, in_axes=(None, 0, 0), rtol=RTOL, atol=ATOL)
+        check_batched_grad(module.loss, p, ns, xs, in_axes=(0, 0), rtol=RTOL, atol=ATOL)
+    except Exception:
+        _fail(program, f"failed on n={ns!r}, x={xs!r}, p={p!r}\n{traceback.format_exc()}", module)
+    if program.parallel:
+        assert s.calls_by_function["rec"] <= int(ns.max()) + 1, (s, program)
