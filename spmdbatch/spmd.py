@@ -18,16 +18,17 @@ import functools
 
 import numpy as np
 
-from .errors import BatchSizeError
+from .errors import BatchSizeError, UnsupportedConstruct
 from .frontend.decode import check_python_version
 from .frontend.transform import program_of
-from .masking.calls import run_batched
+from .masking.calls import call, is_user_function, run_batched
 from .masking.frame import STATE
 from .masking.lanes import UNIFORM_OBJECTS, forget_uniform_objects, weak_merge_dtype
 from .runtime import primitives as P
+from .runtime import levels
 from .runtime import pytree
 from .runtime.backend import namespace
-from .runtime.batched import Batched
+from .runtime.batched import Batched, user_frame
 from .runtime.mapped import LaneMapped
 from .masking.lane_list import to_user
 from .runtime.ragged import Ragged, from_examples, to_examples
@@ -51,16 +52,18 @@ class SpmdFunction:
     """A per-example function together with how its arguments are batched."""
 
     def __init__(self, fn, in_axes, max_depth=None):
+        functools.update_wrapper(self, fn)   # (first: it copies fn's __dict__, an inner spmd's too)
         self.fn = fn
         self.in_axes = in_axes
         self.max_depth = max_depth
-        functools.update_wrapper(self, fn)
 
     def __call__(self, *args, **kwargs):
         specs = self.in_axes if isinstance(self.in_axes, (tuple, list)) else (self.in_axes,) * len(args)
         if len(specs) != len(args):
             raise ValueError(f"spmd({self.fn.__qualname__}): in_axes has {len(specs)} entries for "
                              f"{len(args)} positional arguments")
+        if _holds_varying((args, kwargs)):
+            return self._call_nested(args, kwargs, specs)
         sizes: list = []
         wrapped = [_wrap(a, s, f"argument {i}", sizes) for i, (a, s) in enumerate(zip(args, specs))]
         wrapped_kw = {k: _wrap(v, 0, f"argument {k!r}", sizes) for k, v in kwargs.items()}
@@ -74,21 +77,142 @@ class SpmdFunction:
                     f"spmd({self.fn.__qualname__}): batched arguments disagree on the batch size: "
                     f"{sizes[0][0]} has {batch} examples, {where} has {n}", hint=
                     "Every batched argument needs the same leading (batch) axis length.")
+        return to_user(self._run(wrapped, wrapped_kw), batch, _unwrap)
+
+    def _run(self, wrapped, wrapped_kw):
+        """Run the batch program on per-example values `wrapped` as a new batch level."""
         saved = (STATE.partial, STATE.frame, STATE.lanes, STATE.max_depth)
         STATE.partial, STATE.frame, STATE.lanes = False, None, None
         if self.max_depth is not None:
             STATE.max_depth = self.max_depth
         forget_uniform_objects()
         UNIFORM_OBJECTS.active += 1
+        level = levels.push(levels.BatchLevel(getattr(self.fn, "__qualname__", "f"), call))
         try:
-            out = run_batched(self.fn, (), wrapped, wrapped_kw)
+            if is_user_function(self.fn) and not isinstance(self.fn, SpmdFunction):
+                return run_batched(self.fn, (), wrapped, wrapped_kw)
+            # library code (grad(f), another spmd): runs natively in the batch program
+            return call(self.fn, *wrapped, **wrapped_kw)
         finally:
+            levels.pop(level)
             STATE.partial, STATE.frame, STATE.lanes, STATE.max_depth = saved
             UNIFORM_OBJECTS.active -= 1
             forget_uniform_objects()
             if not UNIFORM_OBJECTS.active:
                 UNIFORM_OBJECTS.cells.clear()
-        return to_user(out, batch, _unwrap)
+
+    def _call_nested(self, args, kwargs, specs):
+        """`spmd` called inside a batch program with per-example arguments (``spmd(spmd(f))``):
+        every (outer example, inner example) pair is one lane of a batch program of n * m
+        lanes (lanes never mix, so the flattened batch computes what the nested loops do);
+        the results are folded back to n outer examples of m inner results each."""
+        name = getattr(self.fn, "__qualname__", "f")
+        outer, inner = [], []
+
+        def scan(leaf, spec, where):
+            if type(leaf) is LaneMapped:
+                leaf = leaf.materialize()
+            if isinstance(leaf, Batched):
+                if type(leaf) is not Batched:
+                    filename, lineno = user_frame()
+                    raise UnsupportedConstruct(
+                        f"spmd({name}) inside a batch program over a per-example "
+                        f"{type(leaf).__name__} ({where})", filename, lineno,
+                        "Nested spmd takes per-example arrays of fixed shape; pad ragged values.")
+                outer.append(leaf.data.shape[0])
+                if spec == 0:
+                    if leaf.data.ndim < 2:
+                        raise BatchSizeError(f"spmd({name}): {where} is marked batched (in_axes 0) "
+                                             f"but each example's value has no leading axis")
+                    inner.append((where, leaf.data.shape[1]))
+            elif spec == 0:
+                shape = tuple(np.shape(leaf))
+                if not shape:
+                    raise BatchSizeError(f"spmd({name}): {where} is marked batched (in_axes 0) but "
+                                         f"has no leading batch axis")
+                inner.append((where, shape[0]))
+            return leaf
+
+        args = [_map_spec(a, s, f"argument {i}", scan) for i, (a, s) in enumerate(zip(args, specs))]
+        kwargs = {k: _map_spec(v, 0, f"argument {k!r}", scan) for k, v in kwargs.items()}
+        if not inner:
+            raise ValueError(f"spmd({name}): no argument is batched (in_axes={self.in_axes!r}); "
+                             f"mark at least one with 0")
+        n, m = outer[0], inner[0][1]
+        for where, size in inner[1:]:
+            if size != m:
+                raise BatchSizeError(
+                    f"spmd({name}): batched arguments disagree on the batch size: "
+                    f"{inner[0][0]} has {m} examples, {where} has {size}", hint=
+                    "Every batched argument needs the same leading (batch) axis length.")
+
+        def flatten(leaf, spec, where):
+            if type(leaf) is Batched:
+                data = leaf.data
+                rest = tuple(data.shape[2:]) if spec == 0 else tuple(data.shape[1:])
+                if spec != 0:     # the outer example's value, for each of its inner examples
+                    data = P.broadcast_to(P.reshape(data, shape=(n, 1) + rest), shape=(n, m) + rest)
+                return Batched(P.reshape(data, shape=(n * m,) + rest), leaf.weak)
+            if spec == 0:
+                if type(leaf) is list:
+                    leaf = np.stack(leaf)
+                rest = tuple(np.shape(leaf))[1:]
+                data = P.broadcast_to(leaf, shape=(n, m) + rest)
+                return Batched(P.reshape(data, shape=(n * m,) + rest))
+            return leaf
+
+        flat = [_map_spec(a, s, f"argument {i}", flatten) for i, (a, s) in enumerate(zip(args, specs))]
+        flat_kw = {k: _map_spec(v, 0, f"argument {k!r}", flatten) for k, v in kwargs.items()}
+        out = self._run(flat, flat_kw)
+
+        def fold(leaf):
+            if type(leaf) is LaneMapped:
+                leaf = leaf.materialize()
+            if type(leaf) is Batched:
+                data = leaf.data
+                return Batched(P.reshape(data, shape=(n, m) + tuple(data.shape[1:])))
+            if _holds_varying(leaf):
+                filename, lineno = user_frame()
+                raise UnsupportedConstruct(
+                    f"spmd({name}) inside a batch program returned a per-example "
+                    f"{type(leaf).__name__}", filename, lineno,
+                    "Nested spmd returns arrays of fixed shape per example (and tuples and "
+                    "dicts of them).")
+            return _unwrap(leaf, m)
+
+        return pytree.tree_map(fold, out)
+
+
+def _holds_varying(tree) -> bool:
+    """True when `tree` holds a per-example value of a running batch program."""
+    for leaf in pytree.flatten(tree)[0]:
+        if isinstance(leaf, Batched) or type(leaf) is LaneMapped or hasattr(leaf, "_spmd_take_lanes"):
+            return True
+    return False
+
+
+def _map_spec(arg, spec, where, on_leaf):
+    """Apply ``on_leaf(leaf, leaf_spec, where)`` to the leaves of `arg`, `spec` being an
+    in_axes prefix of it (0 or None per leaf)."""
+    if spec is None or spec == 0:
+        if spec == 0 and type(arg) is list and not _holds_varying(arg):
+            return on_leaf(arg, 0, where)
+        leaves, treedef = pytree.flatten(arg)
+        return treedef.unflatten([on_leaf(leaf, spec, f"{where}{path}")
+                                  for leaf, path in zip(leaves, pytree.leaf_paths(arg))])
+    if isinstance(spec, dict):
+        if not isinstance(arg, dict) or set(arg) != set(spec):
+            raise ValueError(f"in_axes for {where} is a dict with keys {sorted(spec)}, which does not "
+                             f"match the argument ({type(arg).__name__})")
+        return type(arg)({k: _map_spec(arg[k], spec[k], f"{where}[{k!r}]", on_leaf) for k in arg})
+    if isinstance(spec, (tuple, list)):
+        if not isinstance(arg, (tuple, list)) or len(arg) != len(spec):
+            raise ValueError(f"in_axes for {where} has {len(spec)} entries, which does not match the "
+                             f"argument ({type(arg).__name__})")
+        items = [_map_spec(a, s, f"{where}[{i}]", on_leaf) for i, (a, s) in enumerate(zip(arg, spec))]
+        return type(arg)(*items) if hasattr(type(arg), "_fields") else type(arg)(items)
+    raise ValueError(f"in_axes entries must be 0 or None (or a dict/tuple/list of them), got {spec!r} "
+                     f"for {where}")
 
 
 def _wrap(arg, spec, where, sizes):

@@ -1,9 +1,14 @@
-"""`Tracer`: an array whose operations are recorded on the active tape.
+"""`Tracer`: an array whose operations are recorded on its tape.
 
 A tracer behaves like an ndarray (operators, methods, numpy functions through
-`__array_ufunc__` / `__array_function__`). Every primitive applied to a tracer of the active
-tape computes on raw arrays and records one tape entry; non-differentiable primitives and
-integer results return raw arrays. Tracers of a finished tape act as constants.
+`__array_ufunc__` / `__array_function__`). A tape is a transform level
+(runtime/levels.py): `grad` inside `grad` runs a tape one level deeper, whose tracers hold
+tracers of the outer tape as their values. A primitive applied to tracers goes to the
+deepest active tape among its operands (`trace_apply`): that tape's tracers give their
+values, which are raw arrays (then the primitive's `impl` runs on them directly: the fast
+path) or tracers of outer tapes (then the primitive is bound again, so the outer tapes record
+it too); one tape entry is recorded. Non-differentiable primitives and integer results
+return untraced values. Tracers of a finished tape act as constants.
 """
 from __future__ import annotations
 
@@ -13,16 +18,29 @@ from ..errors import GradientError
 from ..runtime.array_methods import ArrayMethods
 from ..runtime.batched import user_frame
 from ..runtime.backend import is_float_dtype, namespace
-from ..runtime.dispatch import register_value_type
+from ..runtime.dispatch import bind, register_value_type
+from ..runtime.levels import LEVELS
 
 
 class _State(threading.local):
-    tape = None
+    @property
+    def tape(self):
+        """The innermost active tape of this thread (None when nothing is differentiated)."""
+        for level in reversed(LEVELS.stack):
+            if hasattr(level, "nodes"):
+                return level
+        return None
 
 
 STATE = _State()
-"""The active tape of this thread (one at a time per thread: nested differentiation is not
-supported; threads differentiate independently)."""
+"""This thread's differentiation state (`STATE.tape`); threads differentiate independently."""
+
+
+def live(tape) -> bool:
+    """True while `tape` records (its level is active in this thread)."""
+    stack = LEVELS.stack
+    d = tape.depth
+    return 0 <= d < len(stack) and stack[d] is tape
 
 
 class Tracer(ArrayMethods):
@@ -99,7 +117,7 @@ class Tracer(ArrayMethods):
 
     def _check_exit(self, what, hint):
         tape = self.tape
-        if tape is not None and tape is STATE.tape:
+        if tape is not None and live(tape):
             filename, lineno = user_frame(3)
             raise GradientError(
                 f"{what} of a value being differentiated would drop its gradient (the result is a "
@@ -115,20 +133,50 @@ class Tracer(ArrayMethods):
 
 
 def trace_apply(prim, args, params):
-    """Dispatch handler: apply `prim` and record it when a traced operand is differentiable."""
-    tape = STATE.tape
+    """Dispatch handler: apply `prim` on the deepest active tape among the traced operands
+    and record it there when a traced operand is differentiable (see the module docstring)."""
+    stack = LEVELS.stack
+    n = len(stack)
+    tape = None
+    depth = -1
+    for a in args:
+        if type(a) is Tracer:
+            t = a.tape
+            d = t.depth
+            if d > depth and d < n and stack[d] is t:
+                tape, depth = t, d
     raw = []
     parents = []
+    wrapped = False
     pos = 0
     for a in args:
         if type(a) is Tracer:
-            raw.append(a.value)
-            if a.tape is tape and tape is not None:
+            if a.tape is tape:
+                v = a.value
                 parents.append((pos, a.node))
+            elif depth > 0 and live(a.tape):
+                v = a                         # a tracer of an outer tape: re-bound below
+            else:
+                v = a.value                   # a finished tape's tracer: a constant
+                while type(v) is Tracer and not live(v.tape):
+                    v = v.value
+            if type(v) is Tracer:
+                wrapped = True
+            raw.append(v)
         else:
             raw.append(a)
         pos += 1
-    ans = prim.impl(*raw, **params)
+    if wrapped:
+        ans = bind(prim, tuple(raw), params)
+        if not parents:
+            return ans
+        value = ans.value if type(ans) is Tracer else ans
+        dtype = value.dtype
+    else:
+        ans = prim.impl(*raw, **params)
+        dtype = ans.dtype
+    if not parents or not prim.differentiable or (dtype.kind not in "fc" and not is_float_dtype(dtype)):
+        return ans
     if not parents or not prim.differentiable or (ans.dtype.kind not in "fc"
                                                   and not is_float_dtype(ans.dtype)):
         return ans

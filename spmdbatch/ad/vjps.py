@@ -132,9 +132,10 @@ defvjp(P.cumsum, lambda g, ans, x, axis=None:
 
 # --- linear algebra -----------------------------------------------------------------------
 def _as_arrays(g, *operands):
-    """Operands as arrays (a constant operand may be a list or a Python scalar)."""
+    """Operands as arrays (a constant operand may be a list or a Python scalar; a traced
+    operand, in `grad` of `grad`, stays traced)."""
     xp = namespace(g)
-    return tuple(xp.asarray(x) for x in operands)
+    return tuple(x if hasattr(x, "tape") else xp.asarray(x) for x in operands)
 
 
 def _matmul_vjp_a(g, ans, a, b):

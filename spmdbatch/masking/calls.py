@@ -38,7 +38,8 @@ from .stats import STATS
 
 _TRANSFORMER = None   # set by the frontend: transformer(fn, varying_pattern) -> batched function
 _NATIVE_MODULE_PREFIXES = ("numpy", "cupy", "cupyx", "scipy", "spmdbatch.runtime", "spmdbatch.ad",
-                           "spmdbatch.masking", "spmdbatch.frontend", "spmdbatch.errors")
+                           "spmdbatch.masking", "spmdbatch.frontend", "spmdbatch.errors",
+                           "spmdbatch.spmd")
 _STDLIB = frozenset(sys.stdlib_module_names)
 
 
