@@ -77,9 +77,9 @@ class SpmdFunction:
                     f"spmd({self.fn.__qualname__}): batched arguments disagree on the batch size: "
                     f"{sizes[0][0]} has {batch} examples, {where} has {n}", hint=
                     "Every batched argument needs the same leading (batch) axis length.")
-        return to_user(self._run(wrapped, wrapped_kw), batch, _unwrap)
+        return to_user(self._run(wrapped, wrapped_kw, batch), batch, _unwrap)
 
-    def _run(self, wrapped, wrapped_kw):
+    def _run(self, wrapped, wrapped_kw, batch):
         """Run the batch program on per-example values `wrapped` as a new batch level."""
         saved = (STATE.partial, STATE.frame, STATE.lanes, STATE.max_depth)
         STATE.partial, STATE.frame, STATE.lanes = False, None, None
@@ -87,7 +87,8 @@ class SpmdFunction:
             STATE.max_depth = self.max_depth
         forget_uniform_objects()
         UNIFORM_OBJECTS.active += 1
-        level = levels.push(levels.BatchLevel(getattr(self.fn, "__qualname__", "f"), call))
+        level = levels.push(levels.BatchLevel(getattr(self.fn, "__qualname__", "f"), call,
+                                                 lambda: _running_lanes(batch)))
         try:
             if is_user_function(self.fn) and not isinstance(self.fn, SpmdFunction):
                 return run_batched(self.fn, (), wrapped, wrapped_kw)
@@ -163,7 +164,7 @@ class SpmdFunction:
 
         flat = [_map_spec(a, s, f"argument {i}", flatten) for i, (a, s) in enumerate(zip(args, specs))]
         flat_kw = {k: _map_spec(v, 0, f"argument {k!r}", flatten) for k, v in kwargs.items()}
-        out = self._run(flat, flat_kw)
+        out = self._run(flat, flat_kw, n * m)
 
         def fold(leaf):
             if type(leaf) is LaneMapped:
@@ -181,6 +182,15 @@ class SpmdFunction:
             return _unwrap(leaf, m)
 
         return pytree.tree_map(fold, out)
+
+
+def _running_lanes(batch):
+    """The lane count of the group of lanes the running batch program computes on (`batch`,
+    the whole batch, while no scheduler frame runs: straight-line code)."""
+    frame = STATE.frame
+    if frame is None:
+        return batch
+    return frame.n if STATE.lanes is None else len(STATE.lanes)
 
 
 def _holds_varying(tree) -> bool:

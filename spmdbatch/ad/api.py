@@ -68,14 +68,16 @@ def _varying(leaf) -> bool:
 
 
 def _lane_count(args, kwargs):
-    """The lanes of the running batch program when `args` hold per-example values (`grad`
-    called inside `spmd`), else None."""
+    """Inside a running batch program (`grad` inside `spmd`), the lanes of the running group;
+    else None. The arguments' per-example values tell it; without any (uniform arguments,
+    per-example values in `f`'s closure), the batch level does."""
     for leaf in pytree.flatten((args, kwargs))[0]:
         if isinstance(leaf, Batched):
             return leaf.data.shape[0]
         if type(leaf) is LaneMapped:
             return len(leaf.index)
-    return None
+    level = levels.innermost(levels.BatchLevel)
+    return None if level is None else level.lanes()
 
 
 def _trace_leaves(tape, tree, fname="f", argnum=0, lanes=None):
@@ -237,12 +239,10 @@ def _ones_like(t):
 def _call(f, args, kwargs, lanes):
     """``f(*args, **kwargs)``; inside a batch program (`lanes`), as a call of that program,
     so that `f` runs as a batch program itself (with its own control flow per example)."""
-    if lanes is None:
+    level = None if lanes is None else levels.innermost(levels.BatchLevel)
+    if level is None:
         return f(*args, **kwargs)
-    for level in reversed(levels.LEVELS.stack):
-        if type(level) is levels.BatchLevel:
-            return level.call(f, *args, **kwargs)
-    return f(*args, **kwargs)
+    return level.call(f, *args, **kwargs)
 
 
 def value_and_grad(f: Callable, argnums=0, has_aux: bool = False, sparse: bool = False) -> Callable:

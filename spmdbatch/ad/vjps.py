@@ -17,6 +17,7 @@ import math
 import numpy as np
 
 from ..runtime import primitives as P
+from ..runtime.array_methods import index_update
 from ..runtime.backend import namespace
 from .sparse import SparseRows
 from .tape import unbroadcast
@@ -33,6 +34,13 @@ def defvjp(prim, *rules):
 def defvjp_variadic(prim, rule):
     """Set one rule ``rule(position, g, ans, *operands, **params)`` for all operands."""
     prim.vjp = rule
+
+
+def stop_gradient_raw(x):
+    """The raw array of an index operand (a tracer's value: indices carry no gradient)."""
+    while hasattr(x, "tape"):
+        x = x.value
+    return x
 
 
 def safe_div(num, den):
@@ -200,6 +208,10 @@ def _sort_vjp(g, ans, x, axis=-1):
     if axis is None:
         return _sort_vjp(g, ans.reshape(-1), x.reshape(-1), 0).reshape(np.shape(x))
     order = xp.argsort(x, axis=axis, kind="stable")
+    if hasattr(g, "tape"):     # a traced cotangent (grad of grad): a differentiable scatter
+        grids = list(np.indices(np.shape(order), sparse=True))
+        grids[axis] = stop_gradient_raw(order)
+        return index_update(np.zeros(np.shape(x), dtype=g.dtype), tuple(grids), g, mode="add")
     out = xp.zeros(np.shape(x), dtype=g.dtype)
     xp.put_along_axis(out, order, g, axis=axis)
     return out
@@ -244,6 +256,9 @@ def _getitem_vjp(g, ans, x, *arrays, index):
         return SparseRows.rows(np.shape(x), idx.reshape(-1), g.reshape((-1,) + np.shape(x)[1:]),
                                unique=False)
     xp = namespace(g)
+    if hasattr(g, "tape"):     # a traced cotangent (grad of grad): a differentiable scatter-add
+        return P.index_update(np.zeros(np.shape(x), dtype=g.dtype), g,
+                              *[stop_gradient_raw(a) for a in arrays], index=index, mode="add")
     out = xp.zeros(np.shape(x), dtype=g.dtype)
     full = P.fill_index(index, arrays)
     if P.is_advanced_index(index):

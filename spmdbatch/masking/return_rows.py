@@ -124,7 +124,9 @@ def _item(value, kind, position):
 
 
 def _raw(data):
-    return data.value if type(data) is Tracer else data
+    while type(data) is Tracer:      # (tracers of tracers under grad of grad)
+        data = data.value
+    return data
 
 
 def _grown(buffer, raw, capacity):

@@ -43,15 +43,25 @@ class BatchLevel(Level):
 
     `call(fn, *args, **kwargs)` calls `fn` from the running batch program (as a call in the
     program's code would: a user function with per-example arguments runs as its own batch
-    program). Transforms that run inside the batch program (`grad` inside `spmd`) call the
-    user's function through it."""
+    program). `lanes()` is the number of lanes of the group of lanes running now (None
+    before the program starts). Transforms that run inside the batch program (`grad` inside
+    `spmd`) call the user's function through `call` and trace one value per lane."""
 
-    __slots__ = ("name", "call")
+    __slots__ = ("name", "call", "lanes")
 
-    def __init__(self, name: str, call):
+    def __init__(self, name: str, call, lanes):
         super().__init__()
         self.name = name
         self.call = call
+        self.lanes = lanes
+
+
+def innermost(kind):
+    """The innermost active level of type `kind` in this thread, or None."""
+    for level in reversed(LEVELS.stack):
+        if type(level) is kind:
+            return level
+    return None
 
 
 def push(level: Level) -> Level:
