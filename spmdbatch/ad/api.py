@@ -23,7 +23,7 @@ from ..runtime.mapped import LaneMapped
 from ..runtime.ragged import Ragged
 from .sparse import SparseRows, densify
 from .tape import Tape
-from .tracer import Tracer, live
+from .tracer import STATE, Tracer, live
 
 
 class _Activate:
@@ -34,12 +34,17 @@ class _Activate:
 
     def __init__(self, tape):
         self.tape = tape
+        self.saved = None
 
     def __enter__(self):
+        nested = any(type(level) is Tape for level in levels.LEVELS.stack)
+        self.saved = STATE.fast
+        STATE.fast = None if nested else self.tape
         levels.push(self.tape)
 
     def __exit__(self, *exc):
         levels.pop(self.tape)
+        STATE.fast = self.saved
 
 
 def _hides_arrays(leaf) -> bool:

@@ -23,6 +23,10 @@ from ..runtime.levels import LEVELS
 
 
 class _State(threading.local):
+    fast = None
+    """The tape whose tracers take the fast path of `trace_apply`: the only recording tape of
+    this thread (None while none records, or while tapes nest: grad of grad)."""
+
     @property
     def tape(self):
         """The innermost active tape of this thread (None when nothing is differentiated)."""
@@ -134,7 +138,42 @@ class Tracer(ArrayMethods):
 
 def trace_apply(prim, args, params):
     """Dispatch handler: apply `prim` on the deepest active tape among the traced operands
-    and record it there when a traced operand is differentiable (see the module docstring)."""
+    and record it there when a traced operand is differentiable (see the module docstring).
+
+    The fast path: every traced operand belongs to the only recording tape of this thread
+    (`STATE.fast`), so its values are raw arrays and `prim.impl` runs on them directly;
+    anything else goes to `_trace_apply_levels`."""
+    tape = None
+    raw = []
+    parents = []
+    pos = 0
+    for a in args:
+        if type(a) is Tracer:
+            t = a.tape
+            if t is not tape:
+                if tape is not None or t is not STATE.fast:
+                    return _trace_apply_levels(prim, args, params)
+                tape = t
+            raw.append(a.value)
+            parents.append((pos, a.node))
+        else:
+            raw.append(a)
+        pos += 1
+    ans = prim.impl(*raw, **params)
+    if not parents or not prim.differentiable or (ans.dtype.kind not in "fc"
+                                                  and not is_float_dtype(ans.dtype)):
+        return ans
+    if prim.vjp is None:
+        raise NotImplementedError(f"primitive {prim.name!r} has no VJP rule; add one in spmdbatch/ad/vjps.py")
+    nodes = tape.nodes
+    nodes.append((prim, raw, params, ans, parents))
+    return Tracer(ans, tape, len(nodes) - 1)
+
+
+def _trace_apply_levels(prim, args, params):
+    """`trace_apply` in general: tracers of several tapes (the deepest active one records;
+    the values of its tracers may be tracers of outer tapes, on which the primitive is bound
+    again) and tracers of finished tapes (constants)."""
     stack = LEVELS.stack
     n = len(stack)
     tape = None
@@ -175,10 +214,13 @@ def trace_apply(prim, args, params):
     else:
         ans = prim.impl(*raw, **params)
         dtype = ans.dtype
+    return _record(prim, tape, raw, params, ans, dtype, parents)
+
+
+def _record(prim, tape, raw, params, ans, dtype, parents):
+    """Record one entry on `tape` and return the traced result (or `ans` itself when nothing
+    is differentiated: no traced operand, a non-differentiable primitive, a non-float result)."""
     if not parents or not prim.differentiable or (dtype.kind not in "fc" and not is_float_dtype(dtype)):
-        return ans
-    if not parents or not prim.differentiable or (ans.dtype.kind not in "fc"
-                                                  and not is_float_dtype(ans.dtype)):
         return ans
     if prim.vjp is None:
         raise NotImplementedError(f"primitive {prim.name!r} has no VJP rule; add one in spmdbatch/ad/vjps.py")
