@@ -63,9 +63,9 @@ class SpmdFunction:
         if len(specs) != len(args):
             raise ValueError(f"spmd({self.fn.__qualname__}): in_axes has {len(specs)} entries for "
                              f"{len(args)} positional arguments")
-        if _holds_varying((args, kwargs)) or (levels.innermost(levels.BatchLevel) is not None
-                                               and is_varying(self.fn)):
-            return self._call_nested(args, kwargs, specs)
+        if levels.innermost(levels.BatchLevel) is not None and \
+                (_holds_varying((args, kwargs)) or is_varying(self.fn)):
+            return self._call_nested(args, kwargs, specs)   # inside a running batch program
         sizes: list = []
         wrapped = [_wrap(a, s, f"argument {i}", sizes) for i, (a, s) in enumerate(zip(args, specs))]
         wrapped_kw = {k: _wrap(v, 0, f"argument {k!r}", sizes) for k, v in kwargs.items()}
