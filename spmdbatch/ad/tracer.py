@@ -116,6 +116,8 @@ class Tracer(ArrayMethods):
     def __array__(self, dtype=None, copy=None):
         self._check_exit("converting to a numpy array (numpy.asarray / numpy.array)",
                          "use numpy.stack / numpy.concatenate to build arrays from traced values")
+        if type(self.value) is Tracer:    # (a finished tape's tracer of a live outer one)
+            return self.value.__array__(dtype, copy)
         value = self.value if dtype is None else self.value.astype(dtype)
         return value.copy() if copy else value
 

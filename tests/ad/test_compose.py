@@ -378,6 +378,18 @@ def test_second_order_through_spmd_with_varying_control_flow(f):
     np.testing.assert_allclose(got, loop, rtol=1e-9, atol=1e-12)
 
 
+def test_stop_gradient_stops_every_level():
+    x = np.array([0.4, -0.3])
+    # d/dx of d/dy [y^2 * stop(y)] = d/dx [2 x * x]... with stop: only the inner derivative flows
+    inner = lambda y: (y * y * sb.stop_gradient(y)).sum()
+    np.testing.assert_allclose(sb.grad(lambda x: sb.grad(inner)(x).sum())(x), 2 * x, rtol=1e-12)
+    xs = np.array([[0.4, -0.3], [1.0, 2.0]])
+    got = sb.grad(lambda p: sb.grad(lambda q: sb.spmd(
+        lambda a, x: (a * a * sb.stop_gradient(a * x)).sum(), in_axes=(None, 0))(q, xs).sum())(p).sum())(x)
+    expected = sum(2 * (x * xi) for xi in xs)     # d/dp sum(2 p * stop(p x)) = 2 stop(p x)
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
 # every VJP rule of the registry, differentiated once more (the rules receive tracers)
 sys.path.insert(0, HERE)
 from test_ad_vjp_rules import CASES  # noqa: E402
