@@ -15,20 +15,23 @@ Autodiff sees through it: ``grad(lambda p, xs: spmd(f, in_axes=(None, 0))(p, xs)
 from __future__ import annotations
 
 import functools
+import types
 
 import numpy as np
 
 from .ad.tracer import is_traced
-from .errors import BatchSizeError
+from .errors import BatchSizeError, UnsupportedConstruct
 from .frontend.decode import check_python_version
 from .frontend.show import describe
-from .masking.calls import run_batched
+from .masking.calls import call, is_user_function, run_batched
 from .masking.state import STATE
-from .masking.lanes import UNIFORM_OBJECTS, forget_uniform_objects, weak_merge_dtype
+from .masking.lanes import UNIFORM_OBJECTS, forget_uniform_objects, is_varying, weak_merge_dtype
 from .runtime import primitives as P
+from .runtime import levels
 from .runtime import pytree
 from .runtime.backend import namespace
 from .runtime.batched import Batched, Ragged
+from .runtime.blame import user_frame
 from .runtime.mapped import LaneMapped
 from .masking.lane_list import to_user
 from .runtime.ragged import from_examples, to_examples
@@ -52,16 +55,19 @@ class SpmdFunction:
     """A per-example function together with how its arguments are batched."""
 
     def __init__(self, fn, in_axes, max_depth=None):
+        functools.update_wrapper(self, fn)   # (first: it copies fn's __dict__, an inner spmd's too)
         self.fn = fn
         self.in_axes = in_axes
         self.max_depth = max_depth
-        functools.update_wrapper(self, fn)
 
     def __call__(self, *args, **kwargs):
         specs = self.in_axes if isinstance(self.in_axes, (tuple, list)) else (self.in_axes,) * len(args)
         if len(specs) != len(args):
             raise ValueError(f"spmd({self.fn.__qualname__}): in_axes has {len(specs)} entries for "
                              f"{len(args)} positional arguments")
+        if levels.innermost(levels.BatchLevel) is not None and \
+                (_holds_varying((args, kwargs)) or is_varying(self.fn)):
+            return self._call_nested(args, kwargs, specs)   # inside a running batch program
         sizes: list = []
         wrapped = [_wrap(a, s, f"argument {i}", sizes) for i, (a, s) in enumerate(zip(args, specs))]
         wrapped_kw = {k: _wrap(v, 0, f"argument {k!r}", sizes) for k, v in kwargs.items()}
@@ -75,24 +81,219 @@ class SpmdFunction:
                     f"spmd({self.fn.__qualname__}): batched arguments disagree on the batch size: "
                     f"{sizes[0][0]} has {batch} examples, {where} has {n}", hint=
                     "Every batched argument needs the same leading (batch) axis length.")
+        return to_user(self._run(self.fn, wrapped, wrapped_kw, batch), batch, _unwrap)
+
+    def _run(self, fn, wrapped, wrapped_kw, batch):
+        """Run the batch program on per-example values `wrapped` as a new batch level."""
         saved = (STATE.partial, STATE.frame, STATE.lanes, STATE.max_depth)
         STATE.partial, STATE.frame, STATE.lanes = False, None, None
         if self.max_depth is not None:
             STATE.max_depth = self.max_depth
         forget_uniform_objects()
         UNIFORM_OBJECTS.active += 1
+        level = levels.push(levels.BatchLevel(getattr(fn, "__qualname__", "f"), call,
+                                              lambda: _running_lanes(batch)))
         try:
-            if getattr(self.fn, "_spmd_native", False):   # @native (a custom_vjp function):
-                out = self.fn(*wrapped, **wrapped_kw)       # as it is, on the batched values
-            else:
-                out = run_batched(self.fn, (), wrapped, wrapped_kw)
+            if getattr(fn, "_spmd_native", False):   # @native (a custom_vjp function): as it
+                return fn(*wrapped, **wrapped_kw)      # is, on the batched values
+            if is_user_function(fn) and not isinstance(fn, SpmdFunction):
+                return run_batched(fn, (), wrapped, wrapped_kw)
+            # library code (grad(f), another spmd): runs natively in the batch program
+            return call(fn, *wrapped, **wrapped_kw)
         finally:
+            levels.pop(level)
             STATE.partial, STATE.frame, STATE.lanes, STATE.max_depth = saved
             UNIFORM_OBJECTS.active -= 1
             forget_uniform_objects()
             if not UNIFORM_OBJECTS.active:
                 UNIFORM_OBJECTS.cells.clear()
-        return to_user(out, batch, _unwrap)
+
+    def _call_nested(self, args, kwargs, specs):
+        """`spmd` called inside a batch program with per-example arguments or per-example
+        values in its function's closure (``spmd(spmd(f))``): every (outer example, inner
+        example) pair is one lane of a batch program of n * m lanes (lanes never mix, so the
+        flattened batch computes what the nested loops do); an outer example's values are
+        repeated for each of its inner examples, and the results are folded back to n outer
+        examples of m inner results each."""
+        name = getattr(self.fn, "__qualname__", "f")
+        inner = []
+
+        def scan(leaf, spec, where):
+            if spec != 0:
+                return leaf
+            if type(leaf) is LaneMapped:
+                leaf = leaf.materialize()
+            if isinstance(leaf, Batched):
+                if type(leaf) is not Batched:
+                    filename, lineno = user_frame()
+                    raise UnsupportedConstruct(
+                        f"spmd({name}) inside a batch program, batched over a per-example "
+                        f"{type(leaf).__name__} ({where}): nested spmd maps arrays of the same "
+                        f"length in every example", filename, lineno,
+                        "Pad the per-example sequences to one length (and mask), or loop over "
+                        "them inside the outer function.")
+                if leaf.data.ndim < 2:
+                    raise BatchSizeError(f"spmd({name}): {where} is marked batched (in_axes 0) "
+                                         f"but each example's value has no leading axis")
+                inner.append((where, leaf.data.shape[1]))
+            elif is_varying(leaf):
+                filename, lineno = user_frame()
+                raise UnsupportedConstruct(
+                    f"spmd({name}) inside a batch program, batched over a per-example "
+                    f"{type(leaf).__name__} ({where})", filename, lineno,
+                    "Batch nested spmd over arrays (stack per-example lists first).")
+            else:
+                shape = tuple(np.shape(leaf))
+                if not shape:
+                    raise BatchSizeError(f"spmd({name}): {where} is marked batched (in_axes 0) but "
+                                         f"has no leading batch axis")
+                inner.append((where, shape[0]))
+            return leaf
+
+        args = [_map_spec(a, s, f"argument {i}", scan) for i, (a, s) in enumerate(zip(args, specs))]
+        kwargs = {k: _map_spec(v, 0, f"argument {k!r}", scan) for k, v in kwargs.items()}
+        if not inner:
+            raise ValueError(f"spmd({name}): no argument is batched (in_axes={self.in_axes!r}); "
+                             f"mark at least one with 0")
+        n, m = levels.innermost(levels.BatchLevel).lanes(), inner[0][1]
+        for where, size in inner[1:]:
+            if size != m:
+                raise BatchSizeError(
+                    f"spmd({name}): batched arguments disagree on the batch size: "
+                    f"{inner[0][0]} has {m} examples, {where} has {size}", hint=
+                    "Every batched argument needs the same leading (batch) axis length.")
+        def flatten(leaf, spec, where):
+            if spec != 0:       # the outer example's value, for each of its inner examples
+                return _repeat_lanes(leaf, n, m, {}, name) if is_varying(leaf) else leaf
+            if type(leaf) is LaneMapped:
+                leaf = leaf.materialize()
+            if type(leaf) is Batched:
+                data = leaf.data
+                return Batched(P.reshape(data, shape=(n * m,) + tuple(data.shape[2:])), leaf.weak)
+            if type(leaf) is list:
+                leaf = np.stack(leaf)
+            rest = tuple(np.shape(leaf))[1:]
+            data = P.broadcast_to(leaf, shape=(n, m) + rest)
+            return Batched(P.reshape(data, shape=(n * m,) + rest))
+
+        flat = [_map_spec(a, s, f"argument {i}", flatten) for i, (a, s) in enumerate(zip(args, specs))]
+        flat_kw = {k: _map_spec(v, 0, f"argument {k!r}", flatten) for k, v in kwargs.items()}
+        fn = _repeat_lanes(self.fn, n, m, {}, name) if is_varying(self.fn) else self.fn  # (closure)
+        out = self._run(fn, flat, flat_kw, n * m)
+
+        def fold(leaf):
+            if type(leaf) is LaneMapped:
+                leaf = leaf.materialize()
+            if type(leaf) is Batched:
+                data = leaf.data
+                return Batched(P.reshape(data, shape=(n, m) + tuple(data.shape[1:])))
+            if is_varying(leaf):
+                filename, lineno = user_frame()
+                raise UnsupportedConstruct(
+                    f"spmd({name}) inside a batch program returned a per-example "
+                    f"{type(leaf).__name__}", filename, lineno,
+                    "Nested spmd returns arrays of fixed shape per example (and tuples and "
+                    "dicts of them).")
+            return _unwrap(leaf, m)
+
+        return _map_result(out, fold)
+
+
+def _running_lanes(batch):
+    """The lane count of the group of lanes the running batch program computes on (`batch`,
+    the whole batch, while no scheduler frame runs: straight-line code)."""
+    frame = STATE.frame
+    if frame is None:
+        return batch
+    return frame.n if STATE.lanes is None else len(STATE.lanes)
+
+
+def _repeat_lanes(value, n, m, memo, name):
+    """`value` of n lanes as n * m lanes, each lane repeated m times (differentiably: a
+    gradient sums over the repeats); closures and containers are copied with their
+    per-example contents repeated."""
+    kind = type(value)
+    if kind is Batched:
+        data = value.data
+        rest = tuple(data.shape[1:])
+        data = P.broadcast_to(P.reshape(data, shape=(n, 1) + rest), shape=(n, m) + rest)
+        return Batched(P.reshape(data, shape=(n * m,) + rest), value.weak)
+    if kind is LaneMapped:
+        return LaneMapped(value.base, np.repeat(value.index, m), value.lengths)
+    if not is_varying(value):
+        return value
+    if kind is Ragged:
+        data = value.data
+        rest = tuple(data.shape[1:])
+        data = P.broadcast_to(P.reshape(data, shape=(n, 1) + rest), shape=(n, m) + rest)
+        return Ragged(P.reshape(data, shape=(n * m,) + rest), np.repeat(value.lengths, m))
+    if kind is tuple or kind is list:
+        return kind(_repeat_lanes(v, n, m, memo, name) for v in value)
+    if kind is dict:
+        return {k: _repeat_lanes(v, n, m, memo, name) for k, v in value.items()}
+    if kind is types.CellType:
+        if id(value) not in memo:
+            memo[id(value)] = types.CellType(_repeat_lanes(value.cell_contents, n, m, memo, name))
+        return memo[id(value)]
+    if kind is types.FunctionType:
+        if id(value) not in memo:
+            cells = tuple(_repeat_lanes(c, n, m, memo, name) for c in value.__closure__ or ())
+            new = types.FunctionType(value.__code__, value.__globals__, value.__name__,
+                                     value.__defaults__, cells or None)
+            new.__kwdefaults__ = value.__kwdefaults__
+            new.__qualname__ = value.__qualname__
+            new.__dict__.update(value.__dict__)
+            memo[id(value)] = new
+        return memo[id(value)]
+    if kind is types.MethodType:
+        return types.MethodType(value.__func__, _repeat_lanes(value.__self__, n, m, memo, name))
+    filename, lineno = user_frame()
+    raise UnsupportedConstruct(
+        f"spmd({name}) inside a batch program reads a per-example {kind.__name__} of the "
+        f"enclosing batch program (an argument with in_axes None, or in its closure)",
+        filename, lineno, "Pass per-example arrays (or tuples and dicts of them) instead.")
+
+
+def _map_result(value, fn):
+    """`fn` of each leaf of a batch program's result (tuples, lists and dicts walked)."""
+    if isinstance(value, (tuple, list)) and not hasattr(value, "_spmd_take_lanes") \
+            and type(value) in (tuple, list):
+        return type(value)(_map_result(v, fn) for v in value)
+    if type(value) is dict:
+        return {k: _map_result(v, fn) for k, v in value.items()}
+    return fn(value)
+
+
+def _holds_varying(tree) -> bool:
+    """True when `tree` holds a per-example value of a running batch program."""
+    for leaf in pytree.flatten(tree)[0]:
+        if isinstance(leaf, Batched) or type(leaf) is LaneMapped or hasattr(leaf, "_spmd_take_lanes"):
+            return True
+    return False
+
+
+def _map_spec(arg, spec, where, on_leaf):
+    """Apply ``on_leaf(leaf, leaf_spec, where)`` to the leaves of `arg`, `spec` being an
+    in_axes prefix of it (0 or None per leaf)."""
+    if spec is None or spec == 0:
+        if spec == 0 and type(arg) is list and not _holds_varying(arg):
+            return on_leaf(arg, 0, where)
+        leaves, treedef = pytree.flatten(arg)
+        return treedef.unflatten([on_leaf(leaf, spec, f"{where}{path}")
+                                  for leaf, path in zip(leaves, pytree.leaf_paths(arg))])
+    if isinstance(spec, dict):
+        if not isinstance(arg, dict) or set(arg) != set(spec):
+            raise ValueError(f"in_axes for {where} is a dict with keys {sorted(spec)}, which does not "
+                             f"match the argument ({type(arg).__name__})")
+        return type(arg)({k: _map_spec(arg[k], spec[k], f"{where}[{k!r}]", on_leaf) for k in arg})
+    if isinstance(spec, (tuple, list)):
+        if not isinstance(arg, (tuple, list)) or len(arg) != len(spec):
+            raise ValueError(f"in_axes for {where} has {len(spec)} entries, which does not match the "
+                             f"argument ({type(arg).__name__})")
+        items = [_map_spec(a, s, f"{where}[{i}]", on_leaf) for i, (a, s) in enumerate(zip(arg, spec))]
+        return type(arg)(*items) if hasattr(type(arg), "_fields") else type(arg)(items)
+    raise ValueError(f"in_axes entries must be 0 or None (or a dict/tuple/list of them), got {spec!r} "
+                     f"for {where}")
 
 
 def _wrap(arg, spec, where, sizes):

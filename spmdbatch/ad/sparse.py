@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..runtime.array_methods import index_update
 from ..runtime.backend import namespace
 
 
@@ -45,6 +46,12 @@ class SparseRows:
 
     @classmethod
     def rows(cls, shape, indices, values, unique):
+        """The cotangent with `values` added at rows `indices`. Values that are tracers of an
+        outer tape (the backward pass of `grad` inside `grad`) give a dense traced array,
+        built by a differentiable scatter-add, so the outer tape follows it."""
+        if hasattr(values, "tape"):
+            zeros = namespace(values.value).zeros(shape, dtype=values.dtype)
+            return index_update(zeros, indices, values, mode="add")
         return cls(shape, values.dtype, [(indices, values, unique)])
 
     def coalesce(self):

@@ -4,23 +4,30 @@ Operations are appended in execution order, which is a topological order of the
 computation, so the backward pass is one reverse sweep with no graph sort. Leaves (the
 inputs being differentiated) are entries of `None`. A tape lives for one `grad` /
 `value_and_grad` / `vjp` call and is dropped afterwards, releasing every intermediate.
+
+A tape is a transform level (runtime/levels.py). Under an outer tape (`grad` of `grad`),
+the recorded operands and results are tracers of the outer tape, and the backward pass runs
+the VJP rules on them while the outer tape is active, so the outer tape records the backward
+pass itself and can differentiate it (second order).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..runtime.backend import namespace
+from ..runtime.levels import Level
 from .sparse import SparseRows
 
 
-class Tape:
+class Tape(Level):
     """Entries ``(primitive, raw_operands, params, result, parents)``, appended to `nodes` by
     `tracer.trace_apply` (inline: it is the hot path); parents are ``(operand_position,
     parent_node)`` pairs for the operands that are traced."""
 
-    __slots__ = ("nodes", "__weakref__")
+    __slots__ = ("nodes",)
 
     def __init__(self):
+        super().__init__()
         self.nodes: list = []
 
     def new_leaf(self) -> int:
@@ -68,8 +75,8 @@ class Tape:
 def accumulate(prev, c, owned):
     """``prev + c`` for cotangents of one node; a sum this sweep allocated itself (in `owned`,
     held by no one else) is updated in place instead of copied."""
-    if owned.get(id(prev)) is prev and getattr(c, "dtype", None) == prev.dtype \
-            and tuple(getattr(c, "shape", ())) == prev.shape:
+    if owned.get(id(prev)) is prev and (type(c) is type(prev) or type(c) is SparseRows) \
+            and c.dtype == prev.dtype and tuple(c.shape) == prev.shape:
         if type(c) is SparseRows:
             return c._add_into(prev)
         prev += c

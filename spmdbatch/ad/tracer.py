@@ -1,9 +1,14 @@
-"""`Tracer`: an array whose operations are recorded on the active tape.
+"""`Tracer`: an array whose operations are recorded on its tape.
 
 A tracer behaves like an ndarray (operators, methods, numpy functions through
-`__array_ufunc__` / `__array_function__`). Every primitive applied to a tracer of the active
-tape computes on raw arrays and records one tape entry; non-differentiable primitives and
-integer results return raw arrays. Tracers of a finished tape act as constants.
+`__array_ufunc__` / `__array_function__`). A tape is a transform level
+(runtime/levels.py): `grad` inside `grad` runs a tape one level deeper, whose tracers hold
+tracers of the outer tape as their values. A primitive applied to tracers goes to the
+deepest active tape among its operands (`trace_apply`): that tape's tracers give their
+values, which are raw arrays (then the primitive's `impl` runs on them directly: the fast
+path) or tracers of outer tapes (then the primitive is bound again, so the outer tapes record
+it too); one tape entry is recorded. Non-differentiable primitives and integer results
+return untraced values. Tracers of a finished tape act as constants.
 """
 from __future__ import annotations
 
@@ -13,16 +18,33 @@ from ..errors import GradientError
 from ..runtime.array_methods import ArrayMethods
 from ..runtime.blame import user_frame
 from ..runtime.backend import is_float_dtype, namespace
-from ..runtime.dispatch import register_value_type
+from ..runtime.dispatch import bind, register_value_type
+from ..runtime.levels import LEVELS
 
 
 class _State(threading.local):
-    tape = None
+    fast = None
+    """The tape whose tracers take the fast path of `trace_apply`: the only recording tape of
+    this thread (None while none records, or while tapes nest: grad of grad)."""
+
+    @property
+    def tape(self):
+        """The innermost active tape of this thread (None when nothing is differentiated)."""
+        for level in reversed(LEVELS.stack):
+            if hasattr(level, "nodes"):
+                return level
+        return None
 
 
 STATE = _State()
-"""The active tape of this thread (one at a time per thread: nested differentiation is not
-supported; threads differentiate independently)."""
+"""This thread's differentiation state (`STATE.tape`); threads differentiate independently."""
+
+
+def live(tape) -> bool:
+    """True while `tape` records (its level is active in this thread)."""
+    stack = LEVELS.stack
+    d = tape.depth
+    return 0 <= d < len(stack) and stack[d] is tape
 
 
 class Tracer(ArrayMethods):
@@ -94,12 +116,14 @@ class Tracer(ArrayMethods):
     def __array__(self, dtype=None, copy=None):
         self._check_exit("converting to a numpy array (numpy.asarray / numpy.array)",
                          "use numpy.stack / numpy.concatenate to build arrays from traced values")
+        if type(self.value) is Tracer:    # (a finished tape's tracer of a live outer one)
+            return self.value.__array__(dtype, copy)
         value = self.value if dtype is None else self.value.astype(dtype)
         return value.copy() if copy else value
 
     def _check_exit(self, what, hint):
         tape = self.tape
-        if tape is not None and tape is STATE.tape:
+        if tape is not None and live(tape):
             filename, lineno = user_frame(3)
             raise GradientError(
                 f"{what} of a value being differentiated would drop its gradient (the result is a "
@@ -115,16 +139,25 @@ class Tracer(ArrayMethods):
 
 
 def trace_apply(prim, args, params):
-    """Dispatch handler: apply `prim` and record it when a traced operand is differentiable."""
-    tape = STATE.tape
+    """Dispatch handler: apply `prim` on the deepest active tape among the traced operands
+    and record it there when a traced operand is differentiable (see the module docstring).
+
+    The fast path: every traced operand belongs to the only recording tape of this thread
+    (`STATE.fast`), so its values are raw arrays and `prim.impl` runs on them directly;
+    anything else goes to `_trace_apply_levels`."""
+    tape = None
     raw = []
     parents = []
     pos = 0
     for a in args:
         if type(a) is Tracer:
+            t = a.tape
+            if t is not tape:
+                if tape is not None or t is not STATE.fast:
+                    return _trace_apply_levels(prim, args, params)
+                tape = t
             raw.append(a.value)
-            if a.tape is tape and tape is not None:
-                parents.append((pos, a.node))
+            parents.append((pos, a.node))
         else:
             raw.append(a)
         pos += 1
@@ -133,7 +166,66 @@ def trace_apply(prim, args, params):
                                                   and not is_float_dtype(ans.dtype)):
         return ans
     if prim.vjp is None:
-        raise NotImplementedError(f"primitive {prim.name!r} has no VJP rule; add one in spmdbatch/ad/vjps.py")
+        raise NotImplementedError(f"primitive {prim.name!r} has no VJP rule; declare one with vjp= where it is declared (spmdbatch.primitive)")
+    nodes = tape.nodes
+    nodes.append((prim, raw, params, ans, parents))
+    return Tracer(ans, tape, len(nodes) - 1)
+
+
+def _trace_apply_levels(prim, args, params):
+    """`trace_apply` in general: tracers of several tapes (the deepest active one records;
+    the values of its tracers may be tracers of outer tapes, on which the primitive is bound
+    again) and tracers of finished tapes (constants)."""
+    stack = LEVELS.stack
+    n = len(stack)
+    tape = None
+    depth = -1
+    for a in args:
+        if type(a) is Tracer:
+            t = a.tape
+            d = t.depth
+            if d > depth and d < n and stack[d] is t:
+                tape, depth = t, d
+    raw = []
+    parents = []
+    wrapped = False
+    pos = 0
+    for a in args:
+        if type(a) is Tracer:
+            if a.tape is tape:
+                v = a.value
+                parents.append((pos, a.node))
+            elif depth > 0 and live(a.tape):
+                v = a                         # a tracer of an outer tape: re-bound below
+            else:
+                v = a.value                   # a finished tape's tracer: a constant
+                while type(v) is Tracer and not live(v.tape):
+                    v = v.value
+            if type(v) is Tracer:
+                wrapped = True
+            raw.append(v)
+        else:
+            raw.append(a)
+        pos += 1
+    if wrapped:
+        ans = bind(prim, tuple(raw), params)
+        if not parents:
+            return ans
+        value = ans.value if type(ans) is Tracer else ans
+        dtype = value.dtype
+    else:
+        ans = prim.impl(*raw, **params)
+        dtype = ans.dtype
+    return _record(prim, tape, raw, params, ans, dtype, parents)
+
+
+def _record(prim, tape, raw, params, ans, dtype, parents):
+    """Record one entry on `tape` and return the traced result (or `ans` itself when nothing
+    is differentiated: no traced operand, a non-differentiable primitive, a non-float result)."""
+    if not parents or not prim.differentiable or (dtype.kind not in "fc" and not is_float_dtype(dtype)):
+        return ans
+    if prim.vjp is None:
+        raise NotImplementedError(f"primitive {prim.name!r} has no VJP rule; declare one with vjp= where it is declared (spmdbatch.primitive)")
     nodes = tape.nodes
     nodes.append((prim, raw, params, ans, parents))
     return Tracer(ans, tape, len(nodes) - 1)
@@ -154,5 +246,8 @@ def is_traced(x) -> bool:
 
 def untraced(x):
     """The array `x` stands for, without its autodiff record: a `Tracer`'s value; anything
-    else as it is (no gradient flows through what is computed from it)."""
-    return x.value if isinstance(x, Tracer) else x
+    else as it is (no gradient flows through what is computed from it). Under nested tapes
+    (`grad` of `grad`) a tracer's value may be another tape's tracer: every level is removed."""
+    while isinstance(x, Tracer):
+        x = x.value
+    return x

@@ -43,7 +43,7 @@ from .stats import STATS, count_running_call
 _TRANSFORMER = None   # set by the frontend: transformer(fn, varying_pattern) -> batched function
 _NATIVE_MODULE_PREFIXES = ("numpy", "cupy", "cupyx", "scipy", "spmdbatch.runtime", "spmdbatch.ad",
                            "spmdbatch.masking", "spmdbatch.frontend", "spmdbatch.errors",
-                           "spmdbatch.primitives", "spmdbatch.custom_vjp")
+                           "spmdbatch.primitives", "spmdbatch.custom_vjp", "spmdbatch.spmd")
 _STDLIB = frozenset(sys.stdlib_module_names)
 
 

@@ -19,6 +19,7 @@ import math
 
 import numpy as np
 
+from ..ad.tracer import is_traced
 from ..runtime.backend import namespace
 from .declare import primitive
 
@@ -53,15 +54,27 @@ def nondiff(name, ufunc, operands):
 
 
 def safe_div(num, den):
-    """num / den, but exactly 0 where num == 0 (so 0 * infinite slope is 0, not NaN)."""
+    """num / den, but exactly 0 where num == 0 (so 0 * infinite slope is 0, not NaN).
+
+    On traced operands (the backward pass of `grad` inside `grad`) the mask is applied only
+    where den == 0, so that the result stays differentiable in `num` where num == 0."""
     xp = namespace(num, den)
+    if is_traced(num) or is_traced(den):
+        finite = den != 0
+        return xp.where(finite, num / xp.where(finite, den, 1), xp.where(num != 0, num / den, 0))
     nonzero = num != 0
     return xp.where(nonzero, num / xp.where(nonzero, den, 1), 0)
 
 
 def safe_mul(g, d):
-    """g * d, but exactly 0 where g == 0 (so a zero cotangent times an infinite slope is 0)."""
-    return namespace(g, d).where(g != 0, g * d, 0)
+    """g * d, but exactly 0 where g == 0 (so a zero cotangent times an infinite slope is 0).
+
+    On traced operands the mask is applied only where d is not finite (see `safe_div`)."""
+    xp = namespace(g, d)
+    if is_traced(g) or is_traced(d):
+        finite = xp.isfinite(d)
+        return xp.where(finite, g * xp.where(finite, d, 0), xp.where(g != 0, g * d, 0))
+    return xp.where(g != 0, g * d, 0)
 
 
 def _binary_max(g, x, y, wins):

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..ad.sparse import SparseRows
 from ..ad.tape import unbroadcast
+from ..ad.tracer import is_traced, untraced
 from ..errors import UnsupportedOperation
 from ..runtime import primitives as P
 from ..runtime import segments
@@ -428,6 +429,9 @@ def _getitem_vjp(g, ans, x, *arrays, index):
         return SparseRows.rows(np.shape(x), idx.reshape(-1), g.reshape((-1,) + np.shape(x)[1:]),
                                unique=False)
     xp = namespace(g)
+    if is_traced(g):     # a traced cotangent (grad of grad): a differentiable scatter-add
+        return P.index_update(np.zeros(np.shape(x), dtype=g.dtype), g,
+                              *[untraced(a) for a in arrays], index=index, mode="add")
     out = xp.zeros(np.shape(x), dtype=g.dtype)
     full = P.fill_index(index, arrays)
     if P.is_advanced_index(index):

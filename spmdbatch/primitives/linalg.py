@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 from ..ad.tape import unbroadcast
+from ..ad.tracer import is_traced
 from ..runtime import primitives as P
 from ..runtime import segments
 from ..runtime.backend import namespace
@@ -109,9 +110,10 @@ def _matmul_ragged(args):
 
 # --- VJP rules ----------------------------------------------------------------------------
 def _as_arrays(g, *operands):
-    """Operands as arrays (a constant operand may be a list or a Python scalar)."""
+    """Operands as arrays (a constant operand may be a list or a Python scalar; a traced
+    operand, in `grad` of `grad`, stays traced)."""
     xp = namespace(g)
-    return tuple(xp.asarray(x) for x in operands)
+    return tuple(x if is_traced(x) else xp.asarray(x) for x in operands)
 
 
 def _matmul_vjp_a(g, ans, a, b):

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..ad.tracer import is_traced, untraced
 from ..runtime import primitives as P
+from ..runtime.array_methods import index_update
 from ..runtime.backend import namespace
 from ..runtime.batched import Batched
 from ..runtime.ragged import Ragged, _flatten, _masked, _ndim, _plain
@@ -175,6 +177,10 @@ def _sort_vjp(g, ans, x, axis=-1):
     if axis is None:
         return _sort_vjp(g, ans.reshape(-1), x.reshape(-1), 0).reshape(np.shape(x))
     order = xp.argsort(x, axis=axis, kind="stable")
+    if is_traced(g):     # a traced cotangent (grad of grad): a differentiable scatter
+        grids = list(np.indices(np.shape(order), sparse=True))
+        grids[axis] = untraced(order)
+        return index_update(np.zeros(np.shape(x), dtype=g.dtype), tuple(grids), g, mode="add")
     out = xp.zeros(np.shape(x), dtype=g.dtype)
     xp.put_along_axis(out, order, g, axis=axis)
     return out

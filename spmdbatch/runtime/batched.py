@@ -67,7 +67,11 @@ class Batched(ArrayMethods):
 
     def _spmd_stop_gradient(self):
         data = self.data
-        return Batched(getattr(data, "value", data)) if hasattr(data, "tape") else self
+        if not hasattr(data, "tape"):
+            return self
+        while hasattr(data, "tape"):      # (every tape's tracer: grad of grad)
+            data = data.value
+        return Batched(data)
 
     def _spmd_assign(self, other):
         """Make this value stand for `other` (an in-place update such as numpy.add.at)."""

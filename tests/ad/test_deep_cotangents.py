@@ -1,5 +1,5 @@
 """Cotangents in deep trees: sums of many row-sparse cotangents (ad/sparse.py) and the
-VJP of a concatenation of many pieces (ad/vjps.py) give the dense results, for sums nested
+VJP of a concatenation of many pieces (primitives/shapes.py) give the dense results, for sums nested
 deeper than Python's recursion limit."""
 from __future__ import annotations
 

@@ -154,7 +154,6 @@ def test_random_batches_equal_the_loop(xs, w):
     assert got == pytest.approx(sum(sb.grad(lambda w: f(w, x))(w) for x in xs), abs=1e-12)
 
 
-@pytest.mark.xfail(strict=True, reason="needs nested levels (wt16l)")
 def test_spmd_of_grad_of_a_custom_vjp_function():
     xs = np.array([-3.0, -0.5, 0.25, 2.0])
     got = sb.spmd(sb.grad(soft_abs))(xs)
