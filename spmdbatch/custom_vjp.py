@@ -34,6 +34,7 @@ import functools
 import numpy as np
 
 from .errors import SpmdError
+from .masking.calls import per_example
 from .primitives.declare import primitive
 from .runtime import pytree
 from .runtime.backend import namespace
@@ -163,11 +164,13 @@ class custom_vjp:
         return box.cotangents[pos]
 
 
+@per_example
 def _forward(f, treedef, leaves):
     """One example's forward pass (run by spmd over the examples)."""
     return f._split(f.fwd(*treedef.unflatten(leaves)))
 
 
+@per_example
 def _backward(bwd, residuals, g):
     """One example's backward pass (run by spmd over the examples)."""
     return bwd(residuals, g)

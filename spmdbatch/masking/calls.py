@@ -67,8 +67,9 @@ def _is_native_module(module: str) -> bool:
 def is_user_function(fn) -> bool:
     """True for Python functions that should be rewritten rather than run natively."""
     if type(fn) is types.FunctionType:          # (the hot path: no failing getattr)
-        if fn.__dict__.get("_spmd_native", False):
-            return False
+        marked = fn.__dict__.get("_spmd_native")   # (`native` / `per_example` decide)
+        if marked is not None:
+            return not marked
         module = fn.__module__
     else:
         if getattr(fn, "_spmd_native", False):
@@ -83,6 +84,14 @@ def is_user_function(fn) -> bool:
 def native(fn):
     """Decorator: never rewrite `fn`; it runs as is on varying values (numpy protocols)."""
     fn._spmd_native = True
+    return fn
+
+
+def per_example(fn):
+    """Decorator for library code written for one example (it branches on per-example
+    values): rewritten into a batch program like user code, although its module runs
+    natively."""
+    fn._spmd_native = False
     return fn
 
 
