@@ -19,7 +19,7 @@ def _raw(leaf, batch):
     """A one-lane leaf's data with its lane axis (as the caller of @spmd would see it)."""
     from ..runtime.ragged import Ragged, to_examples
     from ..runtime.mapped import LaneMapped
-    if type(leaf) is LaneMapped:
+    if hasattr(leaf, "materialize"):            # (LaneMapped, Packed)
         leaf = leaf.materialize()
     if type(leaf) is Ragged:
         return to_examples(Ragged(getattr(leaf.data, "value", leaf.data), leaf.lengths))

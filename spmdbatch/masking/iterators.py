@@ -15,6 +15,7 @@ import numpy as np
 from ..errors import UnmergeableGroups, UnsupportedConstruct, VaryingValueError
 from ..runtime.batched import Batched, user_frame
 from ..runtime.mapped import LaneMapped
+from ..runtime.packed import Packed
 from ..runtime.ragged import Ragged
 from .lanes import UNDEFINED, is_varying, merge, take
 
@@ -190,7 +191,7 @@ def _item_at(s, pos):
     kind = type(s)
     if kind is LaneZip:
         return s.item_at(pos)
-    if kind is LaneMapped:
+    if kind is LaneMapped or kind is Packed:
         s = s.materialize()
         kind = type(s)
     if kind is Ragged:
@@ -257,7 +258,7 @@ def get_iter(value):
     from .lane_list import RaggedList, iterate
     if type(value) is RaggedList:
         return iterate(value)
-    if type(value) is LaneMapped:
+    if type(value) is LaneMapped or type(value) is Packed:
         value = value.materialize()
     if type(value) is BatchedRange:
         start = value.start

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UnsupportedOperation
+from . import packed
 from . import primitives as P
 from . import segments
 from .array_methods import ArrayMethods
@@ -71,6 +72,8 @@ class Ragged(Batched):
                       np.concatenate([g.lengths for g in group]))
 
     def _spmd_assign(self, other):
+        if hasattr(other, "to_ragged"):         # a Packed result (numpy.add.at into np.zeros)
+            other = other.to_ragged()
         Batched._spmd_assign(self, other)
         self.lengths = other.lengths
 
@@ -504,7 +507,7 @@ def _matmul(args):
     if type(a) is RaggedT or type(b) is RaggedT:
         return _matmul_t(a, b)
     if type(a) is Ragged and not isinstance(b, Batched) and _ndim(a) == 2 and _ndim(b) == 2:
-        out = segments.ragged_matmul(a, b)       # (T, d) @ (d, h) on the valid rows only
+        out = packed.ragged_matmul(a, b)         # (T, d) @ (d, h) on the valid rows only
         if out is not None:
             return out
     if type(a) is Ragged and type(b) is not Ragged and _ndim(a) >= 2 and _ndim(b) <= 2:

@@ -286,29 +286,6 @@ def scatter_add(x, idx, value):
     return Ragged(out, x.lengths) if type(x) is Ragged else Batched(out)
 
 
-COMPACT_BELOW = 0.8
-"""A ragged matmul runs on the valid rows only when they are fewer than this share of the
-padded rows (the gather and scatter around it then cost less than the padding's GEMM)."""
-
-
-def ragged_matmul(a, b):
-    """``a @ b`` for a ragged (T, d) `a` and a uniform (d, h) `b`: one GEMM over the valid
-    rows of all examples (their disjoint union) when padding is a large share, else one
-    GEMM over the padded rows."""
-    from .ragged import Ragged
-    data = a.data
-    lanes, width, d = data.shape
-    if lanes * width == 0:
-        return None
-    plan = valid_rows_plan(a.lengths, width)
-    if plan.index.shape[0] >= COMPACT_BELOW * lanes * width:
-        return None
-    rows = gather_rows(P.reshape(data, shape=(lanes * width, d)), plan=plan)
-    out = P.matmul(rows, b)
-    padded = unpack_rows(out, plan=plan)
-    return Ragged(P.reshape(padded, shape=(lanes, width, out.shape[-1])), a.lengths)
-
-
 # --- attention over incoming edges ---------------------------------------------------------------
 def segment_softmax(scores, segment_ids, num_segments):
     """Softmax of `scores` (one per edge: shape (E,) or (E, heads)) over the edges that share
@@ -322,7 +299,8 @@ def segment_softmax(scores, segment_ids, num_segments):
     more than about 80 (float32) or 700 (float64) underflow in segments far below it.
     """
     from .array_methods import index_update
-    if (scores.data if isinstance(scores, Batched) else scores).shape[-scores.ndim] == 0:
+    raw = scores.data if isinstance(scores, Batched) else getattr(scores, "rows", scores)   # (Packed)
+    if raw.shape[-scores.ndim] == 0:
         return scores * 1.0                              # no edges (in any example)
     peak = scores.max(axis=0, keepdims=True)
     shift = np.where(np.isfinite(peak), _stop(peak), 0)   # (examples without edges: -inf)
