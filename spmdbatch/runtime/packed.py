@@ -59,12 +59,23 @@ class Layout:
 
 
 _LAYOUTS: dict = {}
+_LAST_LAYOUT: list = [None, None]       # (lengths array, its layout): the common repeat
 
 
 def layout_for(lengths) -> Layout:
-    """The (cached) layout of per-lane `lengths`."""
-    lengths = np.asarray(lengths)
-    return S._cached(_LAYOUTS, (lengths.shape[0],), (lengths,), lambda: Layout(lengths))
+    """The (cached) layout of per-lane `lengths` (one object per distinct lengths)."""
+    last = _LAST_LAYOUT
+    if lengths is last[0]:
+        return last[1]
+    raw = np.asarray(lengths).astype(np.intp, copy=False)
+    key = raw.tobytes()
+    layout = _LAYOUTS.get(key)
+    if layout is None:
+        if len(_LAYOUTS) >= 256:
+            _LAYOUTS.clear()
+        layout = _LAYOUTS[key] = Layout(raw)
+    last[0], last[1] = lengths, layout
+    return layout
 
 
 class Packed(ArrayMethods):
@@ -276,17 +287,49 @@ def _matmul(a, b):
     return None
 
 
-def _index_rows(idx, depth=4):
-    """(values, layout or None, lanes of the values) of a per-example integer index of rank 1:
-    a Packed or Ragged index (ragged: its layout), or a regular Batched one (lanes, m)."""
+_INDEX: dict = {}       # id(Ragged index) -> (index, its data, lengths, rows, layout)
+
+
+def _index_rows(idx):
+    """(values, layout) of a ragged integer index (Packed or Ragged; an index is used in
+    every round of message passing, so a Ragged index is packed once), else (None, None)."""
     from .ragged import Ragged
     if type(idx) is Ragged:
-        idx = pack(idx)
+        hit = _INDEX.get(id(idx))
+        if hit is not None and hit[0] is idx and hit[1] is idx.data and hit[2] is idx.lengths:
+            return hit[3], hit[4]
+        data = idx.data
+        if type(data) is not np.ndarray or data.dtype.kind not in "iu" or data.ndim != 2:
+            return None, None
+        layout = layout_for(idx.lengths)
+        plan = layout.valid if data.shape[1] == layout.width else S.valid_rows_plan(layout.lengths, data.shape[1])
+        rows = data.reshape(-1)[plan.index]
+        if len(_INDEX) >= 64:
+            _INDEX.clear()
+        _INDEX[id(idx)] = (idx, data, idx.lengths, rows, layout)
+        return rows, layout
     if type(idx) is Packed:
         rows = getattr(idx.rows, "value", idx.rows)
         if rows.dtype.kind in "iu":
             return rows, idx.layout
     return None, None
+
+
+_TARGETS: dict = {}     # (id(index rows), id(x layout)) -> (rows, layout, plan)
+
+
+def _plan(x_layout, index, index_layout):
+    """The (cached) RowPlan of the rows of `x` that `index` names per example."""
+    key = (id(index), id(x_layout))
+    hit = _TARGETS.get(key)
+    if hit is not None and hit[0] is index and hit[1] is x_layout:
+        return hit[2]
+    flat = _flat_targets(x_layout, index, index_layout)
+    plan = S.plan_for(flat, None, x_layout.total)
+    if len(_TARGETS) >= 64:
+        _TARGETS.clear()
+    _TARGETS[key] = (index, x_layout, plan)
+    return plan
 
 
 def _flat_targets(x_layout, index, index_layout):
@@ -310,8 +353,7 @@ def gather(x, idx):
     index, index_layout = _index_rows(idx)
     if index is None or np.ndim(index) != 1:
         return None
-    flat = _flat_targets(x.layout, index, index_layout)
-    plan = S.plan_for(flat, None, x.layout.total)
+    plan = _plan(x.layout, index, index_layout)
     return Packed(S.gather_rows(x.rows, plan=plan), index_layout)
 
 
@@ -348,8 +390,7 @@ def scatter_add(x, idx, value):
     shape = (index_layout.total,) + rest
     if tuple(np.shape(v)) != shape:
         v = P.broadcast_to(v, shape=shape)
-    flat = _flat_targets(target.layout, index, index_layout)
-    plan = S.plan_for(flat, None, target.layout.total)
+    plan = _plan(target.layout, index, index_layout)
     return Packed(S.scatter_add_rows(target.rows, v, plan=plan), target.layout)
 
 

@@ -86,13 +86,23 @@ class RowPlan:
 _PLANS: dict = {}
 
 
+def _equal(a, b) -> bool:
+    """Whether two index arrays (or Nones) hold the same values (quickly for numpy's)."""
+    if a is b:
+        return True
+    if a is None or b is None or a.shape != b.shape:
+        return False
+    if type(a) is np.ndarray and type(b) is np.ndarray and a.dtype == b.dtype:
+        return a.tobytes() == b.tobytes()
+    return bool(namespace(a).array_equal(a, b))
+
+
 def _cached(cache, key, arrays, build):
     """A cache of plans by `key` (shapes), each entry checked against the `arrays` it was
     built from (their contents, not their identity: a caller may reuse a buffer)."""
     entries = cache.setdefault(key, [])
     for entry in entries:
-        if all(a is b or (a is not None and b is not None and namespace(a).array_equal(a, b))
-               for a, b in zip(entry[0], arrays)):
+        if all(_equal(a, b) for a, b in zip(entry[0], arrays)):
             return entry[1]
     plan = build()
     if len(entries) >= 8:
