@@ -248,13 +248,14 @@ def _elementwise(prim, args, params):
         elif hasattr(a, "_spmd_take_lanes") or hasattr(a, "_spmd_lane_count"):
             return None                           # another per-example kind: the general path
         else:
-            nd = np.ndim(a)
-            if nd > rank or (nd == rank and np.shape(a)[0] != 1):
+            nd = getattr(a, "ndim", None)
+            if nd is None:
+                nd = np.ndim(a)
+            if nd > rank or (nd == rank and a.shape[0] != 1):
                 return None                       # a uniform value spanning the ragged axis
             operands.append(a)
-    with np.errstate(all="ignore"):
-        out = bind(prim, tuple(operands), params)
-    return Packed(out, layout)
+    # (no padding here: a warning, such as an overflow, comes from an example's own values)
+    return Packed(bind(prim, tuple(operands), params), layout)
 
 
 def _axes(axis, nd):
