@@ -82,12 +82,15 @@ class Packed(ArrayMethods):
     """Per-example arrays of different lengths along their first axis, stored as the rows of
     all lanes one after another (see the module docstring)."""
 
-    __slots__ = ("rows", "layout", "_ragged")
+    __slots__ = ("rows", "layout", "_ragged", "gathered_from")
 
-    def __init__(self, rows, layout):
+    def __init__(self, rows, layout, gathered_from=None):
         self.rows = rows
         self.layout = layout
         self._ragged = None
+        # (source rows, RowPlan) when rows == gather_rows(source, plan): a product with a
+        # uniform matrix then multiplies the (fewer) source rows and gathers the result
+        self.gathered_from = gathered_from
 
     lengths = property(lambda self: self.layout.lengths)
     ndim = property(lambda self: self.rows.ndim)
@@ -117,7 +120,7 @@ class Packed(ArrayMethods):
     def _spmd_take_lanes(self, idx):
         idx = np.asarray(idx)
         if idx.shape[0] == self.layout.lanes and np.array_equal(idx, np.arange(idx.shape[0])):
-            return Packed(self.rows, self.layout)
+            return Packed(self.rows, self.layout, self.gathered_from)
         return self.to_ragged()._spmd_take_lanes(idx)
 
     def _spmd_merge_lanes(self, others, counts):
@@ -284,6 +287,11 @@ def _sum(x, axis=None, keepdims=False):
 def _matmul(a, b):
     if type(a) is Packed and not isinstance(b, Batched) and not hasattr(b, "_spmd_take_lanes") \
             and a.rows.ndim == 2 and np.ndim(b) in (1, 2):
+        source = a.gathered_from
+        if source is not None and source[0].shape[0] < a.rows.shape[0]:
+            # h[src] @ W as (h @ W)[src]: one GEMM over the nodes instead of the (more) edges,
+            # in the forward and the backward pass (each row is the same product)
+            return Packed(S.gather_rows(P.matmul(source[0], b), plan=source[1]), a.layout)
         return Packed(P.matmul(a.rows, b), a.layout)
     return None
 
@@ -355,7 +363,7 @@ def gather(x, idx):
     if index is None or np.ndim(index) != 1:
         return None
     plan = _plan(x.layout, index, index_layout)
-    return Packed(S.gather_rows(x.rows, plan=plan), index_layout)
+    return Packed(S.gather_rows(x.rows, plan=plan), index_layout, (x.rows, plan))
 
 
 def scatter_add(x, idx, value):

@@ -95,7 +95,16 @@ def in_place_add_at(p, x):
     return agg.sum(axis=0)
 
 
-OPS = [op_elementwise, op_indexing, op_mask, op_concatenate, op_softmax, op_reshape,
+def op_gather_matmul(p, x):
+    """More gathered rows than nodes: h[src] @ U runs as (h @ U)[src] (the same rows)."""
+    h = embed(p, x)
+    idx = np.arange(len(h))
+    src = np.concatenate([idx, idx[::-1], idx])
+    m = np.tanh(h[src] @ p["U"] + h[src])
+    return sb.index_update(np.zeros(h.shape), src, m, mode="add").sum(axis=0)
+
+
+OPS = [op_gather_matmul, op_elementwise, op_indexing, op_mask, op_concatenate, op_softmax, op_reshape,
        op_loop_and_branch, op_scatter]
 SIZES = [1, 7, 2, 9, 3, 1, 12]
 
