@@ -16,7 +16,7 @@ and means over the ragged axis (a segment sum). Anything else converts its `Pack
 operands to `Ragged` (one scatter of the rows into padded data, done once per value) and
 runs the ragged rule, so the result and its gradient are the same either way.
 
-`segments.ragged_matmul` creates `Packed` values (a matmul on the valid rows of a padded
+`ragged_matmul` (here) creates `Packed` values (a matmul on the valid rows of a padded
 `Ragged`), as do gathers and scatters of ragged values (`gather`, `scatter_add` here).
 """
 from __future__ import annotations
