@@ -331,6 +331,9 @@ def _wrap_leaf(leaf, where, sizes):
     return Batched(leaf)
 
 
+_RECORD_LEAVES = frozenset((np.ndarray, float, int, bool))
+
+
 def _stack_examples(examples, where, sizes):
     """A Python list of per-example values -> one batched value."""
     sizes.append((where, len(examples)))
@@ -340,10 +343,11 @@ def _stack_examples(examples, where, sizes):
     first = examples[0]
     treedef = pytree.flatten(first)[1]
     kind = type(first)
-    if pytree.flattens_to_items(first) and all(type(v) is np.ndarray for v in first) and \
+    if pytree.flattens_to_items(first) and all(type(v) in _RECORD_LEAVES for v in first) and \
             all(type(e) is kind and len(e) == len(first) for e in examples) and \
-            all(type(v) is np.ndarray for e in examples for v in e):
-        columns = list(zip(*examples))     # (records of arrays, such as trees: no tree walks)
+            all(type(v) in _RECORD_LEAVES for e in examples for v in e):
+        columns = list(zip(*examples))     # (records of arrays and numbers, such as trees or
+        #                                    molecules with a target: no tree walks)
     else:
         flat = [pytree.flatten(e) for e in examples]
         for i, (_, d) in enumerate(flat):

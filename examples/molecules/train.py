@@ -42,9 +42,15 @@ def parse_args(argv=None):
     ap.add_argument("--final-lr", type=float, default=1e-4,
                     help="the learning rate decays exponentially from --lr to this over the epochs")
     ap.add_argument("--weight-decay", type=float, default=1e-5)
+    ap.add_argument("--ema", type=float, default=0.0,
+                    help="validate, keep and test an exponential moving average of the weights "
+                         "with this decay per step (0: the weights themselves)")
+    ap.add_argument("--max-train", type=int, default=None,
+                    help="train on the first N training molecules only (a quick check)")
     ap.add_argument("--out", default=None, help="folder for checkpoints, log and plot "
                     "(default runs/molecules-DATASET)")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--no-plot", action="store_true", help="do not write curves.png")
     return ap.parse_args(argv)
 
 
@@ -71,6 +77,7 @@ def rmse(model, mols, mean, std, batch_size=256):
 
 def train_seed(args, seed, out):
     train, valid, test = D.load(args.dataset, seed)
+    train = train[:args.max_train]
     y = np.array([m.y for m in train])
     mean, std = float(y.mean()), float(y.std())
     baseline = float(np.sqrt(np.mean((np.array([m.y for m in test]) - mean) ** 2)))
@@ -81,6 +88,7 @@ def train_seed(args, seed, out):
     rng = np.random.default_rng(1000 + seed)
     targets = ((y - mean) / std).astype(np.float32)
     history, best, best_epoch = [], np.inf, 0
+    average = model                                    # the EMA of the weights (--ema)
     path = out / f"best-seed{seed}.npz"
     bar = progress(range(1, args.epochs + 1), args.epochs, not args.no_progress, f"seed {seed}")
     t0 = time.perf_counter()
@@ -93,14 +101,17 @@ def train_seed(args, seed, out):
             idx = order[j:j + args.batch_size]
             loss, grads = loss_and_grad(model, [train[i] for i in idx], targets[idx])
             model, state = opt.update(model, grads, state)
+            if args.ema:
+                average = sb.tree_map(lambda a, w: args.ema * a + (1 - args.ema) * w, average, model)
             total += float(loss) * len(idx)
-        valid_rmse = rmse(model, valid, mean, std)
+        evaluated = average if args.ema else model
+        valid_rmse = rmse(evaluated, valid, mean, std)
         entry = {"epoch": epoch, "train_rmse": float(np.sqrt(total / len(train))) * std,
                  "valid_rmse": valid_rmse}
         history.append(entry)
         if valid_rmse < best:
             best, best_epoch = valid_rmse, epoch
-            model.save(path)
+            evaluated.save(path)
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(train=f"{entry['train_rmse']:.3f}", valid=f"{valid_rmse:.3f}", best=f"{best:.3f}")
     seconds = time.perf_counter() - t0
@@ -156,8 +167,10 @@ def main(argv=None):
           f"{len(runs)} seed(s); predicting the training mean: {baselines.mean():.3f}")
     with open(out / "log.json", "w") as fh:
         json.dump({"config": vars(args), "summary": summary, "runs": runs}, fh, indent=1)
-    plot(runs, out / "curves.png", units)
-    print(f"wrote {out / 'log.json'}, {out / 'curves.png'} and best-seedN.npz checkpoints")
+    if not args.no_plot:
+        plot(runs, out / "curves.png", units)
+    print(f"wrote {out / 'log.json'}{'' if args.no_plot else ', ' + str(out / 'curves.png')} and "
+          f"best-seedN.npz checkpoints")
     return summary
 
 

@@ -29,6 +29,7 @@ from ..runtime.array_methods import index_update
 from ..runtime.batched import Batched, Ragged
 from ..runtime.blame import lane_error, user_frame
 from ..runtime.mapped import LaneMapped, mapped_rows
+from ..runtime.packed import Packed
 from ..runtime.ragged import ragged_arange
 from ..runtime import primitives as P
 from .iterators import batched_range, lane_enumerate, lane_zip
@@ -312,7 +313,7 @@ def store_nonlocal(cell, name, value):
 def _per_example_sequence(value):
     """`value` as a Ragged or Batched array when it is a per-example sequence (an array with
     a first axis that varies), else None."""
-    if type(value) is LaneMapped:
+    if type(value) is LaneMapped or type(value) is Packed:
         value = value.materialize()
     if type(value) is Ragged or (type(value) is Batched and value.data.ndim >= 2):
         return value
@@ -412,7 +413,7 @@ def _len(value):
         return LL.length(value)
     if type(value) is LaneMapped:
         value = value.materialize()
-    if type(value) is Ragged:
+    if type(value) is Ragged or type(value) is Packed:
         return Batched(value.lengths, weak=True)    # a Python int in each example
     return builtins.len(value)
 
@@ -425,6 +426,8 @@ def _list(*args):
     out = LaneList()
     if type(value) is RaggedList:
         return value.copy()
+    if type(value) is Packed:
+        value = value.materialize()
     out.extend(value) if type(value) is not Ragged else LL.extend_lanes(out, value)
     return out
 

@@ -11,7 +11,6 @@ import numpy as np
 
 from ..ad.tracer import untraced
 from ..runtime.batched import Batched, Ragged
-from ..runtime.mapped import LaneMapped
 from ..runtime.ragged import to_examples
 from .lane_list import _one
 from .lanes import is_varying, lane_count, take
@@ -21,7 +20,7 @@ _CONVERT = {"s": str, "r": repr, "a": ascii}
 
 def _raw(leaf, batch):
     """A one-lane leaf's data with its lane axis (as the caller of @spmd would see it)."""
-    if type(leaf) is LaneMapped:
+    if hasattr(leaf, "materialize"):            # (LaneMapped, Packed)
         leaf = leaf.materialize()
     if type(leaf) is Ragged:
         return to_examples(Ragged(untraced(leaf.data), leaf.lengths))

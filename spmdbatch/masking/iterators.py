@@ -17,6 +17,7 @@ from ..runtime.batched import Batched, Ragged
 from ..runtime.blame import user_frame
 from ..runtime.mapped import LaneMapped
 from .lane_list import RaggedList, RaggedListIterator, iterate
+from ..runtime.packed import Packed
 from .lanes import UNDEFINED, is_varying, merge, take
 
 
@@ -196,7 +197,7 @@ def _item_at(s, pos):
     kind = type(s)
     if kind is LaneZip:
         return s.item_at(pos)
-    if kind is LaneMapped:
+    if kind is LaneMapped or kind is Packed:
         s = s.materialize()
         kind = type(s)
     if kind is Ragged:
@@ -260,7 +261,7 @@ def get_iter(value):
     """`iter(value)` for batch programs."""
     if type(value) is RaggedList:
         return iterate(value)
-    if type(value) is LaneMapped:
+    if type(value) is LaneMapped or type(value) is Packed:
         value = value.materialize()
     if type(value) is BatchedRange:
         start = value.start

@@ -3,7 +3,7 @@ of the per-example ``W @ x``).
 
 A batched matmul folds the lanes into the product where it can (one GEMM over all examples);
 a ragged one runs (T, d) @ (d, h) on the valid rows only when padding is a large share
-(runtime/segments.py), and contracts or keeps the ragged axis of (T,) @ (T, d) and the
+(runtime/packed.py), and contracts or keeps the ragged axis of (T,) @ (T, d) and the
 products of a transposed ragged value (d, T) (runtime/ragged.py, `RaggedT`).
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 from ..ad.tape import unbroadcast
 from ..ad.tracer import is_traced
 from ..runtime import primitives as P
-from ..runtime import segments
+from ..runtime import packed
 from ..runtime.backend import namespace
 from ..runtime.batched import Batched
 from ..runtime.batching import _ndim, _with_rank
@@ -95,7 +95,7 @@ def _matmul_ragged(args):
     if type(a) is RaggedT or type(b) is RaggedT:
         return _matmul_t(a, b)
     if type(a) is Ragged and not isinstance(b, Batched) and _ndim(a) == 2 and _ndim(b) == 2:
-        out = segments.ragged_matmul(a, b)       # (T, d) @ (d, h) on the valid rows only
+        out = packed.ragged_matmul(a, b)       # (T, d) @ (d, h) on the valid rows only
         if out is not None:
             return out
     if type(a) is Ragged and type(b) is not Ragged and _ndim(a) >= 2 and _ndim(b) <= 2:
@@ -131,6 +131,23 @@ def _matmul_vjp_a(g, ans, a, b):
     return unbroadcast(out, a)
 
 
+GEMM_ROWS = 512
+"""`_rows_t_matmul` adds up products of blocks of this many rows (see there)."""
+
+
+def _rows_t_matmul(a, g):
+    """``a.T @ g`` for tall (rows, m) and (rows, n) matrices (a weight gradient). With many
+    rows and small m, n, OpenBLAS's GEMM over the long inner dimension runs several times
+    slower than the same work in blocks of `GEMM_ROWS` rows, which this adds up."""
+    rows = a.shape[0]
+    if rows <= 2 * GEMM_ROWS or type(a) is not np.ndarray or type(g) is not np.ndarray:
+        return a.T @ g
+    out = a[:GEMM_ROWS].T @ g[:GEMM_ROWS]
+    for i in range(GEMM_ROWS, rows, GEMM_ROWS):
+        out += a[i:i + GEMM_ROWS].T @ g[i:i + GEMM_ROWS]
+    return out
+
+
 def _as_rows(m):
     """`m` as a matrix of its last axis (also when it has no elements: reshape(-1, n) fails)."""
     return m.reshape(math.prod(m.shape[:-1]), m.shape[-1])
@@ -145,7 +162,7 @@ def _matmul_vjp_b(g, ans, a, b):
     if b.ndim == 1:                     # (..., m, n) @ (n,) -> (..., m)
         return _as_rows(g[..., None] * a).sum(axis=0)
     if b.ndim == 2:                     # fold a's leading axes into one GEMM
-        return _as_rows(a).T @ _as_rows(g)
+        return _rows_t_matmul(_as_rows(a), _as_rows(g))
     return unbroadcast(np.swapaxes(a, -1, -2) @ g, b)
 
 

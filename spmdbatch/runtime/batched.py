@@ -168,6 +168,8 @@ class Ragged(Batched):
                       np.concatenate([g.lengths for g in group]))
 
     def _spmd_assign(self, other):
+        if hasattr(other, "to_ragged"):         # a Packed result (numpy.add.at into np.zeros)
+            other = other.to_ragged()
         Batched._spmd_assign(self, other)
         self.lengths = other.lengths
 

@@ -91,13 +91,23 @@ class RowPlan:
 _PLANS: dict = {}
 
 
+def _equal(a, b) -> bool:
+    """Whether two index arrays (or Nones) hold the same values (quickly for numpy's)."""
+    if a is b:
+        return True
+    if a is None or b is None or a.shape != b.shape:
+        return False
+    if type(a) is np.ndarray and type(b) is np.ndarray and a.dtype == b.dtype:
+        return a.tobytes() == b.tobytes()
+    return bool(namespace(a).array_equal(a, b))
+
+
 def _cached(cache, key, arrays, build):
     """A cache of plans by `key` (shapes), each entry checked against the `arrays` it was
     built from (their contents, not their identity: a caller may reuse a buffer)."""
     entries = cache.setdefault(key, [])
     for entry in entries:
-        if all(a is b or (a is not None and b is not None and namespace(a).array_equal(a, b))
-               for a, b in zip(entry[0], arrays)):
+        if all(_equal(a, b) for a, b in zip(entry[0], arrays)):
             return entry[1]
     plan = build()
     if len(entries) >= 8:
@@ -268,28 +278,6 @@ def scatter_add(x, idx, value):
     return Ragged(out, x.lengths) if type(x) is Ragged else Batched(out)
 
 
-COMPACT_BELOW = 0.8
-"""A ragged matmul runs on the valid rows only when they are fewer than this share of the
-padded rows (the gather and scatter around it then cost less than the padding's GEMM)."""
-
-
-def ragged_matmul(a, b):
-    """``a @ b`` for a ragged (T, d) `a` and a uniform (d, h) `b`: one GEMM over the valid
-    rows of all examples (their disjoint union) when padding is a large share, else one
-    GEMM over the padded rows."""
-    data = a.data
-    lanes, width, d = data.shape
-    if lanes * width == 0:
-        return None
-    plan = valid_rows_plan(a.lengths, width)
-    if plan.index.shape[0] >= COMPACT_BELOW * lanes * width:
-        return None
-    rows = P.gather_rows(P.reshape(data, shape=(lanes * width, d)), plan=plan)
-    out = P.matmul(rows, b)
-    padded = P.unpack_rows(out, plan=plan)
-    return Ragged(P.reshape(padded, shape=(lanes, width, out.shape[-1])), a.lengths)
-
-
 # --- attention over incoming edges ---------------------------------------------------------------
 def segment_softmax(scores, segment_ids, num_segments):
     """Softmax of `scores` (one per edge: shape (E,) or (E, heads)) over the edges that share
@@ -302,7 +290,8 @@ def segment_softmax(scores, segment_ids, num_segments):
     changes neither the result nor its gradient; scores of one example that spread over
     more than about 80 (float32) or 700 (float64) underflow in segments far below it.
     """
-    if (scores.data if isinstance(scores, Batched) else scores).shape[-scores.ndim] == 0:
+    raw = scores.data if isinstance(scores, Batched) else getattr(scores, "rows", scores)   # (Packed)
+    if raw.shape[-scores.ndim] == 0:
         return scores * 1.0                              # no edges (in any example)
     peak = scores.max(axis=0, keepdims=True)
     shift = np.where(np.isfinite(peak), _stop(peak), 0)   # (examples without edges: -inf)
