@@ -4,7 +4,7 @@ Write the model for one example; `@spmd` rewrites it into a masked batch program
 `grad` / `value_and_grad` differentiate it with spmdbatch's own reverse-mode autodiff.
 """
 from .ad import Tracer, check_gradients, grad, stop_gradient, value_and_grad, vjp
-from .errors import (BatchSizeError, DivergentSideEffect, GradientError, LaneError, SpmdError,
+from .errors import (AxesError, BatchSizeError, DivergentSideEffect, GradientError, LaneError, SpmdError,
                      UnsupportedConstruct, VaryingValueError)
 from .runtime import DEFAULT_FLOAT, get_backend, namespace, tree_map
 from .runtime.array_methods import at, index_update
@@ -23,6 +23,6 @@ __all__ = [
     "spmd", "show", "stats", "native", "batch_polymorphic", "grad", "value_and_grad", "vjp", "check_gradients", "stop_gradient", "Tracer",
     "sigmoid", "logsumexp", "softmax", "log_softmax", "index_update", "at", "segment_softmax",
     "SpmdError", "UnsupportedConstruct", "VaryingValueError", "BatchSizeError", "LaneError",
-    "DivergentSideEffect", "GradientError",
+    "DivergentSideEffect", "GradientError", "AxesError",
     "DEFAULT_FLOAT", "get_backend", "namespace", "tree_map", "to_device",
 ]
