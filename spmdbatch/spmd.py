@@ -102,6 +102,7 @@ class SpmdFunction:
             forget_uniform_objects()
             if not UNIFORM_OBJECTS.active:
                 UNIFORM_OBJECTS.cells.clear()
+                UNIFORM_OBJECTS.made.clear()
         return _place_outputs(out, self.out_axes, batch, "result")
 
 

@@ -146,7 +146,8 @@ class BatchedEmitter(PlainEmitter):
         kwargs = "(" + "".join("{" + ", ".join(f"{k!r}: {self.op(v)}" for k, v in kw.items()) + "}, "
                                for kw in s.kwargs) + ")"
         targets = "".join(self.v(t) + ", " for t in s.targets)
-        self.w.line(f"{targets}= {self.h('call_fused')}({funcs}, {args}, {kwargs})")
+        reads = ", True" if getattr(s, "reads", False) else ""
+        self.w.line(f"{targets}= {self.h('call_fused')}({funcs}, {args}, {kwargs}{reads})")
 
     def stmt__LineMark(self, s):
         pass

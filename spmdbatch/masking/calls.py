@@ -19,6 +19,7 @@ from __future__ import annotations
 import builtins
 import operator
 import sys
+import threading
 import types
 
 import numpy as np
@@ -33,7 +34,8 @@ from .iterators import batched_range, lane_enumerate, lane_zip
 from . import lane_list as LL
 from .lane_list import LaneDict, LaneList, RaggedList
 from .formatting import lane_strings
-from .lanes import forget_uniform_objects, is_owned_cell, is_varying, lane_count, merge, take
+from .lanes import (forget_uniform_objects, is_owned_cell, is_owned_object, is_varying, lane_count,
+                    merge, own_object, take)
 from .stats import STATS
 
 _TRANSFORMER = None   # set by the frontend: transformer(fn, varying_pattern) -> batched function
@@ -241,6 +243,28 @@ def _print(*args, **kwargs):
         builtins.print(*[example_value(a, i) if is_varying(a) else a for a in args], **kwargs)
 
 
+class _Fusion(threading.local):
+    """How many fused calls (`call_fused`) this thread is running inside (`depth`), and how
+    many groups of calls with memory reads moved across them (`guard`)."""
+    depth = 0
+    guard = 0
+
+
+FUSION = _Fusion()
+
+
+class _SideEffectInFusedCall(BaseException):
+    """Raised by a write to shared state (an attribute, a global, a nonlocal) inside a fused
+    call: calls run as one batched call would write once, with the lanes of all of them, where
+    the loop writes once per call; `call_fused` runs the calls one after the other instead.
+    (A BaseException, so the user's `except Exception` does not stop it.)"""
+
+
+def _not_in_fused_call():
+    if FUSION.depth or FUSION.guard:
+        raise _SideEffectInFusedCall()
+
+
 def _refuse_divergent(what: str, hint: str):
     filename, lineno = user_frame(3)
     raise DivergentSideEffect(f"{what} under a varying condition (only some examples run it, but "
@@ -254,15 +278,25 @@ def _refuse_escape(what: str, hint: str):
 
 
 def store_attr(obj, name, value):
-    """`obj.name = value`, refused while only some lanes run (the object is shared)."""
+    """`obj.name = value`, refused while only some lanes run (the object is shared), and
+    refused for a per-example value on an object the caller can see (one the batch program
+    neither constructed nor received as per-example data): it would keep an internal
+    per-lane wrapper after the call."""
+    _not_in_fused_call()
     if STATE.partial:
         _refuse_divergent(f"assignment to attribute .{name} of a {type(obj).__name__}",
                           "Keep per-example state in local variables and return it.")
+    if is_varying(value) and not is_owned_object(obj) and not is_varying(obj):
+        _refuse_escape(f"assignment of a per-example value to attribute .{name} of a "
+                       f"{type(obj).__name__} made outside the batched call",
+                       "Keep per-example state in local variables (or in an object the function "
+                       "constructs) and return it.")
     forget_uniform_objects()
     setattr(obj, name, value)
 
 
 def del_attr(obj, name):
+    _not_in_fused_call()
     if STATE.partial:
         _refuse_divergent(f"deletion of attribute .{name}", "Move it out of the data-dependent branch.")
     forget_uniform_objects()
@@ -271,6 +305,7 @@ def del_attr(obj, name):
 
 def store_global(globals_, name, value):
     """`global name; name = value`, refused while only some lanes run."""
+    _not_in_fused_call()
     if STATE.partial:
         _refuse_divergent(f"assignment to global variable {name!r}",
                           "Return the value instead of storing it in a global.")
@@ -281,6 +316,7 @@ def store_global(globals_, name, value):
 
 
 def del_global(globals_, name):
+    _not_in_fused_call()
     if STATE.partial:
         _refuse_divergent(f"deletion of global variable {name!r}", "Move it out of the branch.")
     del globals_[name]
@@ -288,6 +324,7 @@ def del_global(globals_, name):
 
 def store_nonlocal(cell, name, value):
     """`nonlocal name; name = value` (a variable of an enclosing function), likewise."""
+    _not_in_fused_call()
     if STATE.partial:
         _refuse_divergent(f"assignment to nonlocal variable {name!r}",
                           "Return the value instead of assigning the enclosing function's variable.")
@@ -537,7 +574,10 @@ def call(fn, *args, **kwargs):
         if type(a) is RaggedList:
             args = args[:i] + (LL.stack_lanes(a, 0, "array"),) + args[i + 1:]
     try:
-        return fn(*args, **kwargs)
+        out = fn(*args, **kwargs)
+        if isinstance(fn, type) and isinstance(out, fn) and hasattr(out, "__dict__"):
+            own_object(out)                # an object this program constructed
+        return out
     except Exception as exc:
         _in_running_lanes(exc, fn, args, kwargs)
         raise
@@ -596,10 +636,31 @@ def _same_function(a, b) -> bool:
             and a.__func__ is b.__func__ and a.__self__ is b.__self__)
 
 
-def call_fused(funcs, args, kwargs):
+def call_fused(funcs, args, kwargs, reads=False):
     """Calls ``funcs[i](*args[i], **kwargs[i])`` whose arguments are independent of each
     other's results (frontend/fusion.py): one batched call over all their lanes when they
-    call the same batched function, else one after the other."""
+    call the same batched function, else one after the other. A callee that writes shared
+    state makes them run one after the other (the loop writes once per call), or, when the
+    program read memory across the calls (`reads`: those reads were moved, so they would not
+    see the writes), is refused."""
+    if not reads:
+        return _call_fused(funcs, args, kwargs)
+    FUSION.guard += 1
+    try:
+        return _call_fused(funcs, args, kwargs)
+    except _SideEffectInFusedCall:
+        filename, lineno = user_frame()
+        raise UnsupportedConstruct(
+            "calls that change an attribute, global or nonlocal, with reads of attributes, items "
+            "or globals between them (the calls' arguments are computed before the calls run, so "
+            "those reads would not see the changes)", filename, lineno,
+            "Assign each call's argument to a variable before the first call, or return the "
+            "new state from the function instead of storing it.") from None
+    finally:
+        FUSION.guard -= 1
+
+
+def _call_fused(funcs, args, kwargs):
     fn = funcs[0]
     if not all(_same_function(fn, f) for f in funcs[1:]) or \
             not all(_any_varying(a, k) for a, k in zip(args, kwargs)) or \
@@ -624,14 +685,24 @@ def call_fused(funcs, args, kwargs):
         # arguments that cannot become one batch (arrays of different shapes per call, as
         # slices of different lengths are): the calls run one after the other
         return tuple(call(f, *a, **k) for f, a, k in zip(funcs, args, kwargs))
-    STATS.record_fused(len(funcs))
     saved = STATE.lanes
     # lane i of the fused call is lane i % n of the caller (errors name the right examples)
     STATE.lanes = np.tile(np.arange(n) if saved is None else saved, len(funcs))
+    FUSION.depth += 1
     try:
         result = _TRANSFORMER(target)(*self_arg, *merged, **merged_kw)
+    except _SideEffectInFusedCall:
+        if FUSION.depth > 1 or FUSION.guard:
+            raise                       # (the outermost fused call runs its calls apart)
+        apart = True
+    else:
+        apart = False
     finally:
         STATE.lanes = saved
+        FUSION.depth -= 1
+    if apart:
+        return tuple(call(f, *a, **k) for f, a, k in zip(funcs, args, kwargs))
+    STATS.record_fused(len(funcs))
     return tuple(take(result, np.arange(i * n, (i + 1) * n), {}) for i in range(len(funcs)))
 
 

@@ -17,7 +17,7 @@ from types import BuiltinMethodType, CellType, FunctionType, MethodType
 
 import numpy as np
 
-from ..errors import UnmergeableGroups
+from ..errors import UnmergeableGroups, UnsupportedConstruct
 from ..runtime import primitives as P
 from ..runtime import pytree
 from ..ad.tracer import Tracer
@@ -53,6 +53,7 @@ class _UniformObjects(threading.local):
     def __init__(self):
         self.objects = {}
         self.cells = set()   # ids of the closure cells batch programs made during this call
+        self.made = set()    # ids of the objects batch programs constructed during this call
 
 
 def owned_cell(*contents):
@@ -66,6 +67,20 @@ def owned_cell(*contents):
 
 def is_owned_cell(cell) -> bool:
     return id(cell) in UNIFORM_OBJECTS.cells
+
+
+def own_object(obj):
+    """Remember `obj`, an instance a batch program constructed (`Cls(...)`), as the program's
+    own: its attributes may hold per-example values (`calls.store_attr`), unlike those of
+    objects the caller can see. Remembered until the outermost @spmd call of the thread ends
+    (an id cannot be reused by an object older than the call while both are alive)."""
+    if UNIFORM_OBJECTS.active:
+        UNIFORM_OBJECTS.made.add(id(obj))
+    return obj
+
+
+def is_owned_object(obj) -> bool:
+    return id(obj) in UNIFORM_OBJECTS.made
 
 
 UNIFORM_OBJECTS = _UniformObjects()
@@ -206,7 +221,23 @@ def take(value, idx, memo=None):
     if (isinstance(value, _CONTAINERS) or _is_struct(value)) and is_varying(value):
         leaves, treedef = pytree.flatten(value)
         return treedef.unflatten([take(leaf, idx, memo) for leaf in leaves])
+    if id(value) in UNIFORM_OBJECTS.made:
+        _refuse_split_object(value)
     return value
+
+
+def _refuse_split_object(value):
+    """An object the program constructed that holds per-example values cannot follow the
+    lanes of a split (it is one object for all of them): refused, naming the line."""
+    fields = getattr(value, "__dict__", None)
+    if fields and any(is_varying(v) for v in fields.values()):
+        filename, lineno = user_frame()
+        raise UnsupportedConstruct(
+            f"a {type(value).__name__} object holding per-example values, where examples take "
+            f"different paths (it is one object for all of them)", filename, lineno,
+            "Keep per-example state in local variables, or make the class a dataclass (its "
+            "fields then follow each example's path; assign them outside data-dependent "
+            "branches).")
 
 
 def _holds_owned(value) -> bool:
