@@ -33,7 +33,7 @@ BATCH_HELPERS = {
     "lane_count": lanes.lane_count, "store_attr": calls.store_attr, "del_attr": calls.del_attr,
     "store_global": calls.store_global, "del_global": calls.del_global,
     "store_nonlocal": calls.store_nonlocal, "call_fused": calls.call_fused,
-    "inplace": calls.inplace, "raise_all_lanes": frame.raise_all_lanes,
+    "inplace": calls.inplace, "raise_all_lanes": frame.raise_all_lanes, "contains": calls.contains,
     "count_call": frame.count_call, "Batched": Batched,
     "LaneList": lane_list.LaneList, "LaneDict": lane_list.LaneDict, "RaggedList": lane_list.RaggedList,
     "list_truth": lane_list.truth, "format_value": formatting.format_value,

@@ -352,7 +352,11 @@ def _extreme(builtin, ufunc, arg_prim):
             for a in args[1:]:
                 out = ufunc(out, a)
             return out
-        seq = _per_example_sequence(args[0]) if len(args) == 1 and set(kwargs) <= {"default"} else None
+        seq = None
+        if len(args) == 1 and set(kwargs) <= {"default"}:
+            seq = _as_sequence(args[0])
+            if seq is None:
+                seq = _per_example_sequence(args[0])
         if seq is None:
             return builtin(*args, **kwargs)
         return _extreme_of_sequence(builtin.__name__, arg_prim, seq, kwargs)
@@ -378,6 +382,48 @@ def _extreme_of_sequence(name, arg_prim, seq, kwargs):
     pos = np.where(empty, 0, getattr(pos.data, "value", pos.data))
     out = Batched(P.getitem(seq.data, np.arange(lanes), pos, index=(P.ARRAY_SLOT, P.ARRAY_SLOT)))
     return P.where(Batched(empty), kwargs["default"], out) if empty.any() else out
+
+
+def contains(item, container, negate=False):
+    """`item in container` (`not in` when `negate`): per example for a list the program built
+    whose length or items vary, and for a per-example scalar in a uniform tuple or list."""
+    kind = type(container)
+    if (kind is RaggedList or kind is LaneList or kind is LL.FrozenList) and \
+            (kind is RaggedList or is_varying(container) or is_varying(item)):
+        found = LL.contains_lanes(container, item)
+    elif (kind is tuple or kind is list) and type(item) is Batched and item.data.ndim == 1 and \
+            not is_varying(container):
+        found = LL.contains_lanes(LaneList(container), item)
+    else:
+        return (item not in container) if negate else (item in container)
+    return P.logical_not(found) if negate else found
+
+
+def _as_sequence(value):
+    """A list of per-example length (or with per-example items) as a per-example array, else None."""
+    kind = type(value)
+    if kind is RaggedList or ((kind is LaneList or kind is LL.FrozenList) and is_varying(value)
+                              and len(value)):
+        arr = LL.stack_lanes(value, 0, "array") if kind is RaggedList else _stacker(np.stack, "stack")(value)
+        if getattr(arr, "data", None) is not None and arr.data.ndim != 2:
+            filename, lineno = user_frame(4)
+            raise UnsupportedConstruct("sorted(), min() or max() of a per-example list of arrays "
+                                       "compares arrays (ambiguous truth value)", filename, lineno,
+                                       "Stack it (numpy.stack) and use numpy.sort/min/max with an axis.")
+        return arr
+    return None
+
+
+def _sorted(iterable, /, *, key=None, reverse=False):
+    """Builtin `sorted` of a list whose length or items differ between examples: each
+    example's own sorted list (numbers; ties keep their order)."""
+    seq = _as_sequence(iterable) if key is None and type(reverse) is bool else None
+    if seq is None:
+        return builtins.sorted(iterable, key=key, reverse=reverse)
+    out = np.sort(seq, axis=0, kind="stable")
+    if reverse:
+        out = np.flip(out, axis=0)
+    return _list(out)
 
 
 def _sum(iterable, /, start=0):
@@ -486,7 +532,7 @@ _SPECIAL = {
     builtins.sum: _sum, builtins.list: _list, builtins.dict: _dict,
     builtins.str: lane_strings(str), builtins.repr: lane_strings(repr), builtins.format: lane_strings(format),
     np.zeros: _creator(0), np.ones: _creator(1), np.empty: _creator(None), np.full: _creator("full"),
-    builtins.len: _len,
+    builtins.len: _len, builtins.sorted: _sorted,
     builtins.setattr: lambda obj, name, value: store_attr(obj, name, value),
     builtins.delattr: lambda obj, name: del_attr(obj, name),
     builtins.range: batched_range,
