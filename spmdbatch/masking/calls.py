@@ -714,6 +714,9 @@ def _call_fused(funcs, args, kwargs):
             any(len(a) != len(args[0]) for a in args[1:]):
         return tuple(call(f, *a, **k) for f, a, k in zip(funcs, args, kwargs))
     kind = type(fn)
+    if kind is types.MethodType and is_owned_object(fn.__self__):
+        # (methods of an object the program constructed are there to change it)
+        return tuple(call(f, *a, **k) for f, a, k in zip(funcs, args, kwargs))
     if kind is types.MethodType:
         target, self_arg = fn.__func__, (fn.__self__,)
     else:
@@ -740,6 +743,12 @@ def _call_fused(funcs, args, kwargs):
     except _SideEffectInFusedCall:
         if FUSION.depth > 1 or FUSION.guard:
             raise                       # (the outermost fused call runs its calls apart)
+        apart = True
+    except Exception as exc:
+        # state the calls share, read with the lanes of one call (an attribute a method
+        # reads before it changes it): the calls one after the other raise what is real
+        if isinstance(exc, SpmdError) or FUSION.depth > 1:
+            raise
         apart = True
     else:
         apart = False
