@@ -35,6 +35,7 @@ from .runtime import primitives as P
 from .runtime import pytree
 from .runtime.backend import namespace
 from .runtime.blame import user_frame
+from .runtime import views
 from .runtime.batched import Batched
 from .runtime.mapped import LaneMapped
 from .masking.lane_list import LaneDict, RaggedList, to_user
@@ -103,6 +104,7 @@ class SpmdFunction:
             if not UNIFORM_OBJECTS.active:
                 UNIFORM_OBJECTS.cells.clear()
                 UNIFORM_OBJECTS.made.clear()
+                views.forget()
         return _place_outputs(out, self.out_axes, batch, "result")
 
 

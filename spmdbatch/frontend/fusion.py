@@ -182,4 +182,7 @@ def _reads_memory(s, callees) -> bool:
 def _movable(s) -> bool:
     if isinstance(s, Unpack):
         return True
+    if isinstance(s, Assign) and isinstance(s.value, ir.BinOp) and s.value.op.endswith("=") \
+            and s.value.op not in ("==", "!=", "<=", ">="):
+        return False    # an in-place update (`w += b`): views read by the calls see it in the loop
     return isinstance(s, Assign) and isinstance(s.value, _MOVABLE_EXPRS)

@@ -29,6 +29,7 @@ from ..runtime.batched import Batched, lane_error, user_frame
 from ..runtime.mapped import LaneMapped, mapped_rows
 from ..runtime.ragged import Ragged, ragged_arange
 from ..runtime import primitives as P
+from ..runtime import views
 from .frame import STATE, raise_all_lanes
 from .iterators import batched_range, lane_enumerate, lane_zip
 from . import lane_list as LL
@@ -893,7 +894,10 @@ def setitem(obj, index, value):
         return obj
     if type(obj) is Batched or hasattr(obj, "shape") and hasattr(obj, "dtype"):
         from ..runtime.array_methods import index_update
-        return index_update(obj, index, value, mode="set")
+        out = index_update(obj, index, value, mode="set")
+        if type(obj) is Batched and obj.data.ndim >= 2:
+            views.note_update(obj, rebound=True)  # (other names and views keep the old values)
+        return out
     if type(index) is Batched or (type(index) is tuple and any(type(i) is Batched for i in index)):
         filename, lineno = user_frame()
         raise SpmdError(f"item assignment into a {type(obj).__name__} with a varying index",
@@ -934,6 +938,8 @@ def inplace(op, a, b):
         if (type(a) is np.ndarray or a.ndim >= 1) and getattr(out, "dtype", a.dtype) != a.dtype \
                 and np.can_cast(out.dtype, a.dtype, "same_kind"):
             out = out.astype(a.dtype)   # an array updated in place keeps its dtype, as in numpy
+        if type(a) is Batched and a.data.ndim >= 2:
+            views.note_update(a, rebound=True)   # (other names and views keep the old values)
         return out
     kind = type(a)
     if kind is RaggedList or kind is LaneList or kind is LaneDict or kind is LL.FrozenList:
