@@ -349,6 +349,9 @@ def _per_example_sequence(value):
 def _extreme(builtin, ufunc, arg_prim):
     def extreme(*args, **kwargs):
         if len(args) > 1 and not kwargs and any(type(a) is Batched for a in args):
+            kinds = [_number_kind(a) for a in args]
+            if any(k != kinds[0] for k in kinds[1:]):
+                return _extreme_of_kinds(builtin.__name__, args, kinds)
             out = args[0]
             for a in args[1:]:
                 out = ufunc(out, a)
@@ -362,6 +365,51 @@ def _extreme(builtin, ufunc, arg_prim):
             return builtin(*args, **kwargs)
         return _extreme_of_sequence(builtin.__name__, arg_prim, seq, kwargs)
     return extreme
+
+
+def _number_kind(value):
+    """What builtin min/max returns when `value` wins: a Python number ("weak", with its
+    kind) or an array of its dtype."""
+    if type(value) is Batched and value.weak:
+        return ("weak", value.dtype.kind)
+    if type(value) in (int, float, bool):
+        return ("weak", np.asarray(value).dtype.kind)
+    dtype = getattr(value, "dtype", None)
+    return np.dtype(dtype) if dtype is not None else np.asarray(value).dtype
+
+
+def _extreme_of_kinds(name, args, kinds):
+    """Builtin min/max of arguments of different kinds (a Python float and a float32 value):
+    when every example's winner has one kind, the result has that kind, as in the loop; where
+    the winners differ, the loop's results differ in type too, which one array cannot hold:
+    the promotion of the arguments' dtypes (the dtype fuzzer's oracle accepts either)."""
+    better = P.greater if name == "max" else P.less
+    win = np.zeros(lane_count(*args), dtype=np.intp)
+    cur = args[0]
+    for i, a in enumerate(args[1:], 1):
+        b = better(a, cur)
+        mask = np.asarray(getattr(b.data, "value", b.data)) if type(b) is Batched else np.full(len(win), bool(b))
+        win = np.where(mask, i, win)
+        cur = P.where(b, a, cur)
+    chosen = {kinds[i] for i in np.unique(win)}
+    if len(chosen) > 1:
+        # examples whose results differ in type (one keeps the Python float, another the
+        # float32 array): one array holds them in the promotion of the arguments' dtypes
+        ufunc = P.maximum if name == "max" else P.minimum
+        out = args[0]
+        for a in args[1:]:
+            out = ufunc(out, a)
+        return out
+    kind = chosen.pop()
+    if type(kind) is tuple:               # every example keeps its Python number
+        data = cur.data if type(cur) is Batched else np.full(len(win), cur)
+        target = np.float64 if kind[1] == "f" else np.int64 if kind[1] in "iu" else None
+        if target is not None and data.dtype != target:
+            data = P.astype(data, dtype=np.dtype(target))
+        return Batched(data, weak=True)
+    if type(cur) is Batched and cur.dtype != kind:
+        cur = Batched(P.astype(cur.data, dtype=kind))
+    return cur
 
 
 def _extreme_of_sequence(name, arg_prim, seq, kwargs):

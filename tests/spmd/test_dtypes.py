@@ -287,3 +287,25 @@ def test_differing_dtypes_at_a_return_are_promoted_as_the_loop_stacks_them():
     got = sb.spmd(f)(xs, np.array([1, -1]))
     assert got.dtype == np.float64
     np.testing.assert_array_equal(got, [0.25, 1.0])
+
+
+def _max_of_python_float_and_float32(x):
+    t = x * np.float32(0.5)
+    return np.tanh(max(0.5, t))    # a Python float where 0.5 wins (tanh: float64), else float32
+
+
+@pytest.mark.parametrize("values, dtype", [((0.0, 0.2), np.float64), ((3.0, 4.0), np.float32)])
+def test_builtin_max_of_different_kinds_returns_the_winners_dtype(values, dtype):
+    xs = [np.float32(v) for v in values]
+    loop = [_max_of_python_float_and_float32(x) for x in xs]
+    got = sb.spmd(_max_of_python_float_and_float32)(xs)
+    assert got.dtype == dtype and all(np.asarray(r).dtype == dtype for r in loop)
+    np.testing.assert_allclose(got, np.array(loop, dtype=dtype), rtol=1e-6)
+
+
+def test_builtin_max_whose_winners_differ_in_dtype_gives_the_promotion():
+    xs = [np.float32(0.0), np.float32(4.0)]
+    loop = [_max_of_python_float_and_float32(x) for x in xs]       # float64 and float32
+    got = sb.spmd(_max_of_python_float_and_float32)(xs)
+    assert got.dtype == np.float32                                 # one of the loop's dtypes
+    np.testing.assert_allclose(got, np.array(loop, dtype=np.float64), rtol=1e-6)
