@@ -5,7 +5,7 @@ Write the model for one example; `@spmd` rewrites it into a masked batch program
 """
 from .primitives import primitive  # (first: registers the primitives every layer uses)
 from .ad import Tracer, check_gradients, grad, stop_gradient, value_and_grad, vjp
-from .errors import (BatchSizeError, DivergentSideEffect, GradientError, LaneError, SpmdError,
+from .errors import (AxesError, BatchSizeError, DivergentSideEffect, GradientError, LaneError, SpmdError,
                      UnsupportedConstruct, VaryingValueError)
 from .runtime import DEFAULT_FLOAT, get_backend, namespace, tree_map
 from .runtime.array_methods import at, index_update
@@ -25,6 +25,6 @@ __all__ = [
     "primitive", "custom_vjp",
     "sigmoid", "logsumexp", "softmax", "log_softmax", "index_update", "at", "segment_softmax",
     "SpmdError", "UnsupportedConstruct", "VaryingValueError", "BatchSizeError", "LaneError",
-    "DivergentSideEffect", "GradientError",
+    "DivergentSideEffect", "GradientError", "AxesError",
     "DEFAULT_FLOAT", "get_backend", "namespace", "tree_map", "to_device",
 ]

@@ -59,6 +59,13 @@ class BatchSizeError(SpmdError):
     """Batched arguments disagree on the batch size, or a ragged list is inconsistent."""
 
 
+class AxesError(SpmdError, ValueError):
+    """`in_axes` / `out_axes` do not fit the arguments or results: a structure that does not
+    match, an axis out of range, a non-zero axis for values that are not arrays (a list of
+    per-example values, a ragged result), or `out_axes=None` for a result that differs per
+    example. Also a ValueError, as before it had its own class."""
+
+
 class DivergentSideEffect(SpmdError):
     """I/O or mutation of shared state (globals, nonlocals, attributes, containers) under a
     varying condition: only some examples reach it, but its effect would be shared by all."""

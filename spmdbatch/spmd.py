@@ -1,14 +1,21 @@
 """`@spmd`: run a per-example function on a whole batch, and `show` its batch program.
 
-``spmd(f, in_axes=...)(*args)`` equals ``stack([f(*example_args) for each example])``:
+``spmd(f, in_axes=..., out_axes=...)(*args)`` equals
+``stack([f(*example_args) for each example], axis=out_axes)``, as `jax.vmap`:
 
-- `in_axes` says which arguments carry a batch axis: ``0`` (batched along the leading
-  axis) or ``None`` (uniform: shared by every example, such as parameters), per argument
-  and, as a pytree prefix, per leaf. Keyword arguments are batched.
-- A batched argument is an array with a leading batch axis, a pytree whose leaves have one,
-  or a Python list with one entry per example (stacked here; entries must agree in
-  structure, rank and dtype).
-- The result is the pytree of per-example results stacked along a new leading axis.
+- `in_axes` says where arguments carry their batch axis: an int (any axis of an array,
+  negative counted from the end, as numpy does) or ``None`` (uniform: shared by every
+  example, such as parameters); one for all arguments, or a tuple/list with one entry per
+  positional argument, each a pytree prefix of its argument (tuples, lists, dicts matching
+  its structure) with an int or None per leaf. Keyword arguments are batched along axis 0.
+- A batched argument is an array, a pytree whose leaves are arrays, or a Python list with
+  one entry per example (stacked here along axis 0, which is then its only batch axis;
+  entries must agree in structure, rank and dtype).
+- `out_axes` (int, None, or a pytree prefix of the result) says where the stacked
+  results get their batch axis; None marks a result that is the same in every example
+  (returned once, unstacked).
+- Structures that do not match, axes out of range, and a non-zero axis for values that are
+  not arrays (lists of per-example values, results of per-example length) raise `AxesError`.
 
 Autodiff sees through it: ``grad(lambda p, xs: spmd(f, in_axes=(None, 0))(p, xs).sum())``.
 """
@@ -20,7 +27,7 @@ import types
 import numpy as np
 
 from .ad.tracer import is_traced
-from .errors import BatchSizeError, UnsupportedConstruct
+from .errors import AxesError, BatchSizeError, UnsupportedConstruct
 from .frontend.decode import check_python_version
 from .frontend.show import describe
 from .masking.calls import call, is_user_function, run_batched
@@ -30,15 +37,17 @@ from .runtime import primitives as P
 from .runtime import levels
 from .runtime import pytree
 from .runtime.backend import namespace
+from .runtime import views
 from .runtime.batched import Batched, Ragged
 from .runtime.blame import user_frame
 from .runtime.mapped import LaneMapped
-from .masking.lane_list import to_user
+from .masking.lane_list import LaneDict, RaggedList, to_user
 from .runtime.ragged import from_examples, to_examples
 
 
-def spmd(fn=None, *, in_axes=0, max_depth=None):
-    """Batch a per-example function (decorator with or without arguments).
+def spmd(fn=None, *, in_axes=0, out_axes=0, max_depth=None):
+    """Batch a per-example function (decorator with or without arguments); `in_axes` and
+    `out_axes` as in the module docstring.
 
     `max_depth` limits the depth of recursive calls in each example (default:
     ``sys.getrecursionlimit()``, as the per-example loop's RecursionError): an example that
@@ -46,25 +55,30 @@ def spmd(fn=None, *, in_axes=0, max_depth=None):
     naming it.
     """
     if fn is None:
-        return lambda f: spmd(f, in_axes=in_axes, max_depth=max_depth)
+        return lambda f: spmd(f, in_axes=in_axes, out_axes=out_axes, max_depth=max_depth)
     check_python_version(fn)
-    return SpmdFunction(fn, in_axes, max_depth)
+    _check_axes_spec(in_axes, "in_axes")
+    _check_axes_spec(out_axes, "out_axes")
+    return SpmdFunction(fn, in_axes, max_depth, out_axes)
 
 
 class SpmdFunction:
-    """A per-example function together with how its arguments are batched."""
+    """A per-example function together with how its arguments and results are batched."""
 
-    def __init__(self, fn, in_axes, max_depth=None):
+    def __init__(self, fn, in_axes, max_depth=None, out_axes=0):
         functools.update_wrapper(self, fn)   # (first: it copies fn's __dict__, an inner spmd's too)
         self.fn = fn
         self.in_axes = in_axes
+        self.out_axes = out_axes
         self.max_depth = max_depth
 
     def __call__(self, *args, **kwargs):
         specs = self.in_axes if isinstance(self.in_axes, (tuple, list)) else (self.in_axes,) * len(args)
         if len(specs) != len(args):
-            raise ValueError(f"spmd({self.fn.__qualname__}): in_axes has {len(specs)} entries for "
-                             f"{len(args)} positional arguments")
+            _axes_error(f"spmd({self.fn.__qualname__}): in_axes has {len(specs)} entries for "
+                        f"{len(args)} positional arguments",
+                        "Give one in_axes entry (an int, None or a pytree of them) per positional "
+                        "argument, or one int/None for all.")
         if levels.innermost(levels.BatchLevel) is not None and \
                 (_holds_varying((args, kwargs)) or is_varying(self.fn)):
             return self._call_nested(args, kwargs, specs)   # inside a running batch program
@@ -72,16 +86,17 @@ class SpmdFunction:
         wrapped = [_wrap(a, s, f"argument {i}", sizes) for i, (a, s) in enumerate(zip(args, specs))]
         wrapped_kw = {k: _wrap(v, 0, f"argument {k!r}", sizes) for k, v in kwargs.items()}
         if not sizes:
-            raise ValueError(f"spmd({self.fn.__qualname__}): no argument is batched "
-                             f"(in_axes={self.in_axes!r}); mark at least one with 0")
+            _axes_error(f"spmd({self.fn.__qualname__}): no argument is batched "
+                        f"(in_axes={self.in_axes!r})", "Mark at least one argument with an axis (0).")
         batch = sizes[0][1]
         for where, n in sizes[1:]:
             if n != batch:
                 raise BatchSizeError(
                     f"spmd({self.fn.__qualname__}): batched arguments disagree on the batch size: "
-                    f"{sizes[0][0]} has {batch} examples, {where} has {n}", hint=
+                    f"{sizes[0][0]} has {batch} examples, {where} has {n}", *user_frame(), hint=
                     "Every batched argument needs the same leading (batch) axis length.")
-        return to_user(self._run(self.fn, wrapped, wrapped_kw, batch), batch, _unwrap)
+        return _place_outputs(self._run(self.fn, wrapped, wrapped_kw, batch), self.out_axes, batch,
+                              "result")
 
     def _run(self, fn, wrapped, wrapped_kw, batch):
         """Run the batch program on per-example values `wrapped` as a new batch level."""
@@ -107,6 +122,8 @@ class SpmdFunction:
             forget_uniform_objects()
             if not UNIFORM_OBJECTS.active:
                 UNIFORM_OBJECTS.cells.clear()
+                UNIFORM_OBJECTS.made.clear()
+                views.forget()
 
     def _call_nested(self, args, kwargs, specs):
         """`spmd` called inside a batch program with per-example arguments or per-example
@@ -117,6 +134,10 @@ class SpmdFunction:
         examples of m inner results each."""
         name = getattr(self.fn, "__qualname__", "f")
         inner = []
+        if self.out_axes != 0 or not _zero_or_none((specs, self.in_axes)):
+            _axes_error(f"spmd({name}) inside a batch program with in_axes {self.in_axes!r} and "
+                        f"out_axes {self.out_axes!r}: nested spmd maps axis 0 only",
+                        "Move the mapped axis first (numpy.moveaxis) inside the outer function.")
 
         def scan(leaf, spec, where):
             if spec != 0:
@@ -264,6 +285,15 @@ def _map_result(value, fn):
     return fn(value)
 
 
+def _zero_or_none(spec) -> bool:
+    """True when every leaf of an axes spec is 0 or None."""
+    if isinstance(spec, dict):
+        return all(_zero_or_none(v) for v in spec.values())
+    if isinstance(spec, (tuple, list)):
+        return all(_zero_or_none(v) for v in spec)
+    return spec is None or spec == 0
+
+
 def _holds_varying(tree) -> bool:
     """True when `tree` holds a per-example value of a running batch program."""
     for leaf in pytree.flatten(tree)[0]:
@@ -296,39 +326,146 @@ def _map_spec(arg, spec, where, on_leaf):
                      f"for {where}")
 
 
+def _axes_error(message, hint=None):
+    filename, lineno = user_frame(3)
+    raise AxesError(message, filename, lineno, hint)
+
+
+def _check_axes_spec(spec, name):
+    """`spec` is an int, None, or a tuple/list/dict of such (nested): else AxesError."""
+    if spec is None or (isinstance(spec, (int, np.integer)) and not isinstance(spec, bool)):
+        return
+    if isinstance(spec, dict):
+        for v in spec.values():
+            _check_axes_spec(v, name)
+        return
+    if isinstance(spec, (tuple, list)):
+        for v in spec:
+            _check_axes_spec(v, name)
+        return
+    _axes_error(f"{name} entries must be ints or None (or tuples, lists and dicts of them), "
+                f"got {spec!r}")
+
+
+def _axis(spec, ndim, where, name):
+    """The non-negative axis `spec` names in a value of `ndim` axes, or AxesError."""
+    if not -ndim <= spec < ndim:
+        _axes_error(f"{name} {spec} for {where}, which has {ndim} axes",
+                    f"Use an axis in [{-ndim}, {ndim - 1}] (negative axes count from the end).")
+    return int(spec) % ndim
+
+
+def _move_axis(x, source, dest):
+    """`numpy.moveaxis` that autodiff (and an enclosing batch program) sees."""
+    if source == dest:
+        return x
+    if type(x) is np.ndarray:
+        return np.moveaxis(x, source, dest)
+    perm = [i for i in range(x.ndim) if i != source]
+    perm.insert(dest, source)
+    return P.transpose(x, axes=tuple(perm))
+
+
+def _match_prefix(arg, spec, where, name, recurse):
+    """Walk a tuple/list/dict `spec` over the matching containers of `arg` (AxesError when the
+    structures differ), calling `recurse(item, item_spec, item_where)`."""
+    if isinstance(spec, dict):
+        if not isinstance(arg, dict) or set(arg) != set(spec):
+            keys = sorted(map(str, arg)) if isinstance(arg, dict) else type(arg).__name__
+            _axes_error(f"{name} for {where} is a dict with keys {sorted(map(str, spec))}, which does "
+                        f"not match the value ({keys})",
+                        "Give a dict with the same keys, or one int/None for the whole value.")
+        items = {k: recurse(arg[k], spec[k], f"{where}[{k!r}]") for k in arg}
+        return items if type(arg) in (dict, LaneDict) else type(arg)(items)
+    if not isinstance(arg, (tuple, list)) or len(arg) != len(spec):
+        got = f"{type(arg).__name__} of {len(arg)}" if isinstance(arg, (tuple, list)) else type(arg).__name__
+        _axes_error(f"{name} for {where} has {len(spec)} entries, which does not match the value "
+                    f"({got})", "Give one entry per item, or one int/None for the whole value.")
+    items = [recurse(a, s, f"{where}[{i}]") for i, (a, s) in enumerate(zip(list.__iter__(arg) if
+                                                                         isinstance(arg, list) else arg, spec))]
+    if hasattr(type(arg), "_fields"):
+        return type(arg)(*items)
+    return tuple(items) if isinstance(arg, tuple) else items
+
+
 def _wrap(arg, spec, where, sizes):
     """Wrap the batched leaves of `arg` (per the in_axes prefix `spec`) as `Batched`."""
     if spec is None:
         return arg
-    if spec == 0:
-        if type(arg) is list:
-            return _stack_examples(arg, where, sizes)
-        leaves, treedef = pytree.flatten(arg)
-        return treedef.unflatten([_wrap_leaf(leaf, f"{where}{path}", sizes)
-                                  for leaf, path in zip(leaves, pytree.leaf_paths(arg))])
-    if isinstance(spec, dict):
-        if not isinstance(arg, dict) or set(arg) != set(spec):
-            raise ValueError(f"in_axes for {where} is a dict with keys {sorted(spec)}, which does not "
-                             f"match the argument ({type(arg).__name__})")
-        return type(arg)({k: _wrap(arg[k], spec[k], f"{where}[{k!r}]", sizes) for k in arg})
-    if isinstance(spec, (tuple, list)):
-        if not isinstance(arg, (tuple, list)) or len(arg) != len(spec):
-            raise ValueError(f"in_axes for {where} has {len(spec)} entries, which does not match the "
-                             f"argument ({type(arg).__name__})")
-        items = [_wrap(a, s, f"{where}[{i}]", sizes) for i, (a, s) in enumerate(zip(arg, spec))]
-        return type(arg)(*items) if hasattr(type(arg), "_fields") else type(arg)(items)
-    raise ValueError(f"in_axes entries must be 0 or None (or a dict/tuple/list of them), got {spec!r} "
-                     f"for {where}")
+    if isinstance(spec, (dict, tuple, list)):
+        return _match_prefix(arg, spec, where, "in_axes",
+                             lambda a, s, w: _wrap(a, s, w, sizes))
+    if type(arg) is list:
+        if spec != 0:
+            _axes_error(f"in_axes {spec} for {where}, a Python list of per-example values",
+                        "A list is stacked along its entries (one per example): give it in_axes 0, "
+                        "or pass an array.")
+        return _stack_examples(arg, where, sizes)
+    leaves, treedef = pytree.flatten(arg)
+    return treedef.unflatten([_wrap_leaf(leaf, spec, f"{where}{path}", sizes)
+                              for leaf, path in zip(leaves, pytree.leaf_paths(arg))])
 
 
-def _wrap_leaf(leaf, where, sizes):
+def _wrap_leaf(leaf, spec, where, sizes):
     shape = getattr(leaf, "shape", None)
     if shape is None or len(shape) == 0:
-        raise BatchSizeError(f"{where} is marked batched (in_axes 0) but has no leading batch axis "
-                             f"(got {type(leaf).__name__} {leaf!r:.40})", hint=
+        raise BatchSizeError(f"{where} is marked batched (in_axes {spec}) but has no batch axis "
+                             f"(got {type(leaf).__name__} {leaf!r:.40})", *user_frame(), hint=
                              "Pass an array with one row per example, or mark it None (uniform).")
-    sizes.append((where, shape[0]))
-    return Batched(leaf)
+    if type(leaf) is Ragged:
+        if spec != 0:
+            _axes_error(f"in_axes {spec} for {where}, a ragged value (its examples differ in "
+                        f"length)", "A ragged value is batched along axis 0 only.")
+        sizes.append((where, leaf.lengths.shape[0]))
+        return leaf
+    axis = _axis(spec, len(shape), where, "in_axes")
+    sizes.append((where, shape[axis]))
+    return Batched(_move_axis(leaf, axis, 0))
+
+
+def _place_outputs(out, spec, batch, where):
+    """The batch program's result `out` as the caller sees it, with its batch axes where the
+    out_axes prefix `spec` puts them."""
+    if spec is None:
+        if is_varying(out):
+            _axes_error(f"out_axes None for {where}, which differs between examples",
+                        "Give it an axis (0), or return only values that are the same in every "
+                        "example under out_axes None.")
+        return to_user(out, batch, lambda leaf, _: leaf)
+    if isinstance(spec, (dict, tuple, list)):
+        if type(out) is RaggedList:
+            _axes_error(f"out_axes {spec!r} for {where}, a list whose length differs between "
+                        f"examples", "Give the list one int axis (0).")
+        return _match_prefix(out, spec, where, "out_axes",
+                             lambda o, s, w: _place_outputs(o, s, batch, w))
+    user = to_user(out, batch, _unwrap)
+    if spec == 0:
+        return user
+    if _has_ragged(out):
+        _axes_error(f"out_axes {spec} for {where}, whose examples differ in length",
+                    "Results of per-example length come back as one value per example: give "
+                    "them out_axes 0.")
+    return pytree.tree_map(lambda leaf: _move_leaf_out(leaf, spec, where), user)
+
+
+def _has_ragged(value) -> bool:
+    """True when a batch program's result holds a value of per-example length."""
+    kind = type(value)
+    if kind is Ragged or kind is RaggedList:
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(_has_ragged(v) for v in list.__iter__(value)) if isinstance(value, list) \
+            else any(_has_ragged(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_ragged(v) for v in value.values())
+    return any(type(leaf) is Ragged for leaf in pytree.leaves(value) if leaf is not value)
+
+
+def _move_leaf_out(leaf, spec, where):
+    ndim = getattr(leaf, "ndim", None)
+    if ndim is None:
+        return leaf
+    return _move_axis(leaf, 0, _axis(spec, ndim, where, "out_axes"))
 
 
 _RECORD_LEAVES = frozenset((np.ndarray, float, int, bool))

@@ -144,13 +144,19 @@ class BatchedEmitter(PlainEmitter):
         else:
             self.w.line(call)
 
+    def expr_Compare(self, e):
+        if e.op in ("in", "not in"):      # (per example for lists the program built)
+            return f"{self.h('contains')}({self.op(e.a)}, {self.op(e.b)}, {e.op == 'not in'})"
+        return super().expr_Compare(e)
+
     def stmt_FusedCall(self, s):
         funcs = "(" + "".join(self.op(f) + ", " for f in s.funcs) + ")"
         args = "(" + "".join("(" + "".join(self.op(a) + ", " for a in al) + "), " for al in s.args) + ")"
         kwargs = "(" + "".join("{" + ", ".join(f"{k!r}: {self.op(v)}" for k, v in kw.items()) + "}, "
                                for kw in s.kwargs) + ")"
         targets = "".join(self.v(t) + ", " for t in s.targets)
-        self.w.line(f"{targets}= {self.h('call_fused')}({funcs}, {args}, {kwargs})")
+        reads = ", True" if getattr(s, "reads", False) else ""
+        self.w.line(f"{targets}= {self.h('call_fused')}({funcs}, {args}, {kwargs}{reads})")
 
     def stmt__LineMark(self, s):
         pass

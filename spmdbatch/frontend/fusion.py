@@ -17,9 +17,13 @@ same way as `f` (same global, closure variable, local, or attribute of the same 
 and nothing it uses depends on the group's results. Other statements are moved *after*
 the fused call if they depend on a group result, or *before* it otherwise; only
 assignments of call-free expressions (and unpacking) may move, and a statement may not
-move before a statement or call whose variables it redefines. The scan stops at any other statement. The
+move before a statement or call whose variables it redefines. The scan stops at any other statement;
+statements after the group's last call stay where they are (after the fused call). The
 runtime checks that the callees are really the same function; if not, the calls run one
-after the other, in their original order.
+after the other, in their original order. A callee that writes shared state (an attribute,
+a global, a nonlocal) would write once for all the calls: the runtime then runs the calls
+apart, in order, unless statements that read memory (attributes, items, globals) were moved
+across a call (`FusedCall.reads`), which it refuses with the user's line instead.
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ class FusedCall(Stmt):
     args: list
     kwargs: list
     lineno: int | None = field(default=None, kw_only=True)
+    reads: bool = field(default=False, kw_only=True)   # memory reads moved across a call
     OPERANDS = ("funcs", "args", "kwargs")
 
     def defs(self):
@@ -113,6 +118,7 @@ def _fuse_from(stmts, start, origins):
     after_names: set = set()
     local_origins = dict(origins)
     j = start + 1
+    last = (start + 1, 0, 0)          # (end of the group's last call, len(before), len(after))
     while j < len(stmts):
         s = stmts[j]
         uses = set(s.uses())
@@ -123,8 +129,9 @@ def _fuse_from(stmts, start, origins):
             group_uses |= uses
             depends.add(s.target)
             j += 1
+            last = (j, len(before), len(after))
             continue
-        if not _movable(s):
+        if not _movable(s) or _reads_receiver(s, key, local_origins):
             break
         defs = set(s.defs())
         if uses & depends:
@@ -141,14 +148,41 @@ def _fuse_from(stmts, start, origins):
         j += 1
     if len(group) < 2:
         return None
+    j, n_before, n_after = last         # (statements after the last call stay in place)
+    callees = {g.value.func.name for g in group}
+    before, after = before[:n_before], after[:n_after]
     fused = FusedCall([g.target for g in group], [g.value.func for g in group],
                       [list(g.value.args) for g in group], [dict(g.value.kwargs) for g in group],
-                      lineno=group[-1].lineno)
+                      lineno=group[-1].lineno,
+                      reads=any(_reads_memory(m, callees) for m in before + after))
     new = stmts[:start] + before + [fused] + after + stmts[j:]
     return new, start + len(before) + 1 + len(after)
+
+
+_MEMORY_READS = (ir.GetAttr, ir.Subscr, ir.LoadGlobal, ir.LoadDeref)
+
+
+def _reads_receiver(s, key, origins) -> bool:
+    """True for a statement reading an attribute or item of the object whose method the group
+    calls (`a.add(x); r = a.total; a.add(y)`): a method is likely to change its object, so the
+    group ends there (loading the method itself again does not end it)."""
+    if key[0] != "attr" or not isinstance(s, Assign) or not isinstance(s.value, (ir.GetAttr, ir.Subscr)):
+        return False
+    obj = s.value.obj
+    return isinstance(obj, Var) and origins.get(obj.name, ("var", obj.name)) == key[1] \
+        and _origin(s.value, origins) != key
+
+
+def _reads_memory(s, callees) -> bool:
+    """True for a moved statement that reads an attribute, an item, a global or a closure
+    variable (what a call's side effect could change), other than loading a callee."""
+    return isinstance(s, Assign) and isinstance(s.value, _MEMORY_READS) and s.target not in callees
 
 
 def _movable(s) -> bool:
     if isinstance(s, Unpack):
         return True
+    if isinstance(s, Assign) and isinstance(s.value, ir.BinOp) and s.value.op.endswith("=") \
+            and s.value.op not in ("==", "!=", "<=", ">="):
+        return False    # an in-place update (`w += b`): views read by the calls see it in the loop
     return isinstance(s, Assign) and isinstance(s.value, _MOVABLE_EXPRS)

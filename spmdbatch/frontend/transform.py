@@ -36,7 +36,7 @@ BATCH_HELPERS = {
     "store_global": calls.store_global, "del_global": calls.del_global,
     "store_nonlocal": calls.store_nonlocal, "call_fused": calls.call_fused,
     "recurse": recursion.recurse, "Sums": sums.Sums,
-    "inplace": calls.inplace, "raise_all_lanes": raising.raise_all_lanes,
+    "inplace": calls.inplace, "contains": calls.contains, "raise_all_lanes": raising.raise_all_lanes,
     "raise_in_lanes": raising.raise_in_lanes, "count_call": stats.count_call, "Batched": Batched,
     "LaneList": lane_list.LaneList, "LaneDict": lane_list.LaneDict, "RaggedList": lane_list.RaggedList,
     "list_truth": lane_list.truth, "format_value": formatting.format_value,

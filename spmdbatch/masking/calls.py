@@ -19,6 +19,7 @@ from __future__ import annotations
 import builtins
 import operator
 import sys
+import threading
 import types
 
 import numpy as np
@@ -32,11 +33,13 @@ from ..runtime.mapped import LaneMapped, mapped_rows
 from ..runtime.packed import Packed
 from ..runtime.ragged import ragged_arange
 from ..runtime import primitives as P
+from ..runtime import views
 from .iterators import batched_range, lane_enumerate, lane_zip
 from . import lane_list as LL
 from .lane_list import LaneDict, LaneList, RaggedList
 from .formatting import example_value, lane_strings
-from .lanes import forget_uniform_objects, is_owned_cell, is_varying, lane_count, merge, merge_calls, take
+from .lanes import (forget_uniform_objects, is_owned_cell, is_owned_object, is_varying, lane_count,
+                    merge, merge_calls, own_object, take)
 from .state import STATE
 from .raising import raise_all_lanes
 from .stats import STATS, count_running_call
@@ -253,6 +256,28 @@ def _print(*args, **kwargs):
         builtins.print(*[example_value(a, i) if is_varying(a) else a for a in args], **kwargs)
 
 
+class _Fusion(threading.local):
+    """How many fused calls (`call_fused`) this thread is running inside (`depth`), and how
+    many groups of calls with memory reads moved across them (`guard`)."""
+    depth = 0
+    guard = 0
+
+
+FUSION = _Fusion()
+
+
+class _SideEffectInFusedCall(BaseException):
+    """Raised by a write to shared state (an attribute, a global, a nonlocal) inside a fused
+    call: calls run as one batched call would write once, with the lanes of all of them, where
+    the loop writes once per call; `call_fused` runs the calls one after the other instead.
+    (A BaseException, so the user's `except Exception` does not stop it.)"""
+
+
+def _not_in_fused_call():
+    if FUSION.depth or FUSION.guard:
+        raise _SideEffectInFusedCall()
+
+
 def _refuse_divergent(what: str, hint: str):
     filename, lineno = user_frame(3)
     raise DivergentSideEffect(f"{what} under a varying condition (only some examples run it, but "
@@ -266,15 +291,25 @@ def _refuse_escape(what: str, hint: str):
 
 
 def store_attr(obj, name, value):
-    """`obj.name = value`, refused while only some lanes run (the object is shared)."""
+    """`obj.name = value`, refused while only some lanes run (the object is shared), and
+    refused for a per-example value on an object the caller can see (one the batch program
+    neither constructed nor received as per-example data): it would keep an internal
+    per-lane wrapper after the call."""
+    _not_in_fused_call()
     if STATE.partial:
         _refuse_divergent(f"assignment to attribute .{name} of a {type(obj).__name__}",
                           "Keep per-example state in local variables and return it.")
+    if is_varying(value) and not is_owned_object(obj) and not is_varying(obj):
+        _refuse_escape(f"assignment of a per-example value to attribute .{name} of a "
+                       f"{type(obj).__name__} made outside the batched call",
+                       "Keep per-example state in local variables (or in an object the function "
+                       "constructs) and return it.")
     forget_uniform_objects()
     setattr(obj, name, value)
 
 
 def del_attr(obj, name):
+    _not_in_fused_call()
     if STATE.partial:
         _refuse_divergent(f"deletion of attribute .{name}", "Move it out of the data-dependent branch.")
     forget_uniform_objects()
@@ -283,6 +318,7 @@ def del_attr(obj, name):
 
 def store_global(globals_, name, value):
     """`global name; name = value`, refused while only some lanes run."""
+    _not_in_fused_call()
     if STATE.partial:
         _refuse_divergent(f"assignment to global variable {name!r}",
                           "Return the value instead of storing it in a global.")
@@ -293,6 +329,7 @@ def store_global(globals_, name, value):
 
 
 def del_global(globals_, name):
+    _not_in_fused_call()
     if STATE.partial:
         _refuse_divergent(f"deletion of global variable {name!r}", "Move it out of the branch.")
     del globals_[name]
@@ -300,6 +337,7 @@ def del_global(globals_, name):
 
 def store_nonlocal(cell, name, value):
     """`nonlocal name; name = value` (a variable of an enclosing function), likewise."""
+    _not_in_fused_call()
     if STATE.partial:
         _refuse_divergent(f"assignment to nonlocal variable {name!r}",
                           "Return the value instead of assigning the enclosing function's variable.")
@@ -323,15 +361,67 @@ def _per_example_sequence(value):
 def _extreme(builtin, ufunc, arg_prim):
     def extreme(*args, **kwargs):
         if len(args) > 1 and not kwargs and any(type(a) is Batched for a in args):
+            kinds = [_number_kind(a) for a in args]
+            if any(k != kinds[0] for k in kinds[1:]):
+                return _extreme_of_kinds(builtin.__name__, args, kinds)
             out = args[0]
             for a in args[1:]:
                 out = ufunc(out, a)
             return out
-        seq = _per_example_sequence(args[0]) if len(args) == 1 and set(kwargs) <= {"default"} else None
+        seq = None
+        if len(args) == 1 and set(kwargs) <= {"default"}:
+            seq = _as_sequence(args[0])
+            if seq is None:
+                seq = _per_example_sequence(args[0])
         if seq is None:
             return builtin(*args, **kwargs)
         return _extreme_of_sequence(builtin.__name__, arg_prim, seq, kwargs)
     return extreme
+
+
+def _number_kind(value):
+    """What builtin min/max returns when `value` wins: a Python number ("weak", with its
+    kind) or an array of its dtype."""
+    if type(value) is Batched and value.weak:
+        return ("weak", value.dtype.kind)
+    if type(value) in (int, float, bool):
+        return ("weak", np.asarray(value).dtype.kind)
+    dtype = getattr(value, "dtype", None)
+    return np.dtype(dtype) if dtype is not None else np.asarray(value).dtype
+
+
+def _extreme_of_kinds(name, args, kinds):
+    """Builtin min/max of arguments of different kinds (a Python float and a float32 value):
+    when every example's winner has one kind, the result has that kind, as in the loop; where
+    the winners differ, the loop's results differ in type too, which one array cannot hold:
+    the promotion of the arguments' dtypes (the dtype fuzzer's oracle accepts either)."""
+    better = P.greater if name == "max" else P.less
+    win = np.zeros(lane_count(*args), dtype=np.intp)
+    cur = args[0]
+    for i, a in enumerate(args[1:], 1):
+        b = better(a, cur)
+        mask = np.asarray(getattr(b.data, "value", b.data)) if type(b) is Batched else np.full(len(win), bool(b))
+        win = np.where(mask, i, win)
+        cur = P.where(b, a, cur)
+    chosen = {kinds[i] for i in np.unique(win)}
+    if len(chosen) > 1:
+        # examples whose results differ in type (one keeps the Python float, another the
+        # float32 array): one array holds them in the promotion of the arguments' dtypes
+        ufunc = P.maximum if name == "max" else P.minimum
+        out = args[0]
+        for a in args[1:]:
+            out = ufunc(out, a)
+        return out
+    kind = chosen.pop()
+    if type(kind) is tuple:               # every example keeps its Python number
+        data = cur.data if type(cur) is Batched else np.full(len(win), cur)
+        target = np.float64 if kind[1] == "f" else np.int64 if kind[1] in "iu" else None
+        if target is not None and data.dtype != target:
+            data = P.astype(data, dtype=np.dtype(target))
+        return Batched(data, weak=True)
+    if type(cur) is Batched and cur.dtype != kind:
+        cur = Batched(P.astype(cur.data, dtype=kind))
+    return cur
 
 
 def _extreme_of_sequence(name, arg_prim, seq, kwargs):
@@ -353,6 +443,48 @@ def _extreme_of_sequence(name, arg_prim, seq, kwargs):
     pos = np.where(empty, 0, untraced(pos.data))
     out = Batched(P.getitem(seq.data, np.arange(lanes), pos, index=(P.ARRAY_SLOT, P.ARRAY_SLOT)))
     return P.where(Batched(empty), kwargs["default"], out) if empty.any() else out
+
+
+def contains(item, container, negate=False):
+    """`item in container` (`not in` when `negate`): per example for a list the program built
+    whose length or items vary, and for a per-example scalar in a uniform tuple or list."""
+    kind = type(container)
+    if (kind is RaggedList or kind is LaneList or kind is LL.FrozenList) and \
+            (kind is RaggedList or is_varying(container) or is_varying(item)):
+        found = LL.contains_lanes(container, item)
+    elif (kind is tuple or kind is list) and type(item) is Batched and item.data.ndim == 1 and \
+            not is_varying(container):
+        found = LL.contains_lanes(LaneList(container), item)
+    else:
+        return (item not in container) if negate else (item in container)
+    return P.logical_not(found) if negate else found
+
+
+def _as_sequence(value):
+    """A list of per-example length (or with per-example items) as a per-example array, else None."""
+    kind = type(value)
+    if kind is RaggedList or ((kind is LaneList or kind is LL.FrozenList) and is_varying(value)
+                              and len(value)):
+        arr = LL.stack_lanes(value, 0, "array") if kind is RaggedList else _stacker(np.stack, "stack")(value)
+        if getattr(arr, "data", None) is not None and arr.data.ndim != 2:
+            filename, lineno = user_frame(4)
+            raise UnsupportedConstruct("sorted(), min() or max() of a per-example list of arrays "
+                                       "compares arrays (ambiguous truth value)", filename, lineno,
+                                       "Stack it (numpy.stack) and use numpy.sort/min/max with an axis.")
+        return arr
+    return None
+
+
+def _sorted(iterable, /, *, key=None, reverse=False):
+    """Builtin `sorted` of a list whose length or items differ between examples: each
+    example's own sorted list (numbers; ties keep their order)."""
+    seq = _as_sequence(iterable) if key is None and type(reverse) is bool else None
+    if seq is None:
+        return builtins.sorted(iterable, key=key, reverse=reverse)
+    out = np.sort(seq, axis=0, kind="stable")
+    if reverse:
+        out = np.flip(out, axis=0)
+    return _list(out)
 
 
 def _sum(iterable, /, start=0):
@@ -463,7 +595,7 @@ _SPECIAL = {
     builtins.sum: _sum, builtins.list: _list, builtins.dict: _dict,
     builtins.str: lane_strings(str), builtins.repr: lane_strings(repr), builtins.format: lane_strings(format),
     np.zeros: _creator(0), np.ones: _creator(1), np.empty: _creator(None), np.full: _creator("full"),
-    builtins.len: _len,
+    builtins.len: _len, builtins.sorted: _sorted,
     builtins.setattr: lambda obj, name, value: store_attr(obj, name, value),
     builtins.delattr: lambda obj, name: del_attr(obj, name),
     builtins.min: _extreme(builtins.min, P.minimum, P.argmin),
@@ -550,7 +682,10 @@ def call(fn, *args, **kwargs):
         if type(a) is RaggedList:
             args = args[:i] + (LL.stack_lanes(a, 0, "array"),) + args[i + 1:]
     try:
-        return fn(*args, **kwargs)
+        out = fn(*args, **kwargs)
+        if isinstance(fn, type) and isinstance(out, fn) and hasattr(out, "__dict__"):
+            own_object(out)                # an object this program constructed
+        return out
     except Exception as exc:
         _in_running_lanes(exc, fn, args, kwargs)
         raise
@@ -609,15 +744,39 @@ def same_function(a, b) -> bool:
             and a.__func__ is b.__func__ and a.__self__ is b.__self__)
 
 
-def call_fused(funcs, args, kwargs):
+def call_fused(funcs, args, kwargs, reads=False):
     """Calls ``funcs[i](*args[i], **kwargs[i])`` whose arguments are independent of each
     other's results (frontend/fusion.py): one batched call over all their lanes when they
-    call the same batched function, else one after the other."""
+    call the same batched function, else one after the other. A callee that writes shared
+    state makes them run one after the other (the loop writes once per call), or, when the
+    program read memory across the calls (`reads`: those reads were moved, so they would not
+    see the writes), is refused."""
+    if not reads:
+        return _call_fused(funcs, args, kwargs)
+    FUSION.guard += 1
+    try:
+        return _call_fused(funcs, args, kwargs)
+    except _SideEffectInFusedCall:
+        filename, lineno = user_frame()
+        raise UnsupportedConstruct(
+            "calls that change an attribute, global or nonlocal, with reads of attributes, items "
+            "or globals between them (the calls' arguments are computed before the calls run, so "
+            "those reads would not see the changes)", filename, lineno,
+            "Assign each call's argument to a variable before the first call, or return the "
+            "new state from the function instead of storing it.") from None
+    finally:
+        FUSION.guard -= 1
+
+
+def _call_fused(funcs, args, kwargs):
     fn = funcs[0]
     if not all(same_function(fn, f) for f in funcs[1:]) or \
             not all(_any_varying(a, k) for a, k in zip(args, kwargs)) or \
             any(set(k) != set(kwargs[0]) for k in kwargs[1:]) or \
             any(len(a) != len(args[0]) for a in args[1:]):
+        return tuple(call(f, *a, **k) for f, a, k in zip(funcs, args, kwargs))
+    if type(fn) is types.MethodType and is_owned_object(fn.__self__):
+        # (methods of an object the program constructed are there to change it)
         return tuple(call(f, *a, **k) for f, a, k in zip(funcs, args, kwargs))
     target = fn.__func__ if type(fn) is types.MethodType else fn
     if type(target) is not types.FunctionType or not is_user_function(target):
@@ -630,10 +789,28 @@ def call_fused(funcs, args, kwargs):
         # arguments that cannot become one batch (arrays of different shapes per call, as
         # slices of different lengths are): the calls run one after the other
         return tuple(call(f, *a, **k) for f, a, k in zip(funcs, args, kwargs))
-    STATS.record_fused(m)
     # lane i of the fused call is lane i % n of the caller (errors name the right examples)
     lanes = np.tile(np.arange(n) if STATE.lanes is None else STATE.lanes, m)
-    result = call_merged(fn, merged, merged_kw, STATE.frame, lanes, STATE.partial)
+    FUSION.depth += 1
+    try:
+        result = call_merged(fn, merged, merged_kw, STATE.frame, lanes, STATE.partial)
+    except _SideEffectInFusedCall:
+        if FUSION.depth > 1 or FUSION.guard:
+            raise                       # (the outermost fused call runs its calls apart)
+        apart = True
+    except Exception as exc:
+        # state the calls share, read with the lanes of one call (an attribute a method
+        # reads before it changes it): the calls one after the other raise what is real
+        if isinstance(exc, SpmdError) or FUSION.depth > 1:
+            raise
+        apart = True
+    else:
+        apart = False
+    finally:
+        FUSION.depth -= 1
+    if apart:
+        return tuple(call(f, *a, **k) for f, a, k in zip(funcs, args, kwargs))
+    STATS.record_fused(m)
     return tuple(take(result, np.arange(i * n, (i + 1) * n), {}) for i in range(m))
 
 
@@ -784,7 +961,10 @@ def setitem(obj, index, value):
         obj[index] = value
         return obj
     if type(obj) is Batched or hasattr(obj, "shape") and hasattr(obj, "dtype"):
-        return index_update(obj, index, value, mode="set")
+        out = index_update(obj, index, value, mode="set")
+        if type(obj) is Batched and obj.data.ndim >= 2:
+            views.note_update(obj, rebound=True)  # (other names and views keep the old values)
+        return out
     if type(index) is Batched or (type(index) is tuple and any(type(i) is Batched for i in index)):
         filename, lineno = user_frame()
         raise SpmdError(f"item assignment into a {type(obj).__name__} with a varying index",
@@ -825,6 +1005,8 @@ def inplace(op, a, b):
         if (type(a) is np.ndarray or a.ndim >= 1) and getattr(out, "dtype", a.dtype) != a.dtype \
                 and np.can_cast(out.dtype, a.dtype, "same_kind"):
             out = out.astype(a.dtype)   # an array updated in place keeps its dtype, as in numpy
+        if type(a) is Batched and a.data.ndim >= 2:
+            views.note_update(a, rebound=True)   # (other names and views keep the old values)
         return out
     kind = type(a)
     if kind is RaggedList or kind is LaneList or kind is LaneDict or kind is LL.FrozenList:

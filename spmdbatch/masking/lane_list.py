@@ -568,6 +568,21 @@ def sum_lanes(lst, start=0):
     return total
 
 
+def contains_lanes(lst, item):
+    """`item in lst` per lane, over each lane's own items (scalar items compared with ==)."""
+    cols, lengths = _state(lst, None, item)
+    found = Batched(np.zeros(len(lengths), dtype=bool))
+    for j, col in enumerate(cols):
+        hit = col == item
+        if getattr(hit, "ndim", 0) != 0 and not (type(hit) is Batched and hit.data.ndim == 1):
+            filename, lineno = user_frame(3)
+            raise VaryingValueError("`in` over a per-example list of arrays compares arrays "
+                                    "(ambiguous truth value)", filename, lineno,
+                                    "Compare with numpy ((np.stack(lst) == x).all(1).any()).")
+        found = _select(lengths > j, found | hit, found)
+    return found
+
+
 def stack_lanes(lst, axis=0, kind="stack"):
     """`numpy.stack` (or `array`, `concatenate`) of a ragged list: a `Ragged` array."""
     cols, lengths = _state(lst)

@@ -17,7 +17,7 @@ from types import BuiltinMethodType, CellType, FunctionType, MethodType
 
 import numpy as np
 
-from ..errors import UnmergeableGroups
+from ..errors import UnmergeableGroups, UnsupportedConstruct
 from ..runtime import primitives as P
 from ..runtime import pytree
 from ..ad.tracer import Tracer, untraced
@@ -53,6 +53,7 @@ class _UniformObjects(threading.local):
     def __init__(self):
         self.objects = {}
         self.cells = set()   # ids of the closure cells batch programs made during this call
+        self.made = set()    # ids of the objects batch programs constructed during this call
 
 
 def owned_cell(*contents):
@@ -66,6 +67,20 @@ def owned_cell(*contents):
 
 def is_owned_cell(cell) -> bool:
     return id(cell) in UNIFORM_OBJECTS.cells
+
+
+def own_object(obj):
+    """Remember `obj`, an instance a batch program constructed (`Cls(...)`), as the program's
+    own: its attributes may hold per-example values (`calls.store_attr`), unlike those of
+    objects the caller can see. Remembered until the outermost @spmd call of the thread ends
+    (an id cannot be reused by an object older than the call while both are alive)."""
+    if UNIFORM_OBJECTS.active:
+        UNIFORM_OBJECTS.made.add(id(obj))
+    return obj
+
+
+def is_owned_object(obj) -> bool:
+    return id(obj) in UNIFORM_OBJECTS.made
 
 
 UNIFORM_OBJECTS = _UniformObjects()
@@ -211,7 +226,23 @@ def take(value, idx, memo=None):
     if (isinstance(value, _CONTAINERS) or _is_struct(value)) and is_varying(value):
         leaves, treedef = pytree.flatten(value)
         return treedef.unflatten([take(leaf, idx, memo) for leaf in leaves])
+    if id(value) in UNIFORM_OBJECTS.made:
+        _refuse_split_object(value)
     return value
+
+
+def _refuse_split_object(value):
+    """An object the program constructed that holds per-example values cannot follow the
+    lanes of a split (it is one object for all of them): refused, naming the line."""
+    fields = getattr(value, "__dict__", None)
+    if fields and any(is_varying(v) for v in fields.values()):
+        filename, lineno = user_frame()
+        raise UnsupportedConstruct(
+            f"a {type(value).__name__} object holding per-example values, where examples take "
+            f"different paths (it is one object for all of them)", filename, lineno,
+            "Keep per-example state in local variables, or make the class a dataclass (its "
+            "fields then follow each example's path; assign them outside data-dependent "
+            "branches).")
 
 
 def _holds_owned(value) -> bool:
@@ -365,7 +396,9 @@ def merge(values, counts, name: str = "a value", disjoint: bool = True, _memo=No
             # (one small value held by the calls of a fused site: repeated for each call)
             for v in values:
                 if v.weak:
-                    return _merge_numbers(values, counts, name)
+                    return _merge_numbers(values, counts, name, disjoint)
+            if disjoint:
+                _check_one_dtype(values, name)
             return Batched(P.concatenate(*[v.data for v in values], axis=0))
     owned = OWNED_CONTAINERS.get(kind)
     if owned is None and first is UNDEFINED:
@@ -426,7 +459,7 @@ def merge(values, counts, name: str = "a value", disjoint: bool = True, _memo=No
                       for i in range(len(closures[0])))
         return _rebuild_function(values[0], cells)
     if any(type(v) is Batched for v in values) or all(_is_array_like(v) for v in values):
-        return _merge_numbers(values, counts, name)
+        return _merge_numbers(values, counts, name, disjoint)
     if all(isinstance(v, _CONTAINERS) or _is_struct(v) for v in values):
         flat = [pytree.flatten(v) for v in values]
         treedef = flat[0][1]
@@ -510,9 +543,41 @@ def _is_weak(v) -> bool:
     return type(v) in _PYTHON_NUMBERS or (type(v) is Batched and v.weak)
 
 
-def _merge_numbers(values, counts, name):
+RETURN_VALUE = "the return value"
+"""The `name` of the merge of a function's returns: there groups of different dtypes are
+promoted (numpy's promotion, as stacking the loop's results does), not kept apart."""
+
+
+def _check_one_dtype(values, name):
+    """Groups whose arrays (not Python numbers) differ in dtype where control flow joins (a
+    variable float32 in some examples and float64 in others) stay apart: each example's later
+    arithmetic has its own dtype in the loop, so one promoted array would compute other lanes'
+    results in another dtype. `UnmergeableGroups` makes the scheduler run them separately; a
+    function's return promotes them (`RETURN_VALUE`)."""
+    if name == RETURN_VALUE:
+        return
+    dtype = None
+    for v in values:
+        if _is_weak(v) or v is UNDEFINED:
+            continue
+        d = getattr(v, "dtype", None)
+        if d is None:
+            continue
+        if dtype is None:
+            dtype = d
+        elif d != dtype:
+            filename, lineno = user_frame()
+            raise UnmergeableGroups(f"{name} has dtype {dtype} in some examples and {d} in others "
+                                    f"where control flow joins", filename, lineno,
+                                    hint="Give it one dtype on every path (numpy.float32(...)).")
+
+
+def _merge_numbers(values, counts, name, disjoint=True):
     """Lane groups of arrays and numbers as one `Batched`: weak (Python numbers per example)
-    when every group holds Python numbers, else in the dtype `weak_merge_dtype` gives."""
+    when every group holds Python numbers, else in the dtype `weak_merge_dtype` gives.
+    Groups of different array dtypes stay apart (`_check_one_dtype`)."""
+    if disjoint:
+        _check_one_dtype(values, name)
     weak = all(_is_weak(v) for v in values)
     dtype = None if weak else weak_merge_dtype(values)
     datas = [_lane_data(v, n, dtype) for v, n in zip(values, counts)]

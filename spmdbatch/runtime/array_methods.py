@@ -11,6 +11,7 @@ import numpy as np
 
 from . import numpy_api as api
 from . import primitives as P
+from . import views
 from .blame import user_frame
 from .dispatch import Primitive, bind
 from .numpy_api import FUNCTIONS, unsupported
@@ -25,6 +26,7 @@ class ArrayMethods:
     """Mixin: numpy protocols, operators and methods in terms of primitives."""
 
     __slots__ = ()
+    _notes_views = False     # (Batched: basic indexing is recorded as a view, runtime/views.py)
     __array_priority__ = 100
     __hash__ = None  # like ndarray: == is elementwise
 
@@ -100,7 +102,10 @@ class ArrayMethods:
     # --- indexing ---------------------------------------------------------------------------
     def __getitem__(self, index):
         template, arrays = P.split_index(index)
-        return P.getitem(self, *arrays, index=template)
+        out = P.getitem(self, *arrays, index=template)
+        if not arrays and self._notes_views and type(out) is type(self) and out.data.ndim >= 2:
+            views.note_view(self, out)     # (a view in the loop: see runtime/views.py)
+        return out
 
     def __len__(self):
         if not self.shape:

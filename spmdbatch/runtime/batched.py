@@ -37,7 +37,8 @@ class Batched(ArrayMethods):
     Python numbers under numpy's promotion (NEP 50) they take the dtype of the arrays they
     meet (runtime/batching.py), so ``x32 / len(xs)`` stays float32 as in the loop."""
 
-    __slots__ = ("data", "weak")
+    __slots__ = ("data", "weak", "__weakref__")   # (weak references: runtime/views.py)
+    _notes_views = True      # basic indexing of a per-example array is a view in the loop
 
     def __init__(self, data, weak=False):
         self.data = data
@@ -73,12 +74,20 @@ class Batched(ArrayMethods):
             data = data.value
         return Batched(data)
 
+    def copy(self):
+        """A new value (not a view: runtime/views.py) sharing the data, which is never
+        written in place."""
+        return Batched(self.data, self.weak)
+
     def _spmd_assign(self, other):
         """Make this value stand for `other` (an in-place update such as numpy.add.at)."""
         if type(other) is not type(self):
             raise _concrete_error(f"an in-place update that turns a {type(self).__name__} into a "
                                   f"{type(other).__name__}",
                                   "Write `out = spmdbatch.index_update(out, idx, values, mode='add')`.")
+        if self.data.ndim >= 2:
+            from . import views
+            views.note_update(self, rebound=False)   # (its views keep the old values)
         self.data = other.data
 
     def __setitem__(self, index, value):

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import UnsupportedOperation
 from . import primitives as P
+from . import views
 from .blame import user_frame
 from .batched import Batched
 from .dispatch import bind, register_value_type
@@ -28,6 +29,8 @@ _ARANGE_CACHE: dict = {}
 
 def batched_apply(prim, args, params):
     """Dispatch handler for operands of type `Batched`."""
+    if views.RECORDS.stale:
+        views.check(args)          # (a value an in-place update left out of date)
     rule = prim.batch
     if rule is None:
         raise UnsupportedOperation(f"primitive {prim.name!r} has no batching rule", *user_frame(),

@@ -127,7 +127,7 @@ class Gen:
         """A float expression; bounded when its variables are (see module docstring)."""
         kinds = ["var", "const", "var"]
         if depth > 0:
-            kinds += ["bin", "tanh", "ifexp", "div", "helper", "intmix", "where", "or"]
+            kinds += ["bin", "tanh", "ifexp", "div", "helper", "intmix", "where", "or", "strong"]
             if sc.vecs:
                 kinds += ["sum", "index", "seq"]
                 if self.faulty:
@@ -171,6 +171,10 @@ class Gen:
                                 f"({lst}[-1].sum() if {lst} else 0.25)"))
         if k == "const":
             return self.choice(FLOAT_CONSTS)
+        if k == "strong":
+            # a float64 numpy value: in a float32 program, a variable that is float64 on some
+            # paths only has a per-example dtype (the groups must not merge into one dtype)
+            return f"(np.float64(1.0) * {self.float_expr(sc, d)})"
         if k == "bin":
             return f"({self.float_expr(sc, d)} {self.choice(('+', '-', '*'))} {self.float_expr(sc, d)})"
         if k == "tanh":
@@ -386,7 +390,7 @@ class Gen:
         if sc.in_loop:
             kinds += ["guarded_exit"]
         if sc.lists:
-            kinds += ["lappend", "lappend", "lpop", "lpop", "linsert", "lextend", "lset"]
+            kinds += ["lappend", "lappend", "lpop", "lpop", "linsert", "lextend", "lset", "lquery"]
             if depth > 0:
                 kinds += ["lfor", "lwhile"]
         if sc.vlists:
@@ -570,6 +574,14 @@ class Gen:
             self.emit(indent, f"if {lst}:")
             self.emit(indent + 1, f"{lst}[{self.choice(('-1', '0', f'{self.int_expr(sc, 1)} % len({lst})'))}] = "
                                   f"np.tanh({self.float_expr(sc, 1)})")
+        elif k == "lquery":            # native consumers: in, sorted, builtin min/max
+            lst, target = self.choice(sc.lists), self.choice(sc.fwrite)
+            c = self.choice(FLOAT_CONSTS)
+            expr = self.choice((f"(max({lst}) if {lst} else {c})", f"min({lst}, default={c})",
+                                f"(sorted({lst})[0] if {lst} else {c})",
+                                f"(sorted({lst}, reverse=True)[-1] if {lst} else {c})",
+                                f"(1.0 if {c} in {lst} else -1.0)", f"({lst}[-1] if {lst} else 0.0) * ({c} not in {lst})"))
+            self.emit(indent, f"{target} = np.tanh({target} + {expr})")
         elif k == "lfor":
             lst, e = self.choice(sc.lists), self.fresh("e")
             self.emit(indent, f"for {e} in {lst}{self.choice(('', '', '[1:]', '[::-1]'))}:")

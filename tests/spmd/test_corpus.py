@@ -10,6 +10,7 @@ import pytest
 
 import spmdbatch as sb
 from spmdbatch import nn
+from spmdbatch.errors import DivergentSideEffect
 from oracle import check_batched, check_batched_grad
 
 rng = np.random.default_rng(0)
@@ -601,7 +602,8 @@ class _Holder(nn.Module):
         return self.w
 
 
-def _reassigns_attribute(m, x):
+def _reassigns_attribute(w, x):
+    m = _Holder(w)            # an object this function constructs
     a = m.scaled()            # uniform receiver (its uniformity is remembered during the call)
     m.w = x                   # now it holds a per-example value
     b = m.scaled()
@@ -611,5 +613,19 @@ def _reassigns_attribute(m, x):
 
 def test_object_made_varying_by_attribute_assignment_is_seen_as_varying():
     xs = np.array([0.5, 3.0, 1.5])
-    got = sb.spmd(_reassigns_attribute, in_axes=(None, 0))(_Holder(2.0), xs)
-    np.testing.assert_allclose(got, [_reassigns_attribute(_Holder(2.0), x) for x in xs])
+    got = sb.spmd(_reassigns_attribute, in_axes=(None, 0))(2.0, xs)
+    np.testing.assert_allclose(got, [_reassigns_attribute(2.0, x) for x in xs])
+
+
+def _stores_into_the_callers_object(m, x):
+    a = m.scaled()
+    m.w = x                   # the caller's object would keep a per-lane wrapper
+    return a + m.scaled()
+
+
+def test_a_per_example_value_stored_in_the_callers_object_is_refused():
+    holder = _Holder(2.0)
+    with pytest.raises(DivergentSideEffect, match="attribute .w of a _Holder made outside") as err:
+        sb.spmd(_stores_into_the_callers_object, in_axes=(None, 0))(holder, np.array([0.5, 3.0]))
+    assert err.value.lineno == _stores_into_the_callers_object.__code__.co_firstlineno + 2
+    assert holder.w == 2.0

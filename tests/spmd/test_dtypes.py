@@ -235,3 +235,77 @@ def test_bfloat16_gradients_are_bfloat16_and_right():
     ref = sb.grad(loss)(W.astype(np.float64), xs.astype(np.float64))
     assert np.abs(ref).sum() > 0
     np.testing.assert_allclose(g.astype(np.float64), ref, rtol=3e-2, atol=3e-2)
+
+
+# --- path-dependent dtypes: a variable float32 on some paths and float64 on others ----------
+def _f32_or_f64_then_select(x, c):
+    if c > 0:
+        y = x                     # float32
+    else:
+        y = np.float64(0.5)       # float64 in these examples
+    z = y * x                     # float32 where c > 0, float64 elsewhere (in the loop)
+    if c > 0:
+        out = z
+    else:
+        out = x
+    return out                    # float32 in every example
+
+
+def _int8_or_int64_then_select(n, c):
+    k = np.int8(3) if c > 0 else np.int64(300)
+    m = k * n                     # int8 arithmetic where c > 0, int64 elsewhere
+    return m if c > 0 else n
+
+
+def _strong_in_a_loop(x, n):
+    y = x
+    for _ in range(n):
+        y = y * np.float64(1.5)   # float64 from the first trip on
+    return (y - y) + x if n > 0 else y
+
+
+@pytest.mark.parametrize("fn, args", [
+    (_f32_or_f64_then_select, ([np.float32(v) for v in (0.25, 0.5, 1.5, -2.0)], np.array([1, -1, 1, -1]))),
+    (_int8_or_int64_then_select, ([np.int8(v) for v in (1, 5, 100, 3)], np.array([1, 1, -1, 1]))),
+    (_strong_in_a_loop, ([np.float32(v) for v in (0.25, 0.5, 1.5)], np.array([0, 2, 1]))),
+])
+def test_a_dtype_that_depends_on_the_path_matches_the_loop(fn, args):
+    expected = [fn(*[a[i] for a in args]) for i in range(len(args[1]))]
+    got = sb.spmd(fn)(*args)
+    want = np.result_type(*[np.asarray(e).dtype for e in expected])
+    assert got.dtype == want, (got.dtype, [np.asarray(e).dtype for e in expected])
+    with np.errstate(over="ignore"):
+        np.testing.assert_array_equal(got, np.array(expected, dtype=want))
+
+
+def test_differing_dtypes_at_a_return_are_promoted_as_the_loop_stacks_them():
+    def f(x, c):
+        if c > 0:
+            return x
+        return np.float64(2.0) * x
+    xs = [np.float32(v) for v in (0.25, 0.5)]
+    got = sb.spmd(f)(xs, np.array([1, -1]))
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, [0.25, 1.0])
+
+
+def _max_of_python_float_and_float32(x):
+    t = x * np.float32(0.5)
+    return np.tanh(max(0.5, t))    # a Python float where 0.5 wins (tanh: float64), else float32
+
+
+@pytest.mark.parametrize("values, dtype", [((0.0, 0.2), np.float64), ((3.0, 4.0), np.float32)])
+def test_builtin_max_of_different_kinds_returns_the_winners_dtype(values, dtype):
+    xs = [np.float32(v) for v in values]
+    loop = [_max_of_python_float_and_float32(x) for x in xs]
+    got = sb.spmd(_max_of_python_float_and_float32)(xs)
+    assert got.dtype == dtype and all(np.asarray(r).dtype == dtype for r in loop)
+    np.testing.assert_allclose(got, np.array(loop, dtype=dtype), rtol=1e-6)
+
+
+def test_builtin_max_whose_winners_differ_in_dtype_gives_the_promotion():
+    xs = [np.float32(0.0), np.float32(4.0)]
+    loop = [_max_of_python_float_and_float32(x) for x in xs]       # float64 and float32
+    got = sb.spmd(_max_of_python_float_and_float32)(xs)
+    assert got.dtype == np.float32                                 # one of the loop's dtypes
+    np.testing.assert_allclose(got, np.array(loop, dtype=np.float64), rtol=1e-6)
