@@ -3,7 +3,7 @@
 A chain ``chain(p, n, x) = tanh(chain(p, n - 1, x) * p[1] + x)`` of depth n, for a batch of 8
 examples (half of them half as deep), forward and forward+backward (grad with respect to p).
 Reported: milliseconds per level (total time / depth), minimum over the repetitions. With
-per-lane waiting counts and a queue of ready lanes (masking/recursion.py) the cost of a level
+per-lane waiting counts and a queue of ready lanes (execution/recursion.py) the cost of a level
 does not depend on the depth; earlier, every resume looked at every parked lane.
 
     python benchmarks/recursion_depth.py

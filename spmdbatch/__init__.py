@@ -13,8 +13,8 @@ from .runtime.device import to_device
 from .primitives.elementwise import sigmoid
 from .primitives.reductions import log_softmax, logsumexp, softmax
 from .runtime.segments import segment_softmax
-from .masking.calls import batch_polymorphic, native
-from .masking.stats import stats
+from .execution.calls import batch_polymorphic, native
+from .execution.stats import stats
 from .spmd import show, spmd
 from .custom_vjp import custom_vjp
 

@@ -34,7 +34,7 @@ import functools
 import numpy as np
 
 from .errors import SpmdError
-from .masking.calls import per_example
+from .execution.calls import per_example
 from .primitives.declare import primitive
 from .runtime import pytree
 from .runtime.backend import namespace

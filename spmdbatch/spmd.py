@@ -30,9 +30,9 @@ from .ad.tracer import is_traced
 from .errors import AxesError, BatchSizeError, UnsupportedConstruct
 from .frontend.decode import check_python_version
 from .frontend.show import describe
-from .masking.calls import call, is_user_function, run_batched
-from .masking.state import STATE
-from .masking.lanes import UNIFORM_OBJECTS, forget_uniform_objects, is_varying, weak_merge_dtype
+from .execution.calls import call, is_user_function, run_batched
+from .execution.state import STATE
+from .execution.lanes import UNIFORM_OBJECTS, forget_uniform_objects, is_varying, weak_merge_dtype
 from .runtime import primitives as P
 from .runtime import levels
 from .runtime import pytree
@@ -41,7 +41,7 @@ from .runtime import views
 from .runtime.batched import Batched, Ragged
 from .runtime.blame import user_frame
 from .runtime.mapped import LaneMapped
-from .masking.lane_list import LaneDict, RaggedList, to_user
+from .execution.lane_list import LaneDict, RaggedList, to_user
 from .runtime.ragged import from_examples, to_examples
 
 

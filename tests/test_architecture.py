@@ -2,7 +2,7 @@
 
 The layers, from the bottom: `errors`/`files` (no dependencies), `runtime` (values, primitives,
 the registry and what batching rules share), `ad` (tracer, tape), `primitives` (each
-primitive with its implementation, batching, ragged and VJP rules), `masking` (the execution of batch programs:
+primitive with its implementation, batching, ragged and VJP rules), `execution` (the execution of batch programs:
 scheduler, lanes, calls), `frontend` (bytecode to batch program), `spmd`, `custom_vjp` and `nn` (the user
 API), `distributed` (training on top of `nn`), and the package's `__init__`. A module may
 import its own layer and the layers below it.
@@ -29,7 +29,7 @@ LAYERS = {
     "spmdbatch.runtime": 1,
     "spmdbatch.ad": 2,
     "spmdbatch.primitives": 3,
-    "spmdbatch.masking": 4,
+    "spmdbatch.execution": 4,
     "spmdbatch.frontend": 5,
     "spmdbatch.spmd": 6,
     "spmdbatch.custom_vjp": 6,
@@ -152,5 +152,5 @@ def test_the_checker_sees_cycles_and_upward_imports():
     # the checker itself, on a made-up graph: a cycle through three modules is one component
     fake = [("a", "b", ""), ("b", "c", ""), ("c", "a", ""), ("c", "d", "")]
     assert cycles(fake) == [["a", "b", "c"]]
-    assert layer("spmdbatch.runtime.mapped") < layer("spmdbatch.masking.lanes")
+    assert layer("spmdbatch.runtime.mapped") < layer("spmdbatch.execution.lanes")
     assert layer("spmdbatch.nn.layers") == layer("spmdbatch.spmd")

@@ -17,7 +17,7 @@ starts: the children of a node are encoded one after the other, and the recursio
 longer by height (one batched call per child position and depth). This pass lets the
 iterations run side by side instead. When the loop's iterations are independent except
 for *accumulators* (variables the loop only adds to), the loop's entry becomes a
-`ParallelFor` terminator: at run time (masking/child_loops.py) every (lane, item) pair of
+`ParallelFor` terminator: at run time (execution/child_loops.py) every (lane, item) pair of
 the running group becomes a lane of its own (an *iteration lane*) that runs one pass of the
 body with the accumulators at 0; the lane waits, as a recursive caller does, until all its
 iteration lanes ended (`EndIteration`, where the body jumped back to the header), and goes

@@ -20,7 +20,7 @@ schedule (frontend/schedule.py)::
 
 A block's environment `_E` holds its params (stack values) followed by its live-in
 locals, in a fixed order. Statements are the plain emitter's, except that calls, subscripts,
-item assignment, `not` and iteration go through the masking runtime, which gives them
+item assignment, `not` and iteration go through the execution runtime, which gives them
 their batched meaning. A jump to a block with this block as its only predecessor is
 emitted inline (no scheduling needed: no lanes can join there).
 """
@@ -116,7 +116,7 @@ class BatchedEmitter(PlainEmitter):
         return f"{self.h('get_iter')}({self.op(e.x)})"
 
     def expr_BuildList(self, e):
-        # a list the lanes own: each group of lanes gets its own (masking/lane_list.py)
+        # a list the lanes own: each group of lanes gets its own (execution/lane_list.py)
         return f"{self.h('LaneList')}([{self.ops(e.items)}])"
 
     def expr_BuildMap(self, e):
@@ -283,7 +283,7 @@ class BatchedEmitter(PlainEmitter):
         return [a for a in t.accs if a in self.live.live_in[t.cont]]
 
     def term_ParallelFor(self, bid, t):
-        """A loop whose iterations run side by side (masking/child_loops.py), or, when the
+        """A loop whose iterations run side by side (execution/child_loops.py), or, when the
         iterable cannot be split, the loop as written."""
         sums = self.loop_sums(t)
         body_env = self._env_tuple(t.body, [], {n: "None" for n in [t.target] + t.accs})

@@ -7,7 +7,7 @@ In a recursive tree encoder::
     hr, cr = encode(p, tree, tree.right[k])
 
 the second call's arguments do not use the first call's results, so both run as ONE call
-over twice the lanes (masking/calls.py `call_fused`). With compaction, a recursive encoder
+over twice the lanes (execution/calls.py `call_fused`). With compaction, a recursive encoder
 then makes one batched call per tree depth, over all nodes at that depth: the schedule of
 a hand-batched implementation.
 

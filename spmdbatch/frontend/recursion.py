@@ -8,7 +8,7 @@ code does better: all leaves in one step, then one step per *height*.
 This pass gives the batch program that schedule. A call of the function to itself
 (``t = f(a)``, or a fused group of such calls, frontend/fusion.py) ends its block with a
 `Recurse` terminator whose only successor, the *continuation*, holds the rest of the block.
-At run time (masking/recursion.py `recurse`) the call does not run a new batch program:
+At run time (execution/recursion.py `recurse`) the call does not run a new batch program:
 it adds the callee's lanes to the running frame at the entry block and parks the calling
 lanes at the continuation. The frame runs the lowest-numbered block with waiting lanes as
 usual, so lanes descend the whole recursion first; leaf lanes of all depths wait at their

@@ -14,7 +14,7 @@ A recursive tree model often returns, next to its state, a total over the subtre
 Run as written, every height of the recursion computes its nodes' terms and adds totals.
 Since the total of a call is the sum of the terms of every call below it, the batch program
 instead records each term with the lanes that made it, and the frame adds them up per
-example when the batched call ends (masking/sums.py `Sums`); a term that is a call
+example when the batched call ends (execution/sums.py `Sums`); a term that is a call
 (here `node_loss`) is *deferred*: its arguments are recorded and the function runs once,
 batched over all the lanes of all heights. This is what hand-batched code does (one
 classifier step over all nodes); the sum is the same up to floating-point reassociation.
@@ -135,7 +135,7 @@ def may_defer(fn) -> bool:
     """Whether a call of `fn` may run later than written (a deferred term): a user function
     (or method, or callable object) whose body assigns into no object, attribute, global or
     closure variable. Anything else (builtins, list.append, ...) runs where it is written."""
-    from ..masking.calls import is_user_function
+    from ..execution.calls import is_user_function
     if type(fn) is types.MethodType:
         fn = fn.__func__
     elif type(fn) is not types.FunctionType:

@@ -6,7 +6,7 @@ Definition: a *schedule* numbers the reachable blocks so that
    ``u``) goes from a lower to a higher number, and
 2. the blocks of every natural loop are numbered contiguously, header first.
 
-The scheduler of masking/frame.py runs the lowest-numbered block with waiting lanes. With
+The scheduler of execution/frame.py runs the lowest-numbered block with waiting lanes. With
 (1), all lanes that will meet at a join have arrived before it runs; with (2), lanes that
 leave a loop wait at its exit (numbered after the loop) until no lane is left inside it.
 Built by topologically sorting each loop region with its inner loops collapsed into one

@@ -16,7 +16,7 @@ import re
 import types
 
 from ..errors import HasExceptionHandling, UnsupportedConstruct, VaryingValueError
-from ..masking import (calls, child_loops, formatting, frame, iterators, lane_list, lanes, raising,
+from ..execution import (calls, child_loops, formatting, frame, iterators, lane_list, lanes, raising,
                        recursion, stats, sums)
 from ..runtime.batched import Batched
 from .emit_batched import BatchedEmitter

@@ -8,7 +8,7 @@ import functools
 
 import numpy as np
 
-from ..masking.calls import native
+from ..execution.calls import native
 from ..primitives.reductions import log_softmax as _log_softmax
 from ..primitives.elementwise import sigmoid as _sigmoid
 from ..primitives.reductions import softmax as _softmax

@@ -12,7 +12,7 @@ import numpy as np
 from . import activations as _act
 from . import init as _init
 from . import random as _random
-from ..masking.calls import batch_polymorphic
+from ..execution.calls import batch_polymorphic
 from .module import Module, static
 
 

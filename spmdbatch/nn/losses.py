@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..masking.calls import native
+from ..execution.calls import native
 from ..primitives.reductions import logsumexp
 
 _REDUCTIONS = ("mean", "sum", "none")

@@ -31,7 +31,7 @@ import numpy as np
 
 from .. import files
 from ..ad.tracer import untraced
-from ..masking import calls as _calls
+from ..execution import calls as _calls
 from ..runtime import pytree
 from ..runtime.backend import is_floating, to_numpy
 

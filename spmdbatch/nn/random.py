@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from ..masking.calls import native
+from ..execution.calls import native
 
 _GOLDEN = 0x9E3779B97F4A7C15
 _M1 = 0xBF58476D1CE4E5B9

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..masking.calls import batch_polymorphic
+from ..execution.calls import batch_polymorphic
 from ..primitives.elementwise import sigmoid
 from . import init as _init
 from .module import Module

@@ -7,7 +7,7 @@ ragged rule and VJP (`declare.primitive`, public as `spmdbatch.primitive`), grou
 - `linalg`: matmul, matmul_t, einsum;
 - `shapes`: reshape, transpose, broadcast_to, concatenate, astype, roll, pad, full_like;
 - `indexing`: getitem, index_update;
-- `lanes`: take_lanes, gather_lanes, rows_of_sources (the masking runtime's lane moves);
+- `lanes`: take_lanes, gather_lanes, rows_of_sources (the execution runtime's lane moves);
 - `graph`: gather_rows, scatter_add_rows, unpack_rows (runtime/segments.py).
 
 This package sits above `runtime` and `ad` (it uses their values, batching helpers and

@@ -1,8 +1,8 @@
-"""Lane operations of the masking runtime: take_lanes (compaction), gather_lanes and
+"""Lane operations of the execution runtime: take_lanes (compaction), gather_lanes and
 rows_of_sources (returns of recursive calls gathered from several groups).
 
 They apply to lane-major data (axis 0 is the lane axis of a group's values), where the
-masking runtime calls them on raw arrays or tracers; their gradients are row-sparse
+execution runtime calls them on raw arrays or tracers; their gradients are row-sparse
 (`SparseRows`: the lanes a group took back). Applied to per-example values (in code being
 batched), each example's array is indexed as the same numpy code would index it, by the
 per-example loop.
@@ -15,7 +15,7 @@ from ..ad.sparse import SparseRows
 from ..runtime.backend import namespace
 from .declare import primitive
 
-_LANE_MAJOR = "it indexes lane-major data of the masking runtime, never a ragged value"
+_LANE_MAJOR = "it indexes lane-major data of the execution runtime, never a ragged value"
 
 
 # --- implementations ----------------------------------------------------------------------
@@ -44,7 +44,7 @@ def _gather_lanes(*sources, parts):
 def _rows_of_sources(*sources, source_of, rows, buffer=None, ids=None):
     """``out[i] = sources[source_of[i]][rows[i]]``. When `buffer` is given, its rows `ids`
     already hold exactly those values (every lane's returned rows, stored as they returned:
-    masking/return_rows.py) and the result is one take from it."""
+    execution/return_rows.py) and the result is one take from it."""
     if buffer is not None:
         return buffer.take(ids, axis=0)
     parts = []

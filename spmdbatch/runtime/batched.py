@@ -157,7 +157,7 @@ class Ragged(Batched):
         return valid.reshape(valid.shape + (1,) * (data.ndim - 2))
 
     def _spmd_take_lanes(self, idx):
-        # (masking.lanes.take maps raw per-lane data instead: runtime/mapped.py)
+        # (execution.lanes.take maps raw per-lane data instead: runtime/mapped.py)
         return Ragged(P.take_lanes(self.data, idx), self.lengths[idx])
 
     def _spmd_merge_lanes(self, others, counts):

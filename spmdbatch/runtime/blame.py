@@ -41,7 +41,7 @@ _EXAMPLES_OF_LANES = [_local_lanes]
 def set_lane_namer(fn) -> None:
     """Install ``fn(local_lanes) -> batch indices``: the examples that the running group's
     lanes (positions along the lane axis of the values being computed) belong to. The
-    masking runtime installs it; without it, lanes are batch indices."""
+    execution runtime installs it; without it, lanes are batch indices."""
     _EXAMPLES_OF_LANES[0] = fn
 
 

@@ -8,7 +8,7 @@ recursion. Indexing it with one per-lane integer (`tree.left[k]`) gathers straig
 
 Only raw (not differentiated) data is mapped: values on the autodiff tape are copied, so
 their gradients flow through the lane-gather primitive. Taking and merging lanes of mapped
-values (and of a mix of mapped and other values) is masking/lanes.py's `take` and `merge`.
+values (and of a mix of mapped and other values) is execution/lanes.py's `take` and `merge`.
 """
 from __future__ import annotations
 

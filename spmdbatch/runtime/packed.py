@@ -111,9 +111,9 @@ class Packed(ArrayMethods):
             self._ragged = Ragged(P.reshape(padded, shape=(lay.lanes, lay.width) + rest), lay.lengths)
         return self._ragged
 
-    materialize = to_ragged        # (what the masking runtime calls to get an array value)
+    materialize = to_ragged        # (what the execution runtime calls to get an array value)
 
-    # --- the masking runtime's protocol -------------------------------------------------
+    # --- the execution runtime's protocol -------------------------------------------------
     def _spmd_lane_count(self):
         return self.layout.lanes
 

@@ -1,4 +1,4 @@
-"""Where runtime, autodiff and masking code find the primitives: ``P.add``, ``P.getitem``.
+"""Where runtime, autodiff and execution code find the primitives: ``P.add``, ``P.getitem``.
 
 The primitives are declared, each with its implementation and rules, in the family modules
 of `spmdbatch.primitives` (elementwise, reductions, linalg, shapes, indexing, lanes, graph),

@@ -1,4 +1,4 @@
-"""Self-recursive calls scheduled by height (frontend/recursion.py, masking/frame.py `recurse`).
+"""Self-recursive calls scheduled by height (frontend/recursion.py, execution/frame.py `recurse`).
 
 A call of a function to itself parks the calling lanes and adds the callee lanes to the
 running frame, so a tree encoder runs all leaves (of every depth) in one step and the inner
@@ -1142,7 +1142,7 @@ def test_record_fields_keep_one_lane_map_through_fused_calls_and_branches():
     """The fields of a ragged per-example record share one lane map, so moving the record
     is one index operation: repeating it for the calls of a fused site and taking lanes at
     a branch both keep the sharing (a lost sharing was correct but slow)."""
-    from spmdbatch.masking.lanes import merge, repeat_lanes, take
+    from spmdbatch.execution.lanes import merge, repeat_lanes, take
     from spmdbatch.runtime.mapped import LaneMapped
     from spmdbatch.runtime.ragged import Ragged
 

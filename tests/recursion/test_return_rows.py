@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import spmdbatch as sb
-from spmdbatch.masking import return_rows
-from spmdbatch.masking.return_rows import ReturnRows
+from spmdbatch.execution import return_rows
+from spmdbatch.execution.return_rows import ReturnRows
 from spmdbatch.runtime.batched import Batched
 from trees import random_tree
 

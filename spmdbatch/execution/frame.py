@@ -18,8 +18,8 @@ A group is ``(lanes, count, env)``: `lanes` are the group's positions in the cal
 
 The scheduler knows nothing of recursion or of sums; they plug in through two slots of a
 frame (see `Frame`): `extension`, which runs lanes of its own besides the call's (recursion by
-height, masking/recursion.py), and `finisher`, which turns the returned value into the
-call's result (sums over a recursion, masking/sums.py).
+height, execution/recursion.py), and `finisher`, which turns the returned value into the
+call's result (sums over a recursion, execution/sums.py).
 """
 from __future__ import annotations
 

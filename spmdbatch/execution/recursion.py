@@ -3,7 +3,7 @@
 frontend/recursion.py ends a block at a call of the function to itself; `recurse` then adds
 the callee lanes to the running frame and parks the calling lanes here until all their
 callees returned (see docs/DESIGN.md, "Recursion, by height"). A `Recursion` is the frame's
-`extension` (masking/frame.py): the scheduler hands it returning groups and takes resumed ones.
+`extension` (execution/frame.py): the scheduler hands it returning groups and takes resumed ones.
 """
 from __future__ import annotations
 
@@ -458,7 +458,7 @@ def recurse(frame, cont, lanes, n, funcs, args, kwargs, env, spec, globals_):
         else:
             results = (call(funcs[0], *args[0], **kwargs[0]),)
         sums = frame.finisher               # (the continuation will not add these results'
-        if sums is not None and n:          # sums: they become terms, masking/sums.py)
+        if sums is not None and n:          # sums: they become terms, execution/sums.py)
             results = tuple(sums.record_result(r, lanes, n) for r in results)
         frame.jump(cont, lanes, n, env + tuple(results))
         return

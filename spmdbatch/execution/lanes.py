@@ -85,7 +85,7 @@ def is_owned_object(obj) -> bool:
 
 UNIFORM_OBJECTS = _UniformObjects()
 
-# Lists and dicts built by batch programs (masking/lane_list.py registers them): type ->
+# Lists and dicts built by batch programs (execution/lane_list.py registers them): type ->
 # (merge(values, counts, name, disjoint), is_varying(value)). Each group of lanes owns its
 # own copy of such a container, so `take` copies them even when they hold no varying value.
 OWNED_CONTAINERS: dict = {}

@@ -15,7 +15,7 @@ from ..runtime.blame import set_lane_namer
 
 class _State(threading.local):
     partial = False   # True while the running group is not every lane of the top-level batch
-    frame = None      # the innermost running Frame (masking/frame.py)
+    frame = None      # the innermost running Frame (execution/frame.py)
     lanes = None      # the running group's lanes in that frame (None: all, in order)
     max_depth = None  # limit of recursive calls per example (None: sys.getrecursionlimit())
 

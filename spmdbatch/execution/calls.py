@@ -46,7 +46,7 @@ from .stats import STATS, count_running_call
 
 _TRANSFORMER = None   # set by the frontend: transformer(fn, varying_pattern) -> batched function
 _NATIVE_MODULE_PREFIXES = ("numpy", "cupy", "cupyx", "scipy", "spmdbatch.runtime", "spmdbatch.ad",
-                           "spmdbatch.masking", "spmdbatch.frontend", "spmdbatch.errors",
+                           "spmdbatch.execution", "spmdbatch.frontend", "spmdbatch.errors",
                            "spmdbatch.primitives", "spmdbatch.custom_vjp", "spmdbatch.spmd")
 _STDLIB = frozenset(sys.stdlib_module_names)
 
@@ -551,7 +551,7 @@ def _len(value):
 
 
 def _list(*args):
-    """`list(x)` in a batch program: a list the lanes own (see masking/lane_list.py)."""
+    """`list(x)` in a batch program: a list the lanes own (see execution/lane_list.py)."""
     if not args:
         return LaneList()
     (value,) = args
@@ -820,8 +820,8 @@ def call_merged(fn, args, kwargs, frame, lanes, partial):
     name that lane's example), `partial` whether those are only some examples of the batch.
 
     The one place where several calls run as one batched call: fused calls (`call_fused`)
-    and the deferred terms of sums (masking/sums.py). Recursive calls merge their arguments
-    the same way but join the running frame instead (masking/recursion.py)."""
+    and the deferred terms of sums (execution/sums.py). Recursive calls merge their arguments
+    the same way but join the running frame instead (execution/recursion.py)."""
     saved = STATE.frame, STATE.lanes, STATE.partial
     STATE.frame, STATE.lanes, STATE.partial = frame, lanes, partial
     try:

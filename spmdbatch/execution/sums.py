@@ -39,7 +39,7 @@ def may_defer(fn) -> bool:
 
 
 class Sums:
-    """The finisher (masking/frame.py) of a frame whose return positions `positions` are sums
+    """The finisher (execution/frame.py) of a frame whose return positions `positions` are sums
     over the recursion: their terms, recorded per group of lanes, and their totals."""
 
     __slots__ = ("positions", "stash")
