@@ -38,6 +38,7 @@ BATCH_HELPERS = {
     "LaneList": lane_list.LaneList, "LaneDict": lane_list.LaneDict, "RaggedList": lane_list.RaggedList,
     "list_truth": lane_list.truth, "format_value": formatting.format_value,
     "build_string": formatting.build_string, "Cell": lanes.owned_cell,
+    "select_env": frame.select_env,
 }
 
 _LINE_COMMENT = re.compile(r"^\s*# (\d+): ")

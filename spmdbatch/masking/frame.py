@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import LaneError, UnmergeableGroups
 from ..runtime.batched import Batched, set_lane_namer, user_frame
-from .lanes import UNDEFINED, fresh, merge, merge_envs, repeat_lanes, take
+from .lanes import UNDEFINED, fresh, merge, merge_envs, repeat_lanes, take, take_env
 from .recursion import Recursion
 from .stats import STATS
 
@@ -41,10 +41,19 @@ class _State(threading.local):
 
 STATE = _State()
 
+try:            # numpy's C function (np.count_nonzero wraps it in Python: 4x the cost on lane masks)
+    from numpy._core._multiarray_umath import count_nonzero as _count_nonzero
+except ImportError:     # pragma: no cover  (numpy < 2)
+    _count_nonzero = np.count_nonzero
+_NDARRAY = np.ndarray
+_BOOL = np.dtype(bool)
+
 
 def _mask_of(cond: Batched):
     """The raw boolean lane mask of a varying condition."""
     data = cond.data
+    if type(data) is _NDARRAY and data.dtype is _BOOL and data.ndim == 1:
+        return data                      # (the common case: a comparison of lane vectors)
     data = getattr(data, "value", data)  # tracer -> raw (truth values carry no gradient)
     if data.dtype != np.bool_:
         data = data != 0
@@ -53,6 +62,47 @@ def _mask_of(cond: Batched):
             "the truth value of an array with more than one element is ambiguous (in some "
             "example); use .any() or .all()")
     return data
+
+
+_INT64_MIN, _INT64_MAX = -2 ** 63, 2 ** 63 - 1
+
+
+def select_env(cond, n, t_env, f_env):
+    """The environment of a join reached from both sides of a branch that compute nothing
+    (`x = 0 if c else 1`), selected lane by lane where `cond` holds, without splitting the
+    group: slots that agree stay as they are; Python numbers of one type, and lane vectors of
+    numpy data of one dtype, become `numpy.where`. None when some slot is another kind of
+    value (or the group is empty): the branch then splits the group as usual."""
+    if not n:
+        return None
+    mask = None
+    out = []
+    for a, b in zip(t_env, f_env):
+        if a is b:
+            out.append(a)
+            continue
+        kind = type(a)
+        if kind is not type(b):
+            return None
+        if kind is int or kind is float or kind is bool:
+            if a == b:
+                out.append(a)            # (as `merge` keeps equal numbers uniform)
+                continue
+            if kind is int and not (_INT64_MIN <= a <= _INT64_MAX and _INT64_MIN <= b <= _INT64_MAX):
+                return None
+            weak = True
+        elif kind is Batched:
+            da, db = a.data, b.data
+            if type(da) is not _NDARRAY or type(db) is not _NDARRAY or da.ndim != 1 or db.ndim != 1 \
+                    or da.dtype != db.dtype or a.weak != b.weak:
+                return None
+            a, b, weak = da, db, a.weak
+        else:
+            return None
+        if mask is None:
+            mask = _mask_of(cond)
+        out.append(Batched(np.where(mask, a, b), weak))
+    return tuple(out)
 
 
 def raise_all_lanes(exc):
@@ -142,7 +192,7 @@ class Frame:
                 (self.jump_back if f_back else self.jump)(f_block, lanes, n, f_env)
             return
         mask = _mask_of(cond)
-        k = int(np.count_nonzero(mask)) if n else 0
+        k = _count_nonzero(mask) if n else 0
         if n and k == n:
             (self.jump_back if t_back else self.jump)(t_block, lanes, n, t_env)
         elif k == 0:
@@ -159,8 +209,10 @@ class Frame:
             f_idx = (~mask).nonzero()[0]
             t_lanes = t_idx if lanes is None else lanes[t_idx]
             f_lanes = f_idx if lanes is None else lanes[f_idx]
-            (self.jump_back if t_back else self.jump)(t_block, t_lanes, k, take(t_env, t_idx, {}))
-            (self.jump_back if f_back else self.jump)(f_block, f_lanes, n - k, take(f_env, f_idx, {}))
+            (self.back if t_back else self.fwd).setdefault(t_block, []).append(
+                (t_lanes, k, take_env(t_env, t_idx)))
+            (self.back if f_back else self.fwd).setdefault(f_block, []).append(
+                (f_lanes, n - k, take_env(f_env, f_idx)))
 
     def ret(self, lanes, n, value):
         rec = self.recursion
@@ -288,7 +340,17 @@ class Frame:
         return block, lanes, n, env
 
     def _ready_block(self):
-        candidates = sorted(set(self.fwd) | set(self.back))
+        fwd, back = self.fwd, self.back
+        first = min(back)
+        if fwd:
+            ahead = min(fwd)
+            if ahead <= first:
+                return ahead
+        else:
+            ahead = None
+        if len(back) == 1 and (ahead is None or ahead > self.loop_end[first]):
+            return first       # (the common case: one loop's header, its exits waiting beyond)
+        candidates = sorted(set(fwd) | set(back))
         for i, block in enumerate(candidates):
             if block in self.fwd:
                 return block
@@ -299,7 +361,7 @@ class Frame:
 
     def _merge(self, block, groups):
         counts = [g[1] for g in groups]
-        lanes = np.concatenate([np.arange(g[1]) if g[0] is None else g[0] for g in groups])
+        lanes = np.concatenate([np.arange(g[1]) if g[0] is None else g[0] for g in groups], axis=0)
         env = merge_envs([g[2] for g in groups], counts, self.names[block] if self.names else None)
         return lanes, sum(counts), env
 

@@ -12,9 +12,13 @@ Python needs one concrete value for `bool(x)`, `int(x)`, `float(x)`, shapes and 
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ..errors import VaryingValueError
+from . import primitives as P
 from .array_methods import ArrayMethods
 from .backend import namespace
+from .dispatch import bind
 from .blame import lane_error, set_lane_namer, user_frame  # noqa: F401  (also imported from here)
 
 
@@ -105,10 +109,80 @@ class Batched(ArrayMethods):
         raise _concrete_error("numpy.asarray()", "Per-example values cannot become one numpy array "
                               "inside @spmd code; use numpy.stack / numpy.concatenate to combine them.")
 
+    # (operators: the fast path of `_operator` below, set after the class)
+
     def __repr__(self):
         weak = ", weak" if self.weak else ""
         return f"Batched(lanes={self.data.shape[0]}, shape={self.shape}, dtype={self.dtype}{weak})"
 
+
+_NDARRAY = np.ndarray
+_NO_PARAMS: dict = {}
+
+
+def _operator(prim, reflected: bool, keeps_weak: bool):
+    """`Batched`'s binary operator for `prim`: when both operands are numpy lane data of one
+    rank, or the other is a Python int or float, the ufunc runs on the data at once (what the
+    elementwise batching rule would do after its checks, runtime/batching.py; `keeps_weak`:
+    Python numbers' operators give Python numbers, so weak operands give a weak result; a
+    weak operand meeting a strong one of its own dtype needs no cast). Every other case
+    (tracers, ragged or lane-mapped operands, other dtype promotions of weak values) goes
+    through `bind`."""
+    ufunc = prim.impl
+
+    def op(self, other):
+        data = self.data
+        if type(data) is _NDARRAY and type(self) is Batched:      # (not a Ragged)
+            kind = type(other)
+            if kind is int or kind is float:
+                out = ufunc(other, data) if reflected else ufunc(data, other)
+                return Batched(out, self.weak and keeps_weak)
+            if kind is Batched:
+                od = other.data
+                if type(od) is _NDARRAY and od.ndim == data.ndim:
+                    if other.weak == self.weak:
+                        out = ufunc(od, data) if reflected else ufunc(data, od)
+                        return Batched(out, self.weak and keeps_weak)
+                    if od.dtype == data.dtype:
+                        # a Python number per example meets an array of its own dtype: NEP 50
+                        # promotion casts nothing and the result is the array's (not weak)
+                        return Batched(ufunc(od, data) if reflected else ufunc(data, od))
+        return bind(prim, (other, self) if reflected else (self, other), _NO_PARAMS)
+    op.__name__ = f"__{'r' if reflected else ''}{prim.name}__"
+    return op
+
+
+WEAK_KEEPING = frozenset([P.add, P.subtract, P.multiply, P.divide, P.power, P.remainder,
+                          P.floor_divide, P.negative, P.absolute,
+                          P.less, P.less_equal, P.greater, P.greater_equal, P.equal, P.not_equal])
+"""Primitives that Python numbers' operators (and builtin abs) map to: on Python numbers they
+give Python numbers, so on weak values a weak value. The same primitives called as numpy
+functions (`np.add`, `np.abs`) give numpy scalars: ArrayMethods.__array_ufunc__ drops the
+mark. (Builtin min/max of weak values give strong values: a known approximation.)"""
+
+
+def _negative(self):
+    data = self.data
+    if type(data) is _NDARRAY and type(self) is Batched:
+        return Batched(-data, self.weak)
+    return bind(P.negative, (self,), _NO_PARAMS)
+
+
+def _install_operators():
+    binary = {"add": P.add, "sub": P.subtract, "mul": P.multiply, "truediv": P.divide,
+              "pow": P.power, "floordiv": P.floor_divide, "mod": P.remainder,
+              "and": P.bitwise_and, "or": P.bitwise_or, "xor": P.bitwise_xor}
+    for name, prim in binary.items():
+        setattr(Batched, f"__{name}__", _operator(prim, False, prim in WEAK_KEEPING))
+        setattr(Batched, f"__r{name}__", _operator(prim, True, prim in WEAK_KEEPING))
+    compare = {"lt": P.less, "le": P.less_equal, "gt": P.greater, "ge": P.greater_equal,
+               "eq": P.equal, "ne": P.not_equal}
+    for name, prim in compare.items():
+        setattr(Batched, f"__{name}__", _operator(prim, False, prim in WEAK_KEEPING))
+    Batched.__neg__ = _negative
+
+
+_install_operators()
 
 from .pytree import register_leaf_type  # noqa: E402
 

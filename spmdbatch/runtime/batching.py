@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import UnsupportedOperation
 from . import primitives as P
 from .blame import user_frame
-from .batched import Batched, lane_error
+from .batched import WEAK_KEEPING, Batched, lane_error
 from .dispatch import bind, register_value_type
 
 _ARANGE_CACHE: dict = {}
@@ -89,13 +89,7 @@ def lane_arange(lanes: int, xp=np):
 
 # --- elementwise ----------------------------------------------------------------------------
 _PYTHON_NUMBERS = (int, float, bool, complex)
-_WEAK_KEEPING = frozenset([P.add, P.subtract, P.multiply, P.divide, P.power, P.remainder,
-                           P.floor_divide, P.negative, P.absolute,
-                           P.less, P.less_equal, P.greater, P.greater_equal, P.equal, P.not_equal])
-"""Primitives that Python numbers' operators (and builtin abs) map to: on Python numbers they
-give Python numbers, so on weak values a weak value. The same primitives called as numpy
-functions (`np.add`, `np.abs`) give numpy scalars: ArrayMethods.__array_ufunc__ drops the
-mark. (Builtin min/max of weak values give strong values: a known approximation.)"""
+_WEAK_KEEPING = WEAK_KEEPING    # (see runtime/batched.py)
 _WEAK_EXAMPLE = {"b": False, "i": 0, "u": 0, "f": 0.0, "c": 0j}
 
 
@@ -504,6 +498,10 @@ def _getitem_fast(x, arrays, index):
 
 def _index_update_rule(args, index, mode):
     x, value, *arrays = args
+    if mode == "set" and index == (P.ARRAY_SLOT,) and type(x) is Batched:
+        out = _set_lane_positions(x.data, value, arrays[0])
+        if out is not None:
+            return Batched(out)
     if mode == "add" and index == (P.ARRAY_SLOT,) and type(arrays[0]) is Batched:
         data = _as_lanes(x, _lanes(args))
         if data.ndim >= 2:
@@ -516,6 +514,31 @@ def _index_update_rule(args, index, mode):
         if type(x) is not Batched:
             x = Batched(_as_lanes(x, _lanes(args)))
         raise _index_error(x, arrays, index, exc) from None
+
+
+def _set_lane_positions(data, value, k):
+    """``h[k] = v`` with one position `k` per lane on raw (lanes, n) data and a per-lane number
+    or a uniform Python number `v`: one copy and one assignment (what `_index_update_lanes`
+    computes, without its index plan). None when it does not apply, or an index is out of
+    range (the general path then names the examples)."""
+    if type(data) is not np.ndarray or data.ndim != 2 or type(k) is not Batched:
+        return None
+    kd = k.data
+    if type(kd) is not np.ndarray or kd.ndim != 1 or kd.dtype.kind not in "iu":
+        return None
+    kind = type(value)
+    if kind is Batched:
+        value = value.data
+        if type(value) is not np.ndarray or value.ndim != 1:
+            return None
+    elif kind is not int and kind is not float:
+        return None
+    out = data.copy()
+    try:
+        out[lane_arange(len(kd)), kd] = value
+    except IndexError:
+        return None
+    return out
 
 
 def _index_update_lanes(x, value, arrays, index, mode):

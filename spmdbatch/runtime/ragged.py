@@ -521,11 +521,21 @@ RAGGED_RULES[P.matmul] = _matmul
 
 
 # --- indexing -------------------------------------------------------------------------------------------
+_INTP, _UINTP = np.dtype(np.intp), np.dtype(np.uintp)
+try:
+    from numpy._core._multiarray_umath import count_nonzero as _count_nonzero
+except ImportError:     # pragma: no cover  (numpy < 2)
+    _count_nonzero = np.count_nonzero
+
+
 def _check_in_range(x, index_data):
     """Each lane's indices along the ragged axis, negative ones counted from the lane's end;
     an index past the example raises a LaneError naming the examples."""
     lengths = np.asarray(x.lengths)
     idx = np.asarray(getattr(index_data, "value", index_data))
+    if idx.ndim == 1 and idx.dtype == _INTP and lengths.dtype == _INTP and \
+            _count_nonzero(idx.view(_UINTP) < lengths.view(_UINTP)) == len(idx):
+        return idx            # (one position per lane, all in range: 0 <= idx < length)
     n = lengths.reshape((-1,) + (1,) * (idx.ndim - 1))
     idx = np.where(idx < 0, idx + n, idx)
     bad_at = (idx >= n) | (idx < 0)
