@@ -24,6 +24,7 @@ import types
 import numpy as np
 
 from ..errors import DivergentSideEffect, SpmdError, UnmergeableGroups, UnsupportedConstruct
+from ..runtime.array_methods import index_update
 from ..runtime.batched import Batched, lane_error, user_frame
 from ..runtime.mapped import LaneMapped, mapped_rows
 from ..runtime.ragged import Ragged, ragged_arange
@@ -766,7 +767,6 @@ def setitem(obj, index, value):
         obj[index] = value
         return obj
     if type(obj) is Batched or hasattr(obj, "shape") and hasattr(obj, "dtype"):
-        from ..runtime.array_methods import index_update
         return index_update(obj, index, value, mode="set")
     if type(index) is Batched or (type(index) is tuple and any(type(i) is Batched for i in index)):
         filename, lineno = user_frame()

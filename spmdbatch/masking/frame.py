@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import LaneError, UnmergeableGroups
 from ..runtime.batched import Batched, set_lane_namer, user_frame
-from .lanes import UNDEFINED, fresh, merge, merge_envs, repeat_lanes, take, take_env
+from .lanes import UNDEFINED, fresh, merge, merge_envs, repeat_lanes, take, take_env, weak_merge_dtype
 from .recursion import Recursion
 from .stats import STATS
 
@@ -67,6 +67,30 @@ def _mask_of(cond: Batched):
 _INT64_MIN, _INT64_MAX = -2 ** 63, 2 ** 63 - 1
 
 
+def _number_and_lanes(a, b):
+    """(a, b, weak) for `numpy.where` when one of them is a Python int or float and the other a
+    lane vector of numpy data, in the dtype their join would have (`weak_merge_dtype`); (None,
+    None, None) otherwise."""
+    number_first = type(a) is int or type(a) is float
+    number, lanes = (a, b) if number_first else (b, a)
+    kind = type(number)
+    if not (kind is int or kind is float) or type(lanes) is not Batched:
+        return None, None, None
+    data = lanes.data
+    if type(data) is not _NDARRAY or data.ndim != 1 or \
+            (kind is int and not _INT64_MIN <= number <= _INT64_MAX):
+        return None, None, None
+    weak = lanes.weak
+    if not weak:
+        dtype = weak_merge_dtype([lanes, number])
+        if dtype is None:
+            return None, None, None
+        if data.dtype != dtype:
+            data = data.astype(dtype)
+        number = np.asarray(number, dtype=dtype)
+    return (number, data, weak) if number_first else (data, number, weak)
+
+
 def select_env(cond, n, t_env, f_env):
     """The environment of a join reached from both sides of a branch that compute nothing
     (`x = 0 if c else 1`), selected lane by lane where `cond` holds, without splitting the
@@ -83,8 +107,10 @@ def select_env(cond, n, t_env, f_env):
             continue
         kind = type(a)
         if kind is not type(b):
-            return None
-        if kind is int or kind is float or kind is bool:
+            a, b, weak = _number_and_lanes(a, b)
+            if a is None:
+                return None
+        elif kind is int or kind is float or kind is bool:
             if a == b:
                 out.append(a)            # (as `merge` keeps equal numbers uniform)
                 continue

@@ -357,10 +357,14 @@ def merge(values, counts, name: str = "a value", disjoint: bool = True, _memo=No
     if kind is Batched and all(type(v) is Batched for v in values):
         if not all(v is first for v in values[1:]) or not (disjoint or mappable(first)):
             # (one small value held by the calls of a fused site: repeated for each call)
+            weak = first.weak
             for v in values:
-                if v.weak:
-                    return _merge_numbers(values, counts, name)
-            return Batched(P.concatenate(*[v.data for v in values], axis=0))
+                if v.weak != weak:
+                    return _merge_numbers(values, counts, name)   # (a dtype to choose)
+            datas = [v.data for v in values]
+            if weak:
+                check_row_shapes(datas, name)
+            return Batched(P.concatenate(*datas, axis=0), weak)
     owned = OWNED_CONTAINERS.get(kind)
     if owned is None and first is UNDEFINED:
         for v in values:

@@ -24,6 +24,7 @@ from . import segments
 from .array_methods import ArrayMethods
 from .batched import Batched, lane_error, user_frame
 from .dispatch import register_value_type
+from .mapped import LaneMapped
 
 RAGGED_RULES: dict = {}
 
@@ -54,7 +55,6 @@ class Ragged(Batched):
 
     def _spmd_take_lanes(self, idx):
         if type(self.data) is np.ndarray:   # raw per-lane data: follow lanes by index map
-            from .mapped import LaneMapped
             return LaneMapped(self.data, idx, self.lengths)
         return Ragged(P.take_lanes(self.data, idx), self.lengths[idx])
 
