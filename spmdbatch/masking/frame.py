@@ -96,8 +96,9 @@ def select_env(cond, n, t_env, f_env):
     (`x = 0 if c else 1`), selected lane by lane where `cond` holds, without splitting the
     group: slots that agree stay as they are; Python numbers of one type, and lane vectors of
     numpy data of one dtype, become `numpy.where`. None when some slot is another kind of
-    value (or the group is empty): the branch then splits the group as usual."""
-    if not n:
+    value, the group is empty or `cond` is uniform (other groups wait): `branch` then moves
+    or splits the group as usual."""
+    if not n or type(cond) is not Batched:
         return None
     mask = None
     out = []

@@ -181,3 +181,18 @@ def test_lane_mapped_pair_gather_matches_the_loop_and_names_bad_examples():
     with pytest.raises(LaneError) as info:
         sb.spmd(table_lookup)(tables, ids)
     assert info.value.lanes == [2]
+
+
+def uniform_pick_while_lanes_wait(x):
+    if x > 0:
+        x = x * 2                      # a side with work: the other side's group waits
+        t = 1 if 0.5 > 1.0 else 2      # a uniform condition with another group waiting
+    else:
+        x = x - 1
+        t = 3 if x < 0.5 else 4.5
+    return x + t
+
+
+def test_uniform_condition_of_a_selectable_branch_while_other_lanes_wait():
+    # (found by the program fuzzer: the select must leave uniform conditions to `branch`)
+    check_batched(uniform_pick_while_lanes_wait, np.array([-1.0, 2.0, 0.25, -0.5, 3.0]))
