@@ -1000,6 +1000,8 @@ def inplace(op, a, b):
     update into the others; and a varying right side cannot be written into a uniform array.
     """
     in_place, functional = _INPLACE[op]
+    if type(a) is Batched and a.data.ndim == 1:
+        return functional(a, b)          # (a per-example number: a new value, as Python's)
     if hasattr(a, "shape") and hasattr(a, "dtype"):
         out = functional(a, b)
         if (type(a) is np.ndarray or a.ndim >= 1) and getattr(out, "dtype", a.dtype) != a.dtype \

@@ -28,14 +28,23 @@ import numpy as np
 from ..ad.tracer import untraced
 from ..errors import UnmergeableGroups
 from ..runtime.batched import Batched
-from .lanes import merge, merge_envs, take
+from .lanes import merge, merge_envs, take, take_env, weak_merge_dtype
 from .state import STATE
 from .stats import STATS, count_running_call
+
+try:            # numpy's C function (np.count_nonzero wraps it in Python: 4x the cost on lane masks)
+    from numpy._core._multiarray_umath import count_nonzero as _count_nonzero
+except ImportError:     # pragma: no cover  (numpy < 2)
+    _count_nonzero = np.count_nonzero
+_NDARRAY = np.ndarray
+_BOOL = np.dtype(bool)
 
 
 def _mask_of(cond: Batched):
     """The raw boolean lane mask of a varying condition."""
     data = cond.data
+    if type(data) is _NDARRAY and data.dtype is _BOOL and data.ndim == 1:
+        return data                      # (the common case: a comparison of lane vectors)
     data = untraced(data)  # tracer -> raw (truth values carry no gradient)
     if data.dtype != np.bool_:
         data = data != 0
@@ -44,6 +53,74 @@ def _mask_of(cond: Batched):
             "the truth value of an array with more than one element is ambiguous (in some "
             "example); use .any() or .all()")
     return data
+
+
+_INT64_MIN, _INT64_MAX = -2 ** 63, 2 ** 63 - 1
+
+
+def _number_and_lanes(a, b):
+    """(a, b, weak) for `numpy.where` when one of them is a Python int or float and the other a
+    lane vector of numpy data, in the dtype their join would have (`weak_merge_dtype`); (None,
+    None, None) otherwise."""
+    number_first = type(a) is int or type(a) is float
+    number, lanes = (a, b) if number_first else (b, a)
+    kind = type(number)
+    if not (kind is int or kind is float) or type(lanes) is not Batched:
+        return None, None, None
+    data = lanes.data
+    if type(data) is not _NDARRAY or data.ndim != 1 or \
+            (kind is int and not _INT64_MIN <= number <= _INT64_MAX):
+        return None, None, None
+    weak = lanes.weak
+    if not weak:
+        dtype = weak_merge_dtype([lanes, number])
+        if dtype is None:
+            return None, None, None
+        if data.dtype != dtype:
+            data = data.astype(dtype)
+        number = np.asarray(number, dtype=dtype)
+    return (number, data, weak) if number_first else (data, number, weak)
+
+
+def select_env(cond, n, t_env, f_env):
+    """The environment of a join reached from both sides of a branch that compute nothing
+    (`x = 0 if c else 1`), selected lane by lane where `cond` holds, without splitting the
+    group: slots that agree stay as they are; Python numbers of one type, and lane vectors of
+    numpy data of one dtype, become `numpy.where`. None when some slot is another kind of
+    value, the group is empty or `cond` is uniform (other groups wait): `branch` then moves
+    or splits the group as usual."""
+    if not n or type(cond) is not Batched:
+        return None
+    mask = None
+    out = []
+    for a, b in zip(t_env, f_env):
+        if a is b:
+            out.append(a)
+            continue
+        kind = type(a)
+        if kind is not type(b):
+            a, b, weak = _number_and_lanes(a, b)
+            if a is None:
+                return None
+        elif kind is int or kind is float or kind is bool:
+            if a == b:
+                out.append(a)            # (as `merge` keeps equal numbers uniform)
+                continue
+            if kind is int and not (_INT64_MIN <= a <= _INT64_MAX and _INT64_MIN <= b <= _INT64_MAX):
+                return None
+            weak = True
+        elif kind is Batched:
+            da, db = a.data, b.data
+            if type(da) is not _NDARRAY or type(db) is not _NDARRAY or da.ndim != 1 or db.ndim != 1 \
+                    or da.dtype != db.dtype or a.weak != b.weak:
+                return None
+            a, b, weak = da, db, a.weak
+        else:
+            return None
+        if mask is None:
+            mask = _mask_of(cond)
+        out.append(Batched(np.where(mask, a, b), weak))
+    return tuple(out)
 
 
 class Frame:
@@ -97,7 +174,7 @@ class Frame:
                 (self.jump_back if f_back else self.jump)(f_block, lanes, n, f_env)
             return
         mask = _mask_of(cond)
-        k = int(np.count_nonzero(mask)) if n else 0
+        k = _count_nonzero(mask) if n else 0
         if n and k == n:
             (self.jump_back if t_back else self.jump)(t_block, lanes, n, t_env)
         elif k == 0:
@@ -114,8 +191,8 @@ class Frame:
             f_idx = (~mask).nonzero()[0]
             t_lanes = t_idx if lanes is None else lanes[t_idx]
             f_lanes = f_idx if lanes is None else lanes[f_idx]
-            (self.jump_back if t_back else self.jump)(t_block, t_lanes, k, take(t_env, t_idx, {}))
-            (self.jump_back if f_back else self.jump)(f_block, f_lanes, n - k, take(f_env, f_idx, {}))
+            (self.jump_back if t_back else self.jump)(t_block, t_lanes, k, take_env(t_env, t_idx))
+            (self.jump_back if f_back else self.jump)(f_block, f_lanes, n - k, take_env(f_env, f_idx))
 
     def ret(self, lanes, n, value):
         ext = self.extension
@@ -166,7 +243,17 @@ class Frame:
         return block, lanes, n, env
 
     def _ready_block(self):
-        candidates = sorted(set(self.fwd) | set(self.back))
+        fwd, back = self.fwd, self.back
+        first = min(back)
+        if fwd:
+            ahead = min(fwd)
+            if ahead <= first:
+                return ahead
+        else:
+            ahead = None
+        if len(back) == 1 and (ahead is None or ahead > self.loop_end[first]):
+            return first       # (the common case: one loop's header, its exits waiting beyond)
+        candidates = sorted(set(fwd) | set(back))
         for i, block in enumerate(candidates):
             if block in self.fwd:
                 return block

@@ -41,6 +41,7 @@ _SCALARS = (int, float, bool, complex, str, bytes, type(None), np.integer, np.fl
 
 
 _PLAIN_LEAVES = (float, int, bool, str, np.ndarray, type(None), np.float32, np.float64, np.int64)
+_NDARRAY = np.ndarray
 
 
 class _UniformObjects(threading.local):
@@ -243,6 +244,27 @@ def _refuse_split_object(value):
             "Keep per-example state in local variables, or make the class a dataclass (its "
             "fields then follow each example's path; assign them outside data-dependent "
             "branches).")
+
+
+def take_env(env, idx):
+    """`take` of an environment tuple (one memo for all its slots): the values most slots hold,
+    batched lane vectors of numpy data and plain uniform leaves, without `take`'s dispatch."""
+    items = []
+    memo = None
+    for v in env:
+        kind = type(v)
+        if kind is Batched:
+            data = v.data
+            if type(data) is _NDARRAY and data.ndim == 1:
+                v = Batched(data.take(idx), v.weak)
+            else:
+                v = take(v, idx, memo)
+        elif kind not in _PLAIN_LEAVES and kind is not Tracer:
+            if memo is None:
+                memo = {}
+            v = take(v, idx, memo)
+        items.append(v)
+    return tuple(items)
 
 
 def _holds_owned(value) -> bool:
@@ -498,9 +520,32 @@ def merge_envs(envs, counts, names=None):
     """Environment tuples of lane groups merged slot by slot (`names`: the slots' variables,
     for error messages)."""
     memo: dict = {}       # (one list held by two variables stays one list)
-    return tuple(merge([e[i] for e in envs], counts,
-                       f"variable {names[i]!r}" if names else "a variable", True, memo)
-                 for i in range(len(envs[0])))
+    out = []
+    for i, values in enumerate(zip(*envs)):
+        first = values[0]
+        for v in values:
+            if v is not first:
+                break
+        else:
+            if type(first) not in OWNED_CONTAINERS:
+                out.append(first)     # (one object in every group: uniform)
+                continue
+        if type(first) is Batched:
+            # (the common case: lane vectors of numpy data, weak or not alike)
+            data, weak = first.data, first.weak
+            if type(data) is _NDARRAY and data.ndim == 1:
+                datas = [data]
+                for v in values[1:]:
+                    if type(v) is not Batched or v.weak != weak or type(v.data) is not _NDARRAY \
+                            or v.data.ndim != 1 or v.data.dtype != data.dtype:
+                        break
+                    datas.append(v.data)
+                else:
+                    if len({id(d) for d in datas}) > 1:     # (one shared object: uniform)
+                        out.append(Batched(np.concatenate(datas, axis=0), weak))
+                        continue
+        out.append(merge(values, counts, f"variable {names[i]!r}" if names else "a variable", True, memo))
+    return tuple(out)
 
 
 def _as_mapped_like(values):

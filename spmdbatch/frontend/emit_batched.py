@@ -251,7 +251,47 @@ class BatchedEmitter(PlainEmitter):
         self.w.line("    else:")
         self.w.line(f"        {blk}, {E} = {f_pos}, {f_env}")
         self.w.line("    continue")
-        self.w.line(f"{self.F}.branch({c}, {self.L}, {self.N}, {t_pos}, {t_env}, {f_pos}, {f_env}{flags})")
+        join = self._select_join(src, t_target, t_args, f_target, f_args, t_override, f_override)
+        if join is None:
+            self.w.line(f"{self.F}.branch({c}, {self.L}, {self.N}, {t_pos}, {t_env}, {f_pos}, {f_env}{flags})")
+            return
+        # both sides only pass values on to one join block (`x = 0 if c else 1`): select
+        # them lane by lane instead of splitting the group (no side computes anything)
+        j_pos, t_join, f_join = join
+        self.w.line(f"{E} = {self.h('select_env')}({c}, {self.N}, {t_join}, {f_join})")
+        self.w.line(f"if {E} is not None:")
+        self.w.line(f"    if not {self.F}.fwd and not {self.F}.back:")
+        self.w.line(f"        {blk} = {j_pos}")
+        self.w.line("        continue")
+        self.w.line(f"    {self.F}.jump({j_pos}, {self.L}, {self.N}, {E})")
+        self.w.line("else:")
+        self.w.line(f"    {self.F}.branch({c}, {self.L}, {self.N}, {t_pos}, {t_env}, {f_pos}, {f_env}{flags})")
+
+    def _select_join(self, src, t_target, t_args, f_target, f_args, t_override, f_override):
+        """(join position, join environment from each side) when both targets of a branch are
+        blocks without statements that jump forward to one join block; else None."""
+        if t_override or f_override or t_target == f_target:
+            return None
+        blocks = self.fn.blocks
+        sides = []
+        for target, args in ((t_target, t_args), (f_target, f_args)):
+            blk = blocks[target]
+            if blk.stmts or type(blk.term) is not ir.Jump or self._is_back(src, target) \
+                    or self._is_back(target, blk.term.target) or target in self.recursion_sites:
+                return None
+            given = {p: self.op(a) for p, a in zip(blk.params, args)}
+            sides.append((blk.term.target, [given.get(a.name, self.op(a)) if isinstance(a, Var)
+                                            else self.op(a) for a in blk.term.args]))
+        (join, t_vals), (f_join, f_vals) = sides
+        if join != f_join or join in (t_target, f_target):
+            return None
+        envs = []
+        for vals in (t_vals, f_vals):
+            override = dict(zip(blocks[join].params, vals))
+            items = [override[n] if n in override else self.v(n) for n in self.env[join]]
+            items += [self.cell(c) for c in self.cells]
+            envs.append("(" + "".join(i + ", " for i in items) + ")")
+        return self.sched.position[join], envs[0], envs[1]
 
     def term_Branch(self, bid, t):
         self._branch(bid, self.op(t.cond), t.true_target, t.true_args, t.false_target, t.false_args)

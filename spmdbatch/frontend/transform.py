@@ -42,6 +42,7 @@ BATCH_HELPERS = {
     "list_truth": lane_list.truth, "format_value": formatting.format_value,
     "build_string": formatting.build_string, "Cell": lanes.owned_cell,
     "parallel_for": child_loops.parallel_for, "end_iteration": child_loops.end_iteration,
+    "select_env": frame.select_env,
 }
 
 _LINE_COMMENT = re.compile(r"^\s*# (\d+): ")

@@ -16,5 +16,8 @@ code below it reaches them by name (`runtime/primitives.py`: ``P.add``).
 """
 from .declare import family, primitive
 from . import elementwise, reductions, linalg, shapes, indexing, lanes, graph  # noqa: F401,E401
+from ..runtime.batched import install_operators
+
+install_operators()   # (Batched's operators on lane vectors call the ufuncs directly)
 
 __all__ = ["primitive", "family"]

@@ -233,6 +233,10 @@ def _getitem_fast(x, arrays, index):
 
 def _index_update_rule(args, index, mode):
     x, value, *arrays = args
+    if mode == "set" and index == (P.ARRAY_SLOT,) and type(x) is Batched:
+        out = _set_lane_positions(x.data, value, arrays[0])
+        if out is not None:
+            return Batched(out)
     if mode == "add" and index == (P.ARRAY_SLOT,) and type(arrays[0]) is Batched:
         data = _as_lanes(x, _lanes(args))
         if data.ndim >= 2:
@@ -244,6 +248,31 @@ def _index_update_rule(args, index, mode):
         if type(x) is not Batched:
             x = Batched(_as_lanes(x, _lanes(args)))
         raise _index_error(x, arrays, index, exc) from None
+
+
+def _set_lane_positions(data, value, k):
+    """``h[k] = v`` with one position `k` per lane on raw (lanes, n) data and a per-lane number
+    or a uniform Python number `v`: one copy and one assignment (what `_index_update_lanes`
+    computes, without its index plan). None when it does not apply, or an index is out of
+    range (the general path then names the examples)."""
+    if type(data) is not np.ndarray or data.ndim != 2 or type(k) is not Batched:
+        return None
+    kd = k.data
+    if type(kd) is not np.ndarray or kd.ndim != 1 or kd.dtype.kind not in "iu":
+        return None
+    kind = type(value)
+    if kind is Batched:
+        value = value.data
+        if type(value) is not np.ndarray or value.ndim != 1:
+            return None
+    elif kind is not int and kind is not float:
+        return None
+    out = data.copy()
+    try:
+        out[lane_arange(len(kd)), kd] = value
+    except IndexError:
+        return None
+    return out
 
 
 def _index_update_lanes(x, value, arrays, index, mode):
@@ -289,11 +318,21 @@ def _selection_ndim(data, plan) -> int:
 
 
 # --- ragged rules -------------------------------------------------------------------------
+_INTP, _UINTP = np.dtype(np.intp), np.dtype(np.uintp)
+try:
+    from numpy._core._multiarray_umath import count_nonzero as _count_nonzero
+except ImportError:     # pragma: no cover  (numpy < 2)
+    _count_nonzero = np.count_nonzero
+
+
 def _check_in_range(x, index_data):
     """Each lane's indices along the ragged axis, negative ones counted from the lane's end;
     an index past the example raises a LaneError naming the examples."""
     lengths = np.asarray(x.lengths)
     idx = np.asarray(getattr(index_data, "value", index_data))
+    if idx.ndim == 1 and idx.dtype == _INTP and lengths.dtype == _INTP and \
+            _count_nonzero(idx.view(_UINTP) < lengths.view(_UINTP)) == len(idx):
+        return idx            # (one position per lane, all in range: 0 <= idx < length)
     n = lengths.reshape((-1,) + (1,) * (idx.ndim - 1))
     idx = np.where(idx < 0, idx + n, idx)
     bad_at = (idx >= n) | (idx < 0)

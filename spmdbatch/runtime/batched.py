@@ -21,6 +21,7 @@ from . import primitives as P
 from .array_methods import ArrayMethods
 from .backend import namespace
 from .blame import user_frame
+from .dispatch import bind
 
 
 def _concrete_error(what: str, hint: str) -> VaryingValueError:
@@ -123,6 +124,8 @@ class Batched(ArrayMethods):
         raise _concrete_error("numpy.asarray()", "Per-example values cannot become one numpy array "
                               "inside @spmd code; use numpy.stack / numpy.concatenate to combine them.")
 
+    # (operators: the fast path of `_operator` below, set after the class)
+
     def __repr__(self):
         weak = ", weak" if self.weak else ""
         return f"Batched(lanes={self.data.shape[0]}, shape={self.shape}, dtype={self.dtype}{weak})"
@@ -210,6 +213,76 @@ def _pad_to(data, width):
     raw = getattr(data, "value", data)
     zeros = np.zeros((data.shape[0], missing) + tuple(data.shape[2:]), dtype=raw.dtype)
     return P.concatenate(data, zeros, axis=1)
+
+
+_NDARRAY = np.ndarray
+_NO_PARAMS: dict = {}
+
+
+def _operator(prim, reflected: bool, keeps_weak: bool):
+    """`Batched`'s binary operator for `prim`: when both operands are numpy lane vectors (a
+    number per example), or one is and the other is a Python int or float, the ufunc runs on
+    the data at once (what the elementwise batching rule would do after its checks,
+    runtime/batching.py; `keeps_weak`:
+    Python numbers' operators give Python numbers, so weak operands give a weak result; a
+    weak operand meeting a strong one of its own dtype needs no cast). Every other case
+    (tracers, ragged or lane-mapped operands, other dtype promotions of weak values) goes
+    through `bind`."""
+    ufunc = prim.impl
+
+    def op(self, other):
+        data = self.data
+        if type(data) is _NDARRAY and data.ndim == 1 and type(self) is Batched:   # (not a Ragged)
+            kind = type(other)
+            if kind is int or kind is float:
+                out = ufunc(other, data) if reflected else ufunc(data, other)
+                return Batched(out, self.weak and keeps_weak)
+            if kind is Batched:
+                od = other.data
+                if type(od) is _NDARRAY and od.ndim == 1:
+                    if other.weak == self.weak:
+                        out = ufunc(od, data) if reflected else ufunc(data, od)
+                        return Batched(out, self.weak and keeps_weak)
+                    if od.dtype == data.dtype:
+                        # a Python number per example meets an array of its own dtype: NEP 50
+                        # promotion casts nothing and the result is the array's (not weak)
+                        return Batched(ufunc(od, data) if reflected else ufunc(data, od))
+        return bind(prim, (other, self) if reflected else (self, other), _NO_PARAMS)
+    op.__name__ = f"__{'r' if reflected else ''}{prim.name}__"
+    return op
+
+
+WEAK_KEEPING = frozenset(["add", "subtract", "multiply", "divide", "power", "remainder",
+                          "floor_divide", "negative", "absolute",
+                          "less", "less_equal", "greater", "greater_equal", "equal", "not_equal"])
+"""Names of the primitives that Python numbers' operators (and builtin abs) map to: on Python
+numbers they give Python numbers, so on weak values a weak value. The same primitives called
+as numpy functions (`np.add`, `np.abs`) give numpy scalars: ArrayMethods.__array_ufunc__ drops
+the mark. (Builtin min/max of weak values give strong values: a known approximation.)"""
+
+
+def _negative(self):
+    data = self.data
+    if type(data) is _NDARRAY and data.ndim == 1 and type(self) is Batched:
+        return Batched(-data, self.weak)
+    return bind(P.negative, (self,), _NO_PARAMS)
+
+
+def install_operators():
+    """Give `Batched` the operators above (until then it has ArrayMethods' operators, which
+    go through `bind`): called once the primitives are registered (spmdbatch/primitives)."""
+    # (not /, //, % and **: where Python and numpy differ on numbers, such as a division by
+    # zero or a negative integer power, the batching rule decides)
+    binary = {"add": P.add, "sub": P.subtract, "mul": P.multiply,
+              "and": P.bitwise_and, "or": P.bitwise_or, "xor": P.bitwise_xor}
+    for name, prim in binary.items():
+        setattr(Batched, f"__{name}__", _operator(prim, False, prim.name in WEAK_KEEPING))
+        setattr(Batched, f"__r{name}__", _operator(prim, True, prim.name in WEAK_KEEPING))
+    compare = {"lt": P.less, "le": P.less_equal, "gt": P.greater, "ge": P.greater_equal,
+               "eq": P.equal, "ne": P.not_equal}
+    for name, prim in compare.items():
+        setattr(Batched, f"__{name}__", _operator(prim, False, prim.name in WEAK_KEEPING))
+    Batched.__neg__ = _negative
 
 
 from .pytree import register_leaf_type  # noqa: E402

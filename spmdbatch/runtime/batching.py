@@ -21,7 +21,7 @@ from ..errors import UnsupportedOperation
 from . import primitives as P
 from . import views
 from .blame import user_frame
-from .batched import Batched
+from .batched import WEAK_KEEPING, Batched
 from .dispatch import bind, register_value_type
 
 _ARANGE_CACHE: dict = {}
@@ -92,13 +92,7 @@ def lane_arange(lanes: int, xp=np):
 
 # --- elementwise ----------------------------------------------------------------------------
 _PYTHON_NUMBERS = (int, float, bool, complex)
-_WEAK_KEEPING = frozenset(["add", "subtract", "multiply", "divide", "power", "remainder",
-                           "floor_divide", "negative", "absolute",
-                           "less", "less_equal", "greater", "greater_equal", "equal", "not_equal"])
-"""Names of the primitives that Python numbers' operators (and builtin abs) map to: on Python numbers they
-give Python numbers, so on weak values a weak value. The same primitives called as numpy
-functions (`np.add`, `np.abs`) give numpy scalars: ArrayMethods.__array_ufunc__ drops the
-mark. (Builtin min/max of weak values give strong values: a known approximation.)"""
+_WEAK_KEEPING = WEAK_KEEPING    # (see runtime/batched.py)
 _WEAK_EXAMPLE = {"b": False, "i": 0, "u": 0, "f": 0.0, "c": 0j}
 
 

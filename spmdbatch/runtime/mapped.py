@@ -145,6 +145,19 @@ def _mapped_apply(prim, args, params):
                     raise lane_error(IndexError(f"index {item} is out of bounds for axis 0 with size "
                                                 f"{x.base.shape[1]}"), np.arange(len(x.index)))
                 return Batched(x.base[x.index, item])
+        elif type(x) is LaneMapped and len(template) == 2 and template[0] is P.ARRAY_SLOT \
+                and template[1] is P.ARRAY_SLOT and x.base.ndim == 3:
+            rows, cols = args[1], args[2]            # logp[t, k]: one element per lane
+            if type(rows) is Batched and type(cols) is Batched:
+                r, c = rows.data, cols.data
+                if type(r) is np.ndarray and type(c) is np.ndarray and r.ndim == 1 and c.ndim == 1 \
+                        and r.dtype.kind in "iu" and c.dtype.kind in "iu":
+                    if x.lengths is not None:
+                        r = _check_positions(x, r)
+                    try:
+                        return Batched(x.base[x.index, r, c])
+                    except IndexError:
+                        pass                        # (the general path names the examples)
     args = tuple(a.materialize() if type(a) is LaneMapped else a for a in args)
     return bind(prim, args, params)
 

@@ -84,7 +84,7 @@ def test_scalar_programs_quick(tmp_path):
     assert timed | set(data["skipped"]) == set(data["config"]["programs"].split(","))
     assert all(data["skipped"].values())      # every skip says why
     for r in data["results"]:
-        for key in ("loop_ms", "spmd_ms", "ratio_loop_over_spmd"):
+        for key in ("loop_ms", "spmd_ms", "numpy_ms", "ratio_loop_over_spmd", "ratio_numpy_over_spmd"):
             _positive_stats(r, key)
 
 
