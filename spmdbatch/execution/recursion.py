@@ -153,9 +153,15 @@ class Recursion:
         callers = callers[callers >= 0]
         if len(callers):
             waiting = self._waiting
-            np.subtract.at(waiting, callers, 1)
-            if len(callers) > 1:
-                callers = np.unique(callers)
+            if len(callers) > 1:                     # (siblings share a caller)
+                callers = np.sort(callers)
+                np.subtract.at(waiting, callers, 1)
+                first = np.empty(len(callers), dtype=bool)
+                first[0] = True
+                np.not_equal(callers[1:], callers[:-1], out=first[1:])
+                callers = callers[first]
+            else:
+                waiting[callers] -= 1
             done = callers[waiting[callers] == 0]
             if len(done):
                 self._ready.append(done)

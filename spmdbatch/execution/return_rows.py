@@ -105,8 +105,7 @@ class ReturnRows:
             if self.traced:
                 if sourcing is None:
                     # (by the groups these lanes came from, not all groups: linear in depth)
-                    involved, source_of = np.unique(which, return_inverse=True)
-                    sourcing = involved.tolist(), source_of.reshape(-1)
+                    sourcing = _sources(which)
                 involved, source_of = sourcing
                 sources = [_item(chunks[g][0], self.kind, position).data for g in involved]
                 data = P.rows_of_sources(*sources, source_of=source_of, rows=rows, buffer=buffer,
@@ -116,6 +115,15 @@ class ReturnRows:
             out.append(Batched(data))
             j += 1
         return out[0] if self.kind is Batched else self.kind(out)
+
+
+def _sources(which):
+    """(the distinct groups in `which`, as a list; each entry's position in that list)."""
+    present = np.zeros(int(which.max()) + 1, dtype=bool)     # (group ids are small: a table
+    present[which] = True                                      # is cheaper than numpy.unique)
+    position = np.cumsum(present)
+    position -= 1
+    return present.nonzero()[0].tolist(), position[which]
 
 
 def _item(value, kind, position):

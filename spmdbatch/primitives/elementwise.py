@@ -70,6 +70,8 @@ def safe_mul(g, d):
     """g * d, but exactly 0 where g == 0 (so a zero cotangent times an infinite slope is 0).
 
     On traced operands the mask is applied only where d is not finite (see `safe_div`)."""
+    if type(g) is np.ndarray and type(d) is np.ndarray:       # (the common case, checked first)
+        return np.where(g != 0, g * d, 0)
     xp = namespace(g, d)
     if is_traced(g) or is_traced(d):
         finite = xp.isfinite(d)

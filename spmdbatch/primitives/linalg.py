@@ -112,6 +112,8 @@ def _matmul_ragged(args):
 def _as_arrays(g, *operands):
     """Operands as arrays (a constant operand may be a list or a Python scalar; a traced
     operand, in `grad` of `grad`, stays traced)."""
+    if all(type(x) is np.ndarray for x in operands):
+        return operands
     xp = namespace(g)
     return tuple(x if is_traced(x) else xp.asarray(x) for x in operands)
 
