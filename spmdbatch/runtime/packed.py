@@ -365,7 +365,9 @@ def scatter_add(x, idx, value):
     else:
         if np.ndim(value) > len(rest):
             return None
-        v = value if np.ndim(value) else np.asarray(value, dtype=target.dtype)
+        # (a Python or numpy number takes the target's dtype; arrays, traced ones too, broadcast)
+        v = np.asarray(value, dtype=target.dtype) if isinstance(value, (int, float, complex, np.generic)) \
+            else value
     shape = (index_layout.total,) + rest
     if tuple(np.shape(v)) != shape:
         v = P.broadcast_to(v, shape=shape)
