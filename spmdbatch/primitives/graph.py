@@ -1,5 +1,4 @@
-"""The row primitives of graph operations: gather_rows, scatter_add_rows, unpack_rows,
-segment_sum_rows.
+"""The row primitives of graph operations: gather_rows, scatter_add_rows, unpack_rows.
 
 They take a `RowPlan` (runtime/segments.py) as a static parameter and work on the rows of a
 flattened lane-major array: the batched gathers, scatters and ragged products of
@@ -33,17 +32,6 @@ def _unpack_rows(values, *, plan):
     return out
 
 
-def _segment_sum_rows(rows, *, layout):
-    lanes, lengths = layout.lanes, layout.lengths
-    xp = namespace(rows)
-    out = xp.zeros((lanes,) + tuple(rows.shape[1:]), dtype=rows.dtype)
-    if layout.total:
-        filled = lengths > 0
-        # (each segment's rows added one after another, as numpy sums one example's rows)
-        out[filled] = xp.add.reduceat(rows, layout.starts[filled], axis=0)
-    return out
-
-
 # --- the primitives -------------------------------------------------------------------------
 unpack_rows = primitive("unpack_rows", _unpack_rows, ragged=_FLAT_ROWS,
                         vjp=(lambda g, ans, values, *, plan: g.take(plan.index, axis=0),))
@@ -57,9 +45,3 @@ scatter_add_rows = primitive(
     vjp=(lambda g, ans, base, values, *, plan: g,
          lambda g, ans, base, values, *, plan: S.take_valid_rows(g, plan, values.dtype)))
 """``base`` plus ``values`` added into rows ``plan.index`` (valid positions only)."""
-segment_sum_rows = primitive(
-    "segment_sum_rows", _segment_sum_rows, ragged=_FLAT_ROWS,
-    vjp=(lambda g, ans, rows, *, layout: g.take(layout.row_lane, axis=0),))
-"""The sum of each lane's rows of packed rows (``layout``: a runtime/packed.py `Layout`, whose
-lanes own consecutive rows): (lanes, ...), zeros for an empty lane (VJP: each row gets its
-lane's cotangent)."""

@@ -14,6 +14,7 @@ from ..ad.tracer import is_traced, untraced
 from ..runtime import primitives as P
 from ..runtime.array_methods import index_update
 from ..runtime.backend import namespace
+from ..runtime import segments as S
 from ..runtime.batched import Batched
 from ..runtime.packed import Packed
 from ..runtime.ragged import Ragged, _flatten, _masked, _ndim, _plain
@@ -190,8 +191,7 @@ def _sort_vjp(g, ans, x, axis=-1):
 
 def _sum_packed(args, axis=None, keepdims=False):
     """Packed rule of sum: over trailing axes a Packed of the row sums; over the ragged axis
-    one segment sum per example (`segment_sum_rows`: its rows in order, as the loop adds
-    them)."""
+    one segment sum per example (its rows in order, as the loop adds them)."""
     x = args[0]
     if type(x) is not Packed:
         return None
@@ -206,8 +206,8 @@ def _sum_packed(args, axis=None, keepdims=False):
         rows = P.sum(rows, axis=inner, keepdims=True)
     lay = x.layout
     rest = tuple(rows.shape[1:])
-    # each lane's rows added in order (the loop's sum), with no padded copy
-    total = P.reshape(P.segment_sum_rows(rows, layout=lay), shape=(lay.lanes, 1) + rest)
+    padded = P.reshape(S.unpack_rows(rows, plan=lay.valid), shape=(lay.lanes, max(lay.width, 0)) + rest)
+    total = P.sum(padded, axis=(1,), keepdims=True)      # each lane's rows in order (the loop's sum)
     if not keepdims:
         total = P.reshape(total, shape=(lay.lanes,) + tuple(d for i, d in enumerate(rest, 1) if i not in axes))
     return Batched(total)

@@ -329,14 +329,6 @@ def _unpack_rows(d):
     return {"plan": segments.RowPlan(index, None, nrows)}
 
 
-@case("segment_sum_rows")
-def _segment_sum_rows(d):
-    from spmdbatch.runtime.packed import layout_for
-    lengths = np.array([d.data.draw(st.integers(0, 3)) for _ in range(d.data.draw(st.integers(1, 4)))])
-    d.operand((int(lengths.sum()),) + shape(d.data, 0, 2))
-    return {"layout": layout_for(lengths)}
-
-
 for _name in PACKAGE:
     if PRIMITIVES[_name].elementwise:
         CASES[_name] = (lambda name: lambda d: _elementwise(d, name))(_name)
