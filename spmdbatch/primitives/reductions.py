@@ -202,11 +202,14 @@ def _sum_packed(args, axis=None, keepdims=False):
         return Packed(P.sum(x.rows, axis=axes, keepdims=keepdims), x.layout)
     rows = x.rows
     inner = tuple(a for a in axes if a != 0)
+    lay = x.layout
     if inner:
         rows = P.sum(rows, axis=inner, keepdims=True)
-    lay = x.layout
-    rest = tuple(rows.shape[1:])
-    padded = P.reshape(S.unpack_rows(rows, plan=lay.valid), shape=(lay.lanes, max(lay.width, 0)) + rest)
+        rest = tuple(rows.shape[1:])
+        padded = P.reshape(S.unpack_rows(rows, plan=lay.valid), shape=(lay.lanes, max(lay.width, 0)) + rest)
+    else:       # the padded rows of `x` itself, made once per value (a sum and a mean share them)
+        rest = tuple(rows.shape[1:])
+        padded = x.to_ragged().data
     total = P.sum(padded, axis=(1,), keepdims=True)      # each lane's rows in order (the loop's sum)
     if not keepdims:
         total = P.reshape(total, shape=(lay.lanes,) + tuple(d for i, d in enumerate(rest, 1) if i not in axes))
