@@ -75,14 +75,18 @@ def _varying(leaf) -> bool:
 def _lane_count(args, kwargs):
     """Inside a running batch program (`grad` inside `spmd`), the lanes of the running group;
     else None. The arguments' per-example values tell it; without any (uniform arguments,
-    per-example values in `f`'s closure), the batch level does."""
+    per-example values in `f`'s closure), the batch level does. Outside every batch level
+    there are no per-example values (they live in the running batch program, in its thread),
+    so the arguments are not walked then."""
+    level = levels.innermost(levels.BatchLevel)
+    if level is None:
+        return None
     for leaf in pytree.flatten((args, kwargs))[0]:
         if isinstance(leaf, Batched):
             return leaf.data.shape[0]
         if type(leaf) is LaneMapped:
             return len(leaf.index)
-    level = levels.innermost(levels.BatchLevel)
-    return None if level is None else level.lanes()
+    return level.lanes()
 
 
 def _trace_leaves(tape, tree, fname="f", argnum=0, lanes=None):
