@@ -75,9 +75,9 @@ def _varying(leaf) -> bool:
 def _lane_count(args, kwargs):
     """Inside a running batch program (`grad` inside `spmd`), the lanes of the running group;
     else None. The arguments' per-example values tell it; without any (uniform arguments,
-    per-example values in `f`'s closure), the batch level does. Outside any batch level
-    there are no per-example values, so the arguments are not walked (`grad` of a batched
-    training step calls this once per step with the whole minibatch as arguments)."""
+    per-example values in `f`'s closure), the batch level does. Outside every batch level
+    there are no per-example values (they live in the running batch program, in its thread),
+    so the arguments are not walked then."""
     level = levels.innermost(levels.BatchLevel)
     if level is None:
         return None

@@ -36,7 +36,12 @@ class Tape(Level):
 
 
     def backward(self, seeds: dict[int, object]) -> dict[int, object]:
-        """Cotangents of the leaves, given cotangents `seeds` of some nodes."""
+        """Cotangents of the leaves, given cotangents `seeds` of some nodes.
+
+        A node's cotangent takes the dtype of its (floating) value before its rules run: a
+        rule that mixes in a wider constant (``g / n`` with a Python int n gives float64
+        for float32 g) would otherwise turn the rest of a float32 backward pass into float64
+        products and conversions."""
         grads = dict(seeds)
         owned: dict[int, object] = {}   # id -> sums this sweep allocated (updated in place)
         leaf_grads: dict[int, object] = {}
@@ -54,6 +59,11 @@ class Tape(Level):
                 if type(g) is SparseRows:    # rules take dense cotangents
                     g = g.dense()
                 prim, raw, params, ans, parents = entry
+                gdt = getattr(g, "dtype", None)
+                if gdt is not None:
+                    adt = getattr(ans, "dtype", gdt)
+                    if gdt is not adt and gdt != adt and gdt.kind == "f" and adt.kind == "f":
+                        g = g.astype(adt)       # a cotangent has its value's dtype (see above)
                 rules = prim.vjp
                 for pos, parent in parents:
                     if type(rules) is tuple:

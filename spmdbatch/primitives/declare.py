@@ -23,6 +23,11 @@ The declaration gives the primitive its
 - ragged rule ``ragged(args, **params)`` for operands whose examples differ in length
   (`Ragged`), or a string saying why the primitive refuses them. Without one, likewise
   the elementwise rule or the per-example loop over each example's own length;
+- packed rule ``packed(args, **params)`` for operands in the compact ragged layout
+  (`Packed`: the valid rows of all examples one after another), returning the result or
+  None where it does not apply (the operands then run the ragged rule as `Ragged`). Without
+  one, an `elementwise` primitive gets the elementwise rule (one call on the rows) and any
+  other primitive none;
 - VJP: a tuple with one rule ``rule(g, ans, *operands, **params)`` per operand (the
   cotangent of that operand given the cotangent `g` of the result `ans`; None for an
   operand without gradient), or one callable ``rule(position, g, ans, *operands,
@@ -43,7 +48,7 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from ..runtime import batching, derived, ragged as ragged_values
+from ..runtime import batching, derived, packed as packed_values, ragged as ragged_values
 from ..runtime.dispatch import Primitive, register
 from ..runtime.numpy_api import register_numpy
 
@@ -67,8 +72,8 @@ class family:
 
 
 def primitive(name=None, impl: Callable | None = None, *, batch: Callable | None = None,
-              ragged: Callable | str | None = None, vjp=None, differentiable: bool = True,
-              elementwise: bool = False, broadcasting: bool | None = None, numpy=(),
+              ragged: Callable | str | None = None, packed: Callable | None = None, vjp=None,
+              differentiable: bool = True, elementwise: bool = False, broadcasting: bool | None = None, numpy=(),
               register_name: bool = True, origin: str | None = None):
     """Declare a primitive (see the module docstring); as a function, or as a decorator of
     its implementation (``@primitive``, ``@primitive("name", vjp=...)``, ``@primitive(vjp=...)``).
@@ -83,8 +88,8 @@ def primitive(name=None, impl: Callable | None = None, *, batch: Callable | None
     """
     if origin is None:
         origin = sys._getframe(1).f_globals.get("__name__", "")
-    options = dict(batch=batch, ragged=ragged, vjp=vjp, differentiable=differentiable,
-                   elementwise=elementwise, broadcasting=broadcasting, numpy=numpy,
+    options = dict(batch=batch, ragged=ragged, packed=packed, vjp=vjp,
+                   differentiable=differentiable, elementwise=elementwise, broadcasting=broadcasting, numpy=numpy,
                    register_name=register_name, origin=origin)
     if callable(name) and impl is None:           # @primitive
         return _declare(name.__name__, name, **options)
@@ -95,8 +100,8 @@ def primitive(name=None, impl: Callable | None = None, *, batch: Callable | None
     return _declare(name, impl, **options)
 
 
-def _declare(name, impl, *, batch, ragged, vjp, differentiable, elementwise, broadcasting, numpy,
-             register_name, origin) -> Primitive:
+def _declare(name, impl, *, batch, ragged, packed, vjp, differentiable, elementwise, broadcasting,
+             numpy, register_name, origin) -> Primitive:
     where = f"spmdbatch.primitive({name!r})"
     if not callable(impl):
         raise TypeError(f"{where}: the implementation must be callable, got {impl!r}")
@@ -119,18 +124,24 @@ def _declare(name, impl, *, batch, ragged, vjp, differentiable, elementwise, bro
         batch = batch.build(prim)
     if type(ragged) is family:
         ragged = ragged.build(prim)
+    if type(packed) is family:
+        packed = packed.build(prim)
     if batch is not None and not callable(batch):
         raise TypeError(f"{where}: batch must be a rule batch(args, **params), got {batch!r}")
     if ragged is not None and not (callable(ragged) or isinstance(ragged, str)):
         raise TypeError(f"{where}: ragged must be a rule ragged(args, **params) or a string "
                         f"saying why ragged operands are refused, got {ragged!r}")
+    if packed is not None and not callable(packed):
+        raise TypeError(f"{where}: packed must be a rule packed(args, **params), got {packed!r}")
     if batch is None:
         batch = batching.elementwise(prim) if elementwise else derived.per_lane_batch(prim)
     if ragged is None:
         ragged = ragged_values.elementwise(prim) if elementwise else derived.per_lane_ragged(prim)
     elif isinstance(ragged, str):
         ragged = derived.refusal(prim, ragged)
-    prim.batch, prim.ragged = batch, ragged
+    if packed is None and elementwise:
+        packed = packed_values.elementwise(prim)
+    prim.batch, prim.ragged, prim.packed = batch, ragged, packed
     if register_name:
         register(prim)
     for fn in (numpy if isinstance(numpy, (tuple, list)) else (numpy,)):

@@ -21,7 +21,8 @@ from ..ad.tape import unbroadcast
 from ..ad.tracer import is_traced, untraced
 from ..errors import UnsupportedOperation
 from ..runtime import primitives as P
-from ..runtime import segments
+from ..runtime import packed, segments
+from ..runtime.packed import Packed
 from ..runtime.backend import namespace
 from ..runtime.batched import Batched
 from ..runtime.blame import lane_error
@@ -504,12 +505,29 @@ def _index_update_vjp_value(g, ans, x, value, *arrays, index, mode):
 
 
 
+def _getitem_packed(args, index):
+    """Packed rule of getitem: ``h[idx]`` of a Packed `h` by a ragged integer index (E,) is one
+    take over the packed rows (runtime/packed.py `gather`)."""
+    if type(args[0]) is Packed and index == (P.ARRAY_SLOT,):
+        return packed.gather(args[0], args[1])
+    return None
+
+
+def _index_update_packed(args, index, mode):
+    """Packed rule of index_update: ``index_update(agg, dst, msg, mode="add")`` by a ragged
+    integer index (E,) is one scatter over the packed rows (runtime/packed.py `scatter_add`)."""
+    if mode == "add" and index == (P.ARRAY_SLOT,):
+        return packed.scatter_add(args[0], args[2], args[1])
+    return None
+
+
 # --- the primitives -------------------------------------------------------------------------
 getitem = primitive("getitem", _getitem_impl, batch=_getitem_rule, ragged=_getitem_ragged,
+                    packed=_getitem_packed,
                     vjp=(_getitem_vjp,))
 """``x[index]``: ``getitem(x, *arrays, index=template)`` (see `P.split_index`)."""
 index_update = primitive("index_update", _index_update_impl, batch=_index_update_rule,
-                         ragged=_index_update_ragged,
+                         ragged=_index_update_ragged, packed=_index_update_packed,
                          vjp=(_index_update_vjp_x, _index_update_vjp_value))
 """A copy of `x` with ``x[index]`` set to (mode="set") or increased by (mode="add") `value`:
 ``index_update(x, value, *arrays, index=template, mode=mode)``."""

@@ -16,6 +16,8 @@ from ..ad.tape import unbroadcast
 from ..ad.tracer import is_traced
 from ..runtime import primitives as P
 from ..runtime import packed
+from ..runtime import segments as S
+from ..runtime.packed import Packed
 from ..runtime.backend import namespace
 from ..runtime.batched import Batched
 from ..runtime.batching import _ndim, _with_rank
@@ -187,8 +189,23 @@ def _einsum_vjp(pos, g, ans, *operands, spec):
 
 
 
+def _matmul_packed(args):
+    """Packed rule of matmul: ``(T, d) @ (d, h)`` (or ``@ (d,)``) with a uniform right operand
+    is one product over the rows; None otherwise."""
+    a, b = args
+    if type(a) is Packed and not isinstance(b, Batched) and not hasattr(b, "_spmd_take_lanes") \
+            and a.rows.ndim == 2 and np.ndim(b) in (1, 2):
+        source = a.gathered_from
+        if source is not None and source[0].shape[0] < a.rows.shape[0]:
+            # h[src] @ W as (h @ W)[src]: one GEMM over the nodes instead of the (more) edges,
+            # in the forward and the backward pass (each row is the same product)
+            return Packed(S.gather_rows(P.matmul(source[0], b), plan=source[1]), a.layout)
+        return Packed(P.matmul(a.rows, b), a.layout)
+    return None
+
+
 # --- the primitives -------------------------------------------------------------------------
-matmul = primitive("matmul", _matmul, batch=_matmul_rule, ragged=_matmul_ragged,
+matmul = primitive("matmul", _matmul, batch=_matmul_rule, ragged=_matmul_ragged, packed=_matmul_packed,
                    vjp=(_matmul_vjp_a, _matmul_vjp_b), numpy=np.matmul)
 matmul_t = primitive("matmul_t", _x_at_w_t,
                      batch=lambda args: P.matmul(args[0], np.swapaxes(args[1], -1, -2)),

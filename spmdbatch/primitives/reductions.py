@@ -14,7 +14,9 @@ from ..ad.tracer import is_traced, untraced
 from ..runtime import primitives as P
 from ..runtime.array_methods import index_update
 from ..runtime.backend import namespace
+from ..runtime import segments as S
 from ..runtime.batched import Batched
+from ..runtime.packed import Packed
 from ..runtime.ragged import Ragged, _flatten, _masked, _ndim, _plain
 from .declare import family, primitive
 from .elementwise import safe_mul
@@ -187,8 +189,36 @@ def _sort_vjp(g, ans, x, axis=-1):
 
 
 
+def _sum_packed(args, axis=None, keepdims=False):
+    """Packed rule of sum: over trailing axes a Packed of the row sums; over the ragged axis
+    one segment sum per example (its rows in order, as the loop adds them)."""
+    x = args[0]
+    if type(x) is not Packed:
+        return None
+    nd = x.rows.ndim
+    axes = tuple(range(nd)) if axis is None else tuple(
+        int(a) % nd for a in ((axis,) if isinstance(axis, (int, np.integer)) else axis))
+    if 0 not in axes:
+        return Packed(P.sum(x.rows, axis=axes, keepdims=keepdims), x.layout)
+    rows = x.rows
+    inner = tuple(a for a in axes if a != 0)
+    lay = x.layout
+    if inner:
+        rows = P.sum(rows, axis=inner, keepdims=True)
+        rest = tuple(rows.shape[1:])
+        padded = P.reshape(S.unpack_rows(rows, plan=lay.valid), shape=(lay.lanes, max(lay.width, 0)) + rest)
+    else:       # the padded rows of `x` itself, made once per value (a sum and a mean share them)
+        rest = tuple(rows.shape[1:])
+        padded = x.to_ragged().data
+    total = P.sum(padded, axis=(1,), keepdims=True)      # each lane's rows in order (the loop's sum)
+    if not keepdims:
+        total = P.reshape(total, shape=(lay.lanes,) + tuple(d for i, d in enumerate(rest, 1) if i not in axes))
+    return Batched(total)
+
+
 # --- the primitives -------------------------------------------------------------------------
 sum = primitive("sum", _sum, batch=family(reduction), ragged=family(_ragged_reduction, "zero"),  # noqa: A001
+                packed=_sum_packed,
                 vjp=(lambda g, ans, x, axis=None, keepdims=False: _expand_reduced(g, x, axis, keepdims),))
 max = primitive("max", _max, batch=family(reduction), ragged=family(_ragged_reduction, "low"),  # noqa: A001
                 vjp=(lambda g, ans, x, axis=None, keepdims=False: _tie_split(g, ans, x, axis, keepdims),))

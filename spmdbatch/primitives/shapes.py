@@ -17,6 +17,7 @@ from ..ad.tape import unbroadcast
 from ..runtime import primitives as P
 from ..runtime.backend import namespace
 from ..runtime.batched import Batched
+from ..runtime.packed import Packed, same_layout
 from ..runtime.batching import _as_lanes, _lanes, _ndim, _with_rank
 from ..runtime.ragged import (Ragged, RaggedT, _flatten, _pad_to, _plain, _refusal, _rows,
                               _same_lengths, as_ragged)
@@ -249,12 +250,61 @@ def _concatenate_vjp(pos, g, ans, *xs, axis=0):
     return g[tuple(index)]
 
 
+def _reshape_packed(args, shape):
+    """Packed rule of reshape: a new shape of each row, the ragged axis first (its length
+    written as the varying length or -1); None otherwise."""
+    x = args[0]
+    if type(x) is not Packed:
+        return None
+    shape = tuple(shape)
+    rest = tuple(x.rows.shape[1:])
+    if len(shape) >= 1 and (type(shape[0]) is Batched or (isinstance(shape[0], (int, np.integer))
+                                                          and shape[0] == -1 and len(shape) > 1)):
+        fixed = shape[1:]
+        if all(isinstance(d, (int, np.integer)) and d >= 0 for d in fixed) and \
+                int(np.prod(fixed)) == int(np.prod(rest)):
+            return Packed(P.reshape(x.rows, shape=(x.layout.total,) + tuple(int(d) for d in fixed)), x.layout)
+    return None
+
+
+def _transpose_packed(args, axes=None):
+    """Packed rule of transpose: permutations that keep the ragged axis first."""
+    x = args[0]
+    if type(x) is not Packed:
+        return None
+    nd = x.rows.ndim
+    if axes is None:
+        return None if nd > 1 else x
+    axes = tuple(int(a) % nd for a in axes)
+    if axes[0] != 0:
+        return None
+    return Packed(P.transpose(x.rows, axes=axes), x.layout)
+
+
+def _concatenate_packed(args, axis=0):
+    """Packed rule of concatenate: along a trailing axis, of Packed operands of the same
+    lengths."""
+    if not all(type(a) is Packed for a in args):
+        return None
+    nd = args[0].rows.ndim
+    if axis % max(max(a.rows.ndim for a in args), 1) == 0:
+        return None
+    first = args[0].layout
+    if not all(same_layout(first, a.layout) for a in args[1:]):
+        return None
+    return Packed(P.concatenate(*[a.rows for a in args], axis=int(axis) % nd), first)
+
+
+def _astype_packed(args, dtype):
+    return Packed(P.astype(args[0].rows, dtype=dtype), args[0].layout)
+
+
 # --- the primitives -------------------------------------------------------------------------
-reshape = primitive("reshape", _reshape, ragged=_reshape_ragged,
+reshape = primitive("reshape", _reshape, ragged=_reshape_ragged, packed=_reshape_packed,
                     batch=lambda args, shape: Batched(
                         P.reshape(args[0].data, shape=(args[0].data.shape[0],) + tuple(shape))),
                     vjp=(lambda g, ans, x, shape: g.reshape(np.shape(x)),))
-transpose = primitive("transpose", _transpose, ragged=_transpose_ragged,
+transpose = primitive("transpose", _transpose, ragged=_transpose_ragged, packed=_transpose_packed,
                       batch=_transpose_rule,
                       vjp=(lambda g, ans, x, axes=None:
                            g.transpose(tuple(np.argsort(axes)) if axes is not None else None),))
@@ -262,10 +312,11 @@ broadcast_to = primitive("broadcast_to", _broadcast_to, batch=_broadcast_to_rule
                          ragged="broadcasting to a shape would stretch or move the ragged axis",
                          vjp=(lambda g, ans, x, shape: unbroadcast(g, x),))
 concatenate = primitive("concatenate", _concatenate, batch=_concatenate_rule, ragged=_concatenate_ragged,
-                        vjp=_concatenate_vjp)
+                        packed=_concatenate_packed, vjp=_concatenate_vjp)
 astype = primitive("astype", _astype,
                    batch=lambda args, dtype: Batched(P.astype(args[0].data, dtype=dtype)),
                    ragged=lambda args, dtype: Ragged(P.astype(args[0].data, dtype=dtype), args[0].lengths),
+                   packed=_astype_packed,
                    vjp=(lambda g, ans, x, dtype:
                         g.astype(x.dtype) if np.issubdtype(x.dtype, np.inexact) else None,))
 roll = primitive("roll", _roll, batch=_roll_rule, ragged=_roll_ragged,

@@ -8,6 +8,10 @@ know about it, declared in one place with `spmdbatch.primitive` (spmdbatch/primi
   example, runtime/batching.py);
 - `ragged(args, **params)`: how it runs when some operands are `Ragged` (examples of
   different lengths, runtime/ragged.py);
+- `packed(args, **params)`: how it runs when some operands are `Packed` (examples of
+  different lengths stored as their rows one after another, runtime/packed.py), or None
+  where this layout gives nothing better (the operands then run the ragged rule as
+  `Ragged`); a rule may also return None for operands it does not handle;
 - `vjp`: its reverse-mode rules (ad/tape.py), or `differentiable=False`.
 
 `bind(prim, args, params)` applies a primitive: positional `args` are operands (raw arrays,
@@ -31,12 +35,12 @@ class Primitive:
     `spmdbatch.primitive`, which derives the rules that are not given."""
 
     __slots__ = ("name", "impl", "differentiable", "broadcasting", "elementwise", "vjp", "batch",
-                 "ragged", "origin", "__weakref__")
+                 "ragged", "packed", "origin", "__weakref__")
     _spmd_native = True     # spmd(prim) applies it to the batched values (its batching rule)
 
     def __init__(self, name: str, impl: Callable, *, differentiable: bool = True,
                  broadcasting: bool = False, elementwise: bool = False, vjp=None, batch=None,
-                 ragged=None, origin: str = ""):
+                 ragged=None, packed=None, origin: str = ""):
         self.name = name
         self.impl = impl
         self.differentiable = differentiable
@@ -47,6 +51,7 @@ class Primitive:
         self.vjp = vjp          # tuple of per-operand rules, or a callable for variadic operands
         self.batch = batch      # batching rule: rule(args, **params) with Batched operands
         self.ragged = ragged    # ragged rule: rule(args, **params) with Ragged operands
+        self.packed = packed    # packed rule: rule(args, **params) with Packed operands, or None
         self.origin = origin    # the module that declared it
 
     def __call__(self, *args, **params):

@@ -14,19 +14,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import VaryingValueError
 from . import primitives as P
 from .array_methods import ArrayMethods
 from .backend import namespace
 from .batched import Batched, Ragged
-from .blame import lane_error, user_frame
+from .blame import lane_error
 from .dispatch import bind, register_value_type
+from .refusals import RefusesConcrete
 
 MIN_MAPPED_SIZE = 8
 """Per-lane values with fewer elements are copied (a copy is as cheap as a map)."""
 
 
-class LaneMapped(ArrayMethods):
+class LaneMapped(RefusesConcrete, ArrayMethods):
     """Varying raw data: lane i is ``base[index[i]]`` (ragged when `lengths` is given: lane i
     then has length ``lengths[index[i]]`` along its first axis)."""
 
@@ -76,24 +76,6 @@ class LaneMapped(ArrayMethods):
 
     def _spmd_stop_gradient(self):
         return self
-
-    def _refuse(self, what):
-        filename, lineno = user_frame(3)
-        return VaryingValueError(f"{what} of a varying (per-example) value", filename, lineno)
-
-    def __bool__(self):
-        raise self._refuse("truth value")
-
-    def __int__(self):
-        raise self._refuse("int()")
-
-    __index__ = __int__
-
-    def __float__(self):
-        raise self._refuse("float()")
-
-    def __array__(self, dtype=None, copy=None):
-        raise self._refuse("numpy.asarray()")
 
     def __repr__(self):
         return f"LaneMapped(lanes={len(self.index)}, shape={self.shape}, dtype={self.dtype})"

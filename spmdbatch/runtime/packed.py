@@ -7,17 +7,21 @@ lane 0's rows, then lane 1's, and so on (how hand-batched graph code lays out a 
 and a `Layout` (cached per lengths) gives each lane's length, first row and the lane of
 each row. Per example it is the same value as the `Ragged` it stands for (``to_ragged``).
 
-Operations that keep the layout run on `rows` directly: elementwise operations with
-uniform values, per-example values of lower rank (expanded to rows) and other ragged
-values of the same lengths; ``(T, d) @ (d, h)``; reductions over the trailing axes;
-reshapes and transposes that keep the ragged axis first; ``h[idx]`` gathers and
-``index_update(agg, dst, msg, mode="add")`` scatters by a per-example (ragged) index; sums
-and means over the ragged axis (a segment sum). Anything else converts its `Packed`
-operands to `Ragged` (one scatter of the rows into padded data, done once per value) and
-runs the ragged rule, so the result and its gradient are the same either way.
+A primitive applied to a `Packed` operand runs its packed rule (`Primitive.packed`, declared
+with the primitive in spmdbatch/primitives/: ``(T, d) @ (d, h)``, sums over any axes,
+reshapes and transposes that keep the ragged axis first, ``h[idx]`` gathers and
+``index_update(agg, dst, msg, mode="add")`` scatters by a per-example index, concatenation
+along a trailing axis, dtype conversion). Elementwise primitives derive theirs here
+(`elementwise`: uniform values, per-example values of lower rank expanded to rows, other
+ragged values of the same lengths). Where a primitive has no packed rule, or its rule
+returns None for these operands, the `Packed` operands become `Ragged` (one scatter of the
+rows into padded data, done once per value) and the ragged rule runs, so the result and its
+gradient are the same either way.
 
-`ragged_matmul` (here) creates `Packed` values (a matmul on the valid rows of a padded
-`Ragged`), as do gathers and scatters of ragged values (`gather`, `scatter_add` here).
+Here: the value type, its layout, the dispatch handler, the rule of elementwise primitives
+and the helpers the other rules share (`expand`, `same_layout`, `gather` and `scatter_add`
+by a ragged index with their cached row plans). `ragged_matmul` (here) creates `Packed`
+values (a matmul on the valid rows of a padded `Ragged`), as do the gathers and scatters.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ from .backend import namespace
 from .batched import Batched, Ragged
 from .blame import lane_error, user_frame
 from .dispatch import bind, register_value_type
+from .refusals import RefusesConcrete
 
 
 class Layout:
@@ -79,7 +84,7 @@ def layout_for(lengths) -> Layout:
     return layout
 
 
-class Packed(ArrayMethods):
+class Packed(RefusesConcrete, ArrayMethods):
     """Per-example arrays of different lengths along their first axis, stored as the rows of
     all lanes one after another (see the module docstring)."""
 
@@ -145,30 +150,14 @@ class Packed(ArrayMethods):
         lay = self.layout
         return [rows[s:s + n] for s, n in zip(lay.starts.tolist(), lay.lengths.tolist())]
 
-    # --- Python needs one value -----------------------------------------------------------
-    def _refuse(self, what, hint="Branch on it inside the @spmd function, or keep it an array."):
-        filename, lineno = user_frame(3)
-        return VaryingValueError(f"{what} of a varying (per-example) value", filename, lineno, hint)
-
-    def __bool__(self):
-        raise self._refuse("truth value")
-
-    def __int__(self):
-        raise self._refuse("int()")
-
-    __index__ = __int__
-
-    def __float__(self):
-        raise self._refuse("float()")
+    # --- Python needs one value (the rest: RefusesConcrete) ----------------------------------
+    _refusal_hint = "Branch on it inside the @spmd function, or keep it an array."
 
     def __len__(self):
         raise self._refuse("len() as a Python int", "Inside @spmd code len(x) works (it is varying).")
 
     def __hash__(self):
         raise self._refuse("hash (dict key / set member)")
-
-    def __array__(self, dtype=None, copy=None):
-        raise self._refuse("numpy.asarray()")
 
     def __repr__(self):
         return f"Packed(lanes={self.layout.lanes}, rows={self.rows.shape}, dtype={self.dtype})"
@@ -200,17 +189,24 @@ def as_packed(x):
     return x
 
 
-def _same_layout(a: Layout, b: Layout) -> bool:
+def same_layout(a: Layout, b: Layout) -> bool:
+    """True when two layouts have the same lengths."""
     return a is b or np.array_equal(a.lengths, b.lengths)
 
 
 # --- dispatch --------------------------------------------------------------------------------
-def _fallback(prim, args, params):
-    """Run `prim` on the Ragged forms of the Packed operands (the ragged rules)."""
+def _packed_apply(prim, args, params):
+    """Run `prim`'s packed rule; without one, or where it returns None, run the ragged rule
+    on the Ragged forms of the Packed operands."""
+    rule = prim.packed
+    if rule is not None:
+        out = rule(args, **params)
+        if out is not None:
+            return out
     return bind(prim, tuple(as_padded(a) for a in args), params)
 
 
-def _expand(b, layout, rank):
+def expand(b, layout, rank):
     """A per-lane Batched `b` of per-example rank < `rank` as one row per packed row,
     right-aligned against rows of rank `rank` (per-example broadcasting)."""
     data = b.data
@@ -221,6 +217,19 @@ def _expand(b, layout, rank):
     return rows
 
 
+# --- elementwise ------------------------------------------------------------------------------
+def elementwise(prim):
+    """The packed rule of an elementwise primitive: one call on the rows when every ragged
+    operand has the same lengths (Packed, or Ragged of the packed rank), the per-example
+    operands have lower rank (expanded to rows) and the uniform ones do not span the ragged
+    axis; None otherwise (the ragged rule runs)."""
+    def rule(args, **params):
+        return _elementwise(prim, args, params)
+    rule.__qualname__ = f"elementwise({prim.name})"
+    return rule
+
+
+# --- dispatch --------------------------------------------------------------------------------
 def _elementwise(prim, args, params):
     layout = None
     rank = 0
@@ -228,7 +237,7 @@ def _elementwise(prim, args, params):
         if type(a) is Packed:
             if layout is None:
                 layout = a.layout
-            elif not _same_layout(layout, a.layout):
+            elif not same_layout(layout, a.layout):
                 bad = np.flatnonzero(layout.lengths != a.layout.lengths)
                 raise lane_error(ValueError(f"operands could not be broadcast together ({prim.name} "
                                             f"of sequences of different lengths)"), bad)
@@ -245,7 +254,7 @@ def _elementwise(prim, args, params):
         elif isinstance(a, Batched):
             if kind is not Batched or a.weak or a.data.ndim - 1 >= rank:
                 return None
-            operands.append(_expand(a, layout, rank))
+            operands.append(expand(a, layout, rank))
         elif hasattr(a, "_spmd_take_lanes") or hasattr(a, "_spmd_lane_count"):
             return None                           # another per-example kind: the general path
         else:
@@ -257,41 +266,6 @@ def _elementwise(prim, args, params):
             operands.append(a)
     # (no padding here: a warning, such as an overflow, comes from an example's own values)
     return Packed(bind(prim, tuple(operands), params), layout)
-
-
-def _axes(axis, nd):
-    return tuple(range(nd)) if axis is None else tuple(int(a) % nd for a in
-                                                       ((axis,) if isinstance(axis, (int, np.integer)) else axis))
-
-
-def _sum(x, axis=None, keepdims=False):
-    nd = x.rows.ndim
-    axes = _axes(axis, nd)
-    if 0 not in axes:
-        return Packed(P.sum(x.rows, axis=axes, keepdims=keepdims), x.layout)
-    rows = x.rows
-    inner = tuple(a for a in axes if a != 0)
-    if inner:
-        rows = P.sum(rows, axis=inner, keepdims=True)
-    lay = x.layout
-    rest = tuple(rows.shape[1:])
-    padded = P.reshape(S.unpack_rows(rows, plan=lay.valid), shape=(lay.lanes, max(lay.width, 0)) + rest)
-    total = P.sum(padded, axis=(1,), keepdims=True)      # each lane's rows in order (the loop's sum)
-    if not keepdims:
-        total = P.reshape(total, shape=(lay.lanes,) + tuple(d for i, d in enumerate(rest, 1) if i not in axes))
-    return Batched(total)
-
-
-def _matmul(a, b):
-    if type(a) is Packed and not isinstance(b, Batched) and not hasattr(b, "_spmd_take_lanes") \
-            and a.rows.ndim == 2 and np.ndim(b) in (1, 2):
-        source = a.gathered_from
-        if source is not None and source[0].shape[0] < a.rows.shape[0]:
-            # h[src] @ W as (h @ W)[src]: one GEMM over the nodes instead of the (more) edges,
-            # in the forward and the backward pass (each row is the same product)
-            return Packed(S.gather_rows(P.matmul(source[0], b), plan=source[1]), a.layout)
-        return Packed(P.matmul(a.rows, b), a.layout)
-    return None
 
 
 _INDEX: dict = {}       # id(Ragged index) -> (index, its data, lengths, rows, layout)
@@ -378,84 +352,27 @@ def scatter_add(x, idx, value):
     if type(value) is Ragged:
         value = pack(value)
     if type(value) is Packed:
-        if not _same_layout(value.layout, index_layout):
+        if not same_layout(value.layout, index_layout):
             raise ValueError("shape mismatch: the values of a scatter have a different length "
                              "than its index in some example")
         v = value.rows
     elif isinstance(value, Batched):
         if type(value) is not Batched or value.weak or value.data.ndim - 1 > len(rest):
             return None
-        v = _expand(value, index_layout, 1 + len(rest))
+        v = expand(value, index_layout, 1 + len(rest))
     elif hasattr(value, "_spmd_take_lanes"):
         return None
     else:
         if np.ndim(value) > len(rest):
             return None
-        v = value if np.ndim(value) else np.asarray(value, dtype=target.dtype)
+        # (a Python or numpy number takes the target's dtype; arrays, traced ones too, broadcast)
+        v = np.asarray(value, dtype=target.dtype) if isinstance(value, (int, float, complex, np.generic)) \
+            else value
     shape = (index_layout.total,) + rest
     if tuple(np.shape(v)) != shape:
         v = P.broadcast_to(v, shape=shape)
     plan = _plan(target.layout, index, index_layout)
     return Packed(S.scatter_add_rows(target.rows, v, plan=plan), target.layout)
-
-
-def _packed_apply(prim, args, params):
-    out = None
-    if prim.elementwise:
-        out = _elementwise(prim, args, params)
-    elif prim is P.matmul:
-        out = _matmul(*args)
-    elif prim is P.sum and type(args[0]) is Packed:
-        out = _sum(args[0], **params)
-    elif prim is P.astype:
-        out = Packed(P.astype(args[0].rows, **params), args[0].layout)
-    elif prim is P.getitem and type(args[0]) is Packed and params["index"] == (P.ARRAY_SLOT,):
-        out = gather(args[0], args[1])
-    elif prim is P.index_update and params["mode"] == "add" and params["index"] == (P.ARRAY_SLOT,):
-        out = scatter_add(args[0], args[2], args[1])
-    elif prim is P.reshape and type(args[0]) is Packed:
-        out = _reshape(args[0], params["shape"])
-    elif prim is P.transpose and type(args[0]) is Packed:
-        out = _transpose(args[0], params.get("axes"))
-    elif prim is P.concatenate and params.get("axis", 0) % max(_rank(args), 1) != 0 and \
-            all(type(a) is Packed for a in args):
-        out = _concatenate(args, params.get("axis", 0))
-    if out is None:
-        return _fallback(prim, args, params)
-    return out
-
-
-def _rank(args):
-    return max(a.rows.ndim for a in args if type(a) is Packed)
-
-
-def _reshape(x, shape):
-    shape = tuple(shape)
-    rest = tuple(x.rows.shape[1:])
-    if len(shape) >= 1 and (type(shape[0]) is Batched or (isinstance(shape[0], (int, np.integer))
-                                                          and shape[0] == -1 and len(shape) > 1)):
-        fixed = shape[1:]
-        if all(isinstance(d, (int, np.integer)) and d >= 0 for d in fixed) and \
-                int(np.prod(fixed)) == int(np.prod(rest)):
-            return Packed(P.reshape(x.rows, shape=(x.layout.total,) + tuple(int(d) for d in fixed)), x.layout)
-    return None
-
-
-def _transpose(x, axes):
-    nd = x.rows.ndim
-    if axes is None:
-        return None if nd > 1 else x
-    axes = tuple(int(a) % nd for a in axes)
-    if axes[0] != 0:
-        return None
-    return Packed(P.transpose(x.rows, axes=axes), x.layout)
-
-
-def _concatenate(args, axis):
-    first = args[0].layout
-    if not all(_same_layout(first, a.layout) for a in args[1:]):
-        return None
-    return Packed(P.concatenate(*[a.rows for a in args], axis=int(axis) % args[0].rows.ndim), first)
 
 
 COMPACT_BELOW = 0.8

@@ -8,11 +8,16 @@ lanes: a lane's rows live in the padded `data` of a `Ragged` (lanes, width, ...)
 becomes offsets into that flat buffer (the disjoint union that hand-batched graph code
 builds, without copying the rows into it).
 
-Scatter-add never calls ``numpy.add.at`` (slow on rows). A `RowPlan` sorts the valid
-positions by target row once and splits them into *rounds* whose targets are distinct, so
-each round is one buffered ``out[targets] += values[positions]``; molecules need as many
-rounds as the largest in-degree (4 to 6). Plans are cached per index array, so the rounds,
-the backward pass and the other rounds of a message-passing network reuse one plan.
+Scatter-add never calls ``numpy.add.at`` (slow on rows). With SciPy installed, a `RowPlan`
+holds the scatter as a sparse matrix (CSR: one row per target, its positions in order) and
+adds ``values`` into ``out`` with SciPy's CSR kernel (``out[t] += values[p]`` for each
+target's positions in position order: the order of the loop's ``add.at``, so the sums are
+the same to the bit). Otherwise, or for operands that kernel does not take, it sorts the
+valid positions by target row once and splits them into *rounds* whose targets are
+distinct, so each round is one buffered ``out[targets] += values[positions]``; molecules
+need as many rounds as the largest in-degree (4 to 6). Plans are cached per index array, so
+the sorting, the backward pass and the other rounds of a message-passing network reuse one
+plan.
 Padding positions of the index (past an example's length) are never read into a scatter
 and get no gradient.
 
@@ -35,7 +40,13 @@ from .batched import Batched, Ragged
 from .blame import user_frame
 
 MAX_ROUNDS = 64
-"""Above this many rounds (a node with more incoming edges), a scatter uses ``add.at``."""
+"""Above this many rounds (a node with more incoming edges), a scatter uses ``add.at``
+(where the CSR kernel does not apply)."""
+
+try:    # out += A @ values for a CSR matrix A, in place, rows of A in order (SciPy's kernel)
+    from scipy.sparse._sparsetools import csr_matvecs as _csr_matvecs
+except Exception:       # (SciPy is optional: absent, or a version without this kernel)
+    _csr_matvecs = None
 
 
 class RowPlan:
@@ -46,7 +57,7 @@ class RowPlan:
     targets, in position order (so a later write of the same target comes later).
     """
 
-    __slots__ = ("index", "nrows", "rounds", "valid_positions", "valid_targets", "padding")
+    __slots__ = ("index", "nrows", "rounds", "valid_positions", "valid_targets", "padding", "_csr")
 
     def __init__(self, index, valid, nrows: int):
         xp = namespace(index)
@@ -56,6 +67,7 @@ class RowPlan:
         targets = index if valid is None else index[positions]
         self.valid_positions, self.valid_targets = positions, targets
         self.padding = None if valid is None else xp.flatnonzero(~valid)
+        self._csr = None
         self.rounds = None
         if targets.shape[0] == 0:
             self.rounds = ()
@@ -78,8 +90,33 @@ class RowPlan:
             rounds.append((positions[sel], targets[sel]))
         self.rounds = tuple(rounds)
 
+    def csr(self, dtype):
+        """(indptr, indices, ones of `dtype`): the scatter as a CSR matrix (nrows, positions),
+        each row's positions in increasing order."""
+        if self._csr is None:
+            order = np.argsort(self.valid_targets, kind="stable")
+            counts = np.bincount(self.valid_targets, minlength=self.nrows)
+            indptr = np.zeros(self.nrows + 1, dtype=np.intp)
+            np.cumsum(counts, out=indptr[1:])
+            self._csr = (indptr, np.ascontiguousarray(self.valid_positions[order], dtype=np.intp), {})
+        indptr, indices, ones = self._csr
+        data = ones.get(dtype)
+        if data is None:
+            data = ones[dtype] = np.ones(indices.shape[0], dtype=dtype)
+        return indptr, indices, data
+
     def scatter_add(self, out, values):
         """Add ``values[p]`` into ``out[index[p]]`` for every valid position p, in place."""
+        if _csr_matvecs is not None and type(out) is np.ndarray and type(values) is np.ndarray \
+                and out.dtype == values.dtype and out.dtype.kind in "fc" and out.ndim >= 1 \
+                and values.shape[1:] == out.shape[1:] and out.flags.c_contiguous and out.size \
+                and out.shape[0] == self.nrows and values.shape[0] == self.index.shape[0] \
+                and type(self.valid_targets) is np.ndarray:
+            width = out.size // out.shape[0]
+            indptr, indices, data = self.csr(out.dtype)
+            v = np.ascontiguousarray(values)
+            _csr_matvecs(self.nrows, v.shape[0], width, indptr, indices, data, v.reshape(-1), out.reshape(-1))
+            return out
         if self.rounds is None:
             namespace(out).add.at(out, self.valid_targets, values[self.valid_positions])
             return out

@@ -11,7 +11,10 @@ per-example loop.
   its implementation over the examples, in value and dtype; for differentiable primitives
   also the VJP of the batched application (through the batching rule's operations on the
   tape) with the per-example VJPs (stacked for per-example operands, summed for shared
-  ones).
+  ones);
+- one hypothesis test per primitive with a packed rule (the compact ragged layout,
+  runtime/packed.py) compares it, with Packed, gathered, Ragged, per-example and uniform
+  operands, with the loop in value, dtype and VJP (see "packed rules" below).
 """
 from __future__ import annotations
 
@@ -413,3 +416,346 @@ def test_batching_rule_equals_the_per_example_loop(name, data):
         with np.errstate(invalid="ignore", over="ignore"):    # (infinities compare as equal)
             np.testing.assert_allclose(np.asarray(got_cts[k]), want_ct, rtol=1e-9, atol=1e-9,
                                        err_msg=f"{name}: cotangent of operand {i}")
+
+
+# --- packed rules --------------------------------------------------------------------------------
+# Each primitive with a packed rule (the compact ragged layout, runtime/packed.py) against the loop:
+# operands drawn as Packed rows (or gathered rows, Ragged, per-example, uniform, integer indices),
+# the primitive applied through dispatch (its packed rule, or the ragged rule where the packed rule
+# declines), compared per example with the loop of its implementation in value and dtype; the VJP
+# of the batched application against the per-example VJPs. A case that the rule must take itself
+# (`fast`) also checks that the rule did not decline.
+from spmdbatch.runtime import packed as PK  # noqa: E402
+from spmdbatch.runtime import ragged as R  # noqa: E402
+from spmdbatch.runtime.batched import Batched, Ragged  # noqa: E402
+from spmdbatch.runtime.dispatch import bind  # noqa: E402
+from spmdbatch.errors import UnsupportedOperation  # noqa: E402
+
+PACKED = sorted(name for name in PACKAGE if PRIMITIVES[name].packed is not None)
+
+
+class Operand:
+    """One operand: `leaf` (the array autodiff differentiates, None for an integer index),
+    `build(leaf)` (the batched operand), `example(leaf_i, i)` (example i's operand from its own
+    leaf `lanes_of(leaf)[i]`), `combine(cts)` (per-example cotangents into the leaf's)."""
+
+    def __init__(self, leaf, build, lanes_of, example, combine):
+        self.leaf, self.build, self.lanes_of, self.example, self.combine = leaf, build, lanes_of, example, combine
+
+
+class PackedDraw:
+    def __init__(self, data):
+        self.data = data
+        self.lanes = data.draw(st.integers(1, 3))
+        self.lengths = self.new_lengths()
+        self.operands = []
+        self.fast = True          # the packed rule must take these operands (else it may decline)
+
+    def new_lengths(self, low=1):
+        return np.array([self.data.draw(st.integers(low, 4)) for _ in range(self.lanes)], dtype=np.intp)
+
+    def values(self, shape, elements=FLOATS, dtype=np.float64):
+        size = int(np.prod(shape))
+        return np.array(self.data.draw(st.lists(elements, min_size=size, max_size=size)), dtype=dtype).reshape(shape)
+
+    def _split(self, lengths):
+        ends = np.cumsum(lengths)
+        return lambda leaf: [leaf[e - n:e] for e, n in zip(ends, lengths)]
+
+    def packed(self, rest=(), elements=FLOATS, dtype=np.float64, lengths=None):
+        lengths = self.lengths if lengths is None else lengths
+        rows = self.values((int(lengths.sum()),) + tuple(rest), elements, dtype)
+        layout = PK.layout_for(lengths)
+        self._add(rows, lambda leaf: PK.Packed(leaf, layout), self._split(lengths),
+                  lambda leaf, i: leaf, lambda cts: np.concatenate(cts))
+
+    def gathered(self, rest=()):
+        """Rows gathered by a per-example index from a packed source of other lengths."""
+        src_lengths = self.new_lengths()
+        src = self.values((int(src_lengths.sum()),) + tuple(rest))
+        idx = [self.values((n,), st.integers(0, m - 1), np.int64) for n, m in zip(self.lengths, src_lengths)]
+        index = PK.Packed(np.concatenate(idx), PK.layout_for(self.lengths))
+        src_layout = PK.layout_for(src_lengths)
+        self._add(src, lambda leaf: PK.gather(PK.Packed(leaf, src_layout), index), self._split(src_lengths),
+                  lambda leaf, i: leaf[idx[i]], lambda cts: np.concatenate(cts))
+
+    def ragged(self, rest=()):
+        per = [self.values((n,) + tuple(rest)) for n in self.lengths]
+        padded = R.from_examples(per).data
+        lengths = self.lengths
+
+        def combine(cts):
+            out = np.zeros_like(padded)
+            for i, (ct, n) in enumerate(zip(cts, lengths)):
+                out[i, :n] = ct
+            return out
+        self._add(padded, lambda leaf: Ragged(leaf, lengths), lambda leaf: [leaf[i, :n] for i, n in enumerate(lengths)],
+                  lambda leaf, i: leaf, combine)
+
+    def per_example(self, shape, elements=FLOATS, dtype=np.float64):
+        self._add(self.values((self.lanes,) + tuple(shape), elements, dtype), Batched, list,
+                  lambda leaf, i: leaf, np.stack)
+
+    def uniform(self, shape, elements=FLOATS, dtype=np.float64):
+        self._add(self.values(tuple(shape), elements, dtype), lambda leaf: leaf,
+                  lambda leaf: [leaf] * self.lanes, lambda leaf, i: leaf, lambda cts: np.sum(cts, axis=0))
+
+    def index(self, n_of, lengths=None, low=0):
+        """A per-example integer index (Packed) into arrays of per-example lengths `n_of`."""
+        lengths = self.lengths if lengths is None else lengths
+        idx = [self.values((n,), st.integers(low * m, m - 1), np.int64) for n, m in zip(lengths, n_of)]
+        value = PK.Packed(np.concatenate(idx), PK.layout_for(lengths))
+        self.operands.append(Operand(None, lambda leaf: value, None, lambda leaf, i: idx[i], None))
+
+    def _add(self, leaf, build, lanes_of, example, combine):
+        self.operands.append(Operand(leaf, build, lanes_of, example, combine))
+
+
+PACKED_CASES = {}     # name -> draw(d: PackedDraw) -> (params, params of example i)
+
+
+def packed_case(*names):
+    def register(fn):
+        for name in names:
+            PACKED_CASES[name] = fn
+        return fn
+    return register
+
+
+def _packed_elementwise(d, name):
+    prim = PRIMITIVES[name]
+    arity = prim.impl.nin if isinstance(prim.impl, np.ufunc) else {"sigmoid": 1, "where": 3, "round": 1}[name]
+    rest = shape(d.data, 0, 2)
+    rank = 1 + len(rest)
+    first = d.data.draw(st.integers(0, arity - 1))          # the operand that is surely Packed
+    for i in range(arity):
+        if name in INTEGER_OPS:
+            elements, dtype = st.integers(1, 7), np.int64
+        elif name == "where" and i == 0:
+            elements, dtype = st.booleans(), np.bool_
+        else:
+            elements, dtype = DOMAINS.get(name, FLOATS), np.float64
+        kind = "packed" if i == first else d.data.draw(st.sampled_from(
+            ["packed", "ragged", "per_example", "uniform", "uniform_row", "per_example_full"]))
+        if kind == "packed":
+            d.packed(rest, elements, dtype)
+        elif kind == "ragged" and dtype == np.float64:
+            d.ragged(rest)
+        elif kind == "per_example":
+            d.per_example(rest[d.data.draw(st.integers(0, len(rest))):], elements, dtype)
+        elif kind == "uniform_row":                 # (1, ...): broadcasts along the ragged axis
+            d.uniform((1,) + rest[d.data.draw(st.integers(0, len(rest))):], elements, dtype)
+        elif kind == "per_example_full":            # of the rows' rank: the ragged rule runs
+            d.per_example((1,) + rest, elements, dtype)
+            d.fast = False
+        else:
+            d.uniform(rest[d.data.draw(st.integers(0, len(rest))):], elements, dtype)
+    del rank
+    params = {"decimals": d.data.draw(st.integers(0, 2))} if name == "round" else {}
+    return params, lambda i: params
+
+
+for _name in PACKED:
+    if PRIMITIVES[_name].elementwise:
+        PACKED_CASES[_name] = (lambda name: lambda d: _packed_elementwise(d, name))(_name)
+
+
+@packed_case("sum")
+def _packed_sum(d):
+    rest = shape(d.data, 0, 2)
+    d.packed(rest)
+    nd = 1 + len(rest)
+    axes = d.data.draw(st.none() | st.sets(st.integers(-nd, nd - 1), min_size=1, max_size=nd))
+    axis = None if axes is None else tuple(sorted({a % nd for a in axes}))
+    if axis is not None and len(axis) == 1 and d.data.draw(st.booleans()):
+        axis = axis[0]
+    params = {"axis": axis, "keepdims": d.data.draw(st.booleans())}
+    return params, lambda i: params
+
+
+@packed_case("matmul")
+def _packed_matmul(d):
+    k = d.data.draw(st.integers(1, 3))
+    d.data.draw(st.sampled_from([d.packed, d.gathered]))((k,))
+    right = d.data.draw(st.sampled_from(["matrix", "vector", "per_example"]))
+    if right == "per_example":
+        d.per_example((k, d.data.draw(st.integers(1, 3))))
+        d.fast = False
+    else:
+        d.uniform((k, d.data.draw(st.integers(1, 3)))[:2 if right == "matrix" else 1])
+    return {}, lambda i: {}
+
+
+@packed_case("reshape")
+def _packed_reshape(d):
+    a, b = d.data.draw(st.integers(1, 3)), d.data.draw(st.integers(1, 3))
+    d.packed((a, b))
+    form = d.data.draw(st.sampled_from(["minus_one", "lengths", "flat"]))
+    if form == "flat":
+        d.fast = False
+        lengths = d.lengths
+        return {"shape": (-1,)}, lambda i: {"shape": (-1,)}
+    target = d.data.draw(st.sampled_from([(a * b,), (b, a), (a * b, 1)]))
+    if form == "minus_one":
+        return {"shape": (-1,) + target}, lambda i: {"shape": (-1,) + target}
+    lengths = d.lengths
+    return ({"shape": (Batched(lengths, weak=True),) + target},
+            lambda i: {"shape": (int(lengths[i]),) + target})
+
+
+@packed_case("transpose")
+def _packed_transpose(d):
+    rest = shape(d.data, 0, 2)
+    d.packed(rest)
+    nd = 1 + len(rest)
+    axes = d.data.draw(st.none() | st.permutations(range(nd)))
+    if (axes is None and nd > 1) or (axes is not None and axes[0] != 0):
+        d.fast = False
+    params = {"axes": None if axes is None else tuple(axes)}
+    return params, lambda i: params
+
+
+@packed_case("concatenate")
+def _packed_concatenate(d):
+    rest = shape(d.data, 1, 2)
+    nd = 1 + len(rest)
+    axis = d.data.draw(st.integers(-nd, nd - 1))
+    if axis % nd == 0:
+        d.fast = False
+    for _ in range(d.data.draw(st.integers(1, 3))):
+        own = list(rest)
+        if axis % nd:
+            own[axis % nd - 1] = d.data.draw(st.integers(1, 3))
+        if axis % nd == 0 and d.data.draw(st.booleans()):
+            d.packed(own, lengths=d.new_lengths())      # along the ragged axis: other lengths too
+        else:
+            d.packed(own)
+    return {"axis": axis}, lambda i: {"axis": axis}
+
+
+@packed_case("astype")
+def _packed_astype(d):
+    d.packed(shape(d.data, 0, 2))
+    params = {"dtype": np.dtype(d.data.draw(st.sampled_from(["float32", "int64", "float64"])))}
+    return params, lambda i: params
+
+
+@packed_case("getitem")
+def _packed_getitem(d):
+    rest = shape(d.data, 0, 2)
+    d.data.draw(st.sampled_from([d.packed, d.gathered]))(rest)
+    d.index(d.lengths, d.new_lengths(), low=d.data.draw(st.sampled_from([0, -1])))
+    params = {"index": (P.ARRAY_SLOT,)}
+    return params, lambda i: params
+
+
+@packed_case("index_update")
+def _packed_index_update(d):
+    rest = shape(d.data, 0, 2)
+    d.packed(rest)                                              # x
+    edges = d.new_lengths()
+    value = d.data.draw(st.sampled_from(["packed", "per_example", "uniform"]))
+    if value == "packed":
+        d.packed(rest, lengths=edges)
+    elif value == "per_example":
+        d.per_example(rest[d.data.draw(st.integers(0, len(rest))):])
+    else:
+        d.uniform(rest[d.data.draw(st.integers(0, len(rest))):])
+    d.index(d.lengths, edges, low=d.data.draw(st.sampled_from([0, -1])))
+    params = {"index": (P.ARRAY_SLOT,), "mode": "add"}     # (mode="set" by a ragged index is refused)
+    return params, lambda i: params
+
+
+def _examples(value):
+    if type(value) is PK.Packed or hasattr(value, "_spmd_examples"):
+        return [np.asarray(v) for v in value._spmd_examples()]
+    if type(value) is Ragged:
+        return [np.asarray(v) for v in R.to_examples(value)]
+    return list(np.asarray(value.data))
+
+
+def _flat(value):
+    """The batched result as one flat array, examples one after another (for the VJP)."""
+    if type(value) is PK.Packed:
+        return value.rows.reshape(-1)
+    if type(value) is Ragged:
+        return PK.pack(value).rows.reshape(-1)
+    return value.data.reshape(-1)
+
+
+def test_every_packed_primitive_has_a_case():
+    assert {"matmul", "sum", "getitem", "index_update", "add", "tanh"} <= set(PACKED)
+    assert sorted(PACKED_CASES) == PACKED
+
+
+@pytest.mark.parametrize("name", PACKED)
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_packed_rule_equals_the_per_example_loop(name, data):
+    prim = PRIMITIVES[name]
+    d = PackedDraw(data)
+    params, lane_params = PACKED_CASES[name](d)
+    ops = d.operands
+    leaves = [op.leaf for op in ops]
+    batched_ops = tuple(op.build(leaf) for op, leaf in zip(ops, leaves))
+    lane_leaves = [op.lanes_of(leaf) if op.leaf is not None else [None] * d.lanes for op, leaf in zip(ops, leaves)]
+
+    def example_ops(i, leaves_i):
+        return [op.example(leaf, i) for op, leaf in zip(ops, leaves_i)]
+
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        expected = [np.asarray(prim.impl(*example_ops(i, [ll[i] for ll in lane_leaves]), **lane_params(i)))
+                    for i in range(d.lanes)]
+        direct = prim.packed(batched_ops, **params)
+        try:
+            got = bind(prim, batched_ops, params)
+        except UnsupportedOperation:
+            if d.fast or direct is not None:
+                raise
+            return          # the ragged rule refuses these operands (a clear error, not a wrong value)
+    if d.fast:
+        assert direct is not None, f"{name}: the packed rule declined operands it should take"
+    for result in ([got] if direct is None else [got, direct]):
+        lanes = _examples(result)
+        assert len(lanes) == d.lanes
+        for g, want in zip(lanes, expected):
+            assert g.shape == want.shape and g.dtype == want.dtype, (g.shape, g.dtype, want.shape, want.dtype)
+            with np.errstate(invalid="ignore", over="ignore"):    # (infinities compare as equal)
+                np.testing.assert_allclose(g, want, rtol=1e-12, atol=1e-12, equal_nan=True)
+    if not prim.differentiable or expected[0].dtype.kind != "f" or type(got) not in (PK.Packed, Ragged, Batched):
+        return
+
+    # the VJP of the batched application against the per-example VJPs
+    wrt = [k for k, op in enumerate(ops) if op.leaf is not None and op.leaf.dtype.kind == "f"]
+    if not wrt:
+        return
+    size = sum(w.size for w in expected)
+    ct = np.asarray(data.draw(st.lists(FLOATS, min_size=size, max_size=size)))
+
+    def batched(*floats):
+        current = list(leaves)
+        for k, f in zip(wrt, floats):
+            current[k] = f
+        return _flat(bind(prim, tuple(op.build(leaf) for op, leaf in zip(ops, current)), params))
+
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        got_cts = sb.vjp(batched, *[leaves[k] for k in wrt])[1](ct)
+        per_example, start = [], 0
+        for i, want in enumerate(expected):
+            piece = ct[start:start + want.size].reshape(want.shape)
+            start += want.size
+            leaves_i = [ll[i] for ll in lane_leaves]
+
+            def one(*floats, i=i, leaves_i=leaves_i):
+                current = list(leaves_i)
+                for k, f in zip(wrt, floats):
+                    current[k] = f
+                return prim(*example_ops(i, current), **lane_params(i))
+            per_example.append(sb.vjp(one, *[leaves_i[k] for k in wrt])[1](piece))
+    for j, k in enumerate(wrt):
+        want_ct = ops[k].combine([np.asarray(c[j]) for c in per_example])
+        with np.errstate(invalid="ignore", over="ignore"):        # (infinities compare as equal)
+            np.testing.assert_allclose(np.asarray(got_cts[j]), want_ct, rtol=1e-9, atol=1e-9,
+                                       err_msg=f"{name}: cotangent of operand {k}")
