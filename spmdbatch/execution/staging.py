@@ -109,6 +109,7 @@ class _Abort(BaseException):
 
 class _Recording(threading.local):
     active = None     # the Recorder of this thread, while a region is being recorded
+    last_abort = ""   # why this thread's last recording stopped
 
 
 RECORDING = _Recording()
@@ -422,10 +423,11 @@ class _FunctionCache:
 
 
 class _KeyEntry:
-    __slots__ = ("generic", "by_lanes", "first", "failed", "errors")
+    __slots__ = ("generic", "by_lanes", "first", "failed", "errors", "why")
 
     def __init__(self):
         self.errors = 0
+        self.why = ""     # why the recording stopped (see `not_staged_because`)
         self.generic = None
         self.by_lanes: dict = {}
         self.first = None
@@ -438,6 +440,15 @@ def _cache_of(fn) -> _FunctionCache:
     if cache is None or cache[0] is not fn.__code__:
         cache = d[_CACHE_ATTR] = (fn.__code__, _FunctionCache())
     return cache[1]
+
+
+def not_staged_because(fn) -> list:
+    """Why the recordings of `fn` stopped, one line per key that is not staged (for tests and
+    for a user asking why a function runs on the general path)."""
+    cache = fn.__dict__.get(_CACHE_ATTR)
+    if cache is None:
+        return []
+    return [e.why for e in cache[1].entries.values() if e.failed and e.why]
 
 
 def call(fn, batched_fn, self_arg, args, kwargs, general):
@@ -489,6 +500,7 @@ def call(fn, batched_fn, self_arg, args, kwargs, general):
             return NOT_STAGED
         if trace is None:
             entry.failed = True
+            entry.why = RECORDING.last_abort
             return NOT_STAGED
         first = entry.first
         if first is not None and first.lanes != lanes:
@@ -550,7 +562,8 @@ def _record(fn, batched_fn, all_args, kwargs, leaves, lanes, tape):
         rec.note_function(fn)
         out = batched_fn(*r_args, **r_kwargs)
         outputs = _output_refs(out, rec)
-    except _Abort:
+    except _Abort as exc:
+        RECORDING.last_abort = str(exc)
         return None
     except Exception:
         return _ERROR

@@ -111,9 +111,13 @@ def is_namespace(value) -> bool:
 
 
 def _library_callable(value) -> bool:
+    """A function object of numpy (``numpy.split`` is a dispatcher object), or a stateless
+    callable of spmdbatch (an object holding state, such as a layer, is not accepted)."""
     module = type(value).__module__ or ""
-    return callable(value) and module.startswith(("numpy", "spmdbatch")) \
-        and not hasattr(value, "__dict__") and not hasattr(value, "shape")
+    if not callable(value) or hasattr(value, "shape"):
+        return False
+    return module.startswith("numpy") or (module.startswith("spmdbatch")
+                                           and not hasattr(value, "__dict__"))
 
 
 def acceptable(value) -> bool:
@@ -156,6 +160,7 @@ def scan(fn, guard: Guard, abort, is_user_function) -> None:
         return
     guard.seen_functions.add(id(fn))
     code = fn.__code__
+    guard.add("o", fn, "__code__", code)     # (a function's code can be replaced)
     if code in guard.seen_codes:
         # a function defined inside a region already scanned (its free variables are that
         # function's local cells, made anew at every call)

@@ -130,7 +130,9 @@ def batched_version(fn):
     entry = fn.__dict__.get(_INSTANCE_ATTR)
     # (functools.wraps copies __dict__ to a wrapper: an entry made for another function, or
     # for a replaced __code__, is rebuilt)
-    if entry is not None and entry[0] is fn.__code__ and entry[1].__wrapped_spmd__ is fn:
+    if entry is not None and entry[0] is fn.__code__ and entry[1].__wrapped_spmd__ is fn \
+            and entry[1].__defaults__ is fn.__defaults__ \
+            and entry[1].__kwdefaults__ is fn.__kwdefaults__:      # (defaults can be rebound)
         return entry[1]
     try:
         out = program_of(fn).instantiate(fn)
