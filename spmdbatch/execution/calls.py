@@ -86,6 +86,9 @@ def is_user_function(fn) -> bool:
     return not answer
 
 
+staging.set_user_function_test(is_user_function)
+
+
 def native(fn):
     """Decorator: never rewrite `fn`; it runs as is on varying values (numpy protocols)."""
     fn._spmd_native = True

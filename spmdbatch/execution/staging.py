@@ -246,8 +246,17 @@ class Recorder:
     def note_function(self, fn) -> None:
         """Add what user function `fn` reads from outside its arguments to the guard
         (execution/staging_guards.py); abort on a read the guard cannot stand for."""
-        from .calls import is_user_function
-        scan(fn, self.guard, abort, is_user_function)
+        scan(fn, self.guard, abort, _IS_USER_FUNCTION)
+
+
+_IS_USER_FUNCTION = None    # calls.is_user_function, set by calls.py (which imports this module)
+
+
+def set_user_function_test(test) -> None:
+    """Called once by calls.py: `test(fn)` tells user functions (scanned and guarded) from
+    library ones (trusted)."""
+    global _IS_USER_FUNCTION
+    _IS_USER_FUNCTION = test
 
 
 # --------------------------------------------------------------------------- calls during recording
