@@ -243,10 +243,11 @@ class Recorder:
         self.consts.append(value)
         return len(self.consts) - 1
 
-    def note_function(self, fn) -> None:
+    def note_function(self, fn, native: bool = False) -> None:
         """Add what user function `fn` reads from outside its arguments to the guard
-        (execution/staging_guards.py); abort on a read the guard cannot stand for."""
-        scan(fn, self.guard, abort, _IS_USER_FUNCTION)
+        (execution/staging_guards.py); abort on a read the guard cannot stand for (and, when
+        `fn` runs `native`ly rather than as a batch program, on a write it could make)."""
+        scan(fn, self.guard, abort, _IS_USER_FUNCTION, native)
 
 
 _IS_USER_FUNCTION = None    # calls.is_user_function, set by calls.py (which imports this module)
@@ -272,12 +273,12 @@ _MUTATORS = frozenset({"append", "extend", "insert", "pop", "remove", "clear", "
                        "__delitem__", "__iadd__"})
 
 
-def check_call(fn, user: bool) -> None:
+def check_call(fn, user: bool, native: bool = True) -> None:
     """Called by calls.call for every call a region being recorded makes: abort on what a
     replay would not repeat (side effects, randomness, functions outside the libraries)."""
     rec = RECORDING.active
     if user:
-        rec.note_function(fn)
+        rec.note_function(fn, native)
         return
     kind = type(fn)
     if kind is types.BuiltinFunctionType or kind is types.BuiltinMethodType:

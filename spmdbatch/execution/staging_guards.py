@@ -51,6 +51,15 @@ _REFUSED = {"IMPORT_NAME": "an import", "IMPORT_FROM": "an import", "IMPORT_STAR
             "LOAD_CLASSDEREF": "a class body", "LOAD_FROM_DICT_OR_GLOBALS": "a class body",
             "LOAD_FROM_DICT_OR_DEREF": "a class body"}
 _IMMUTABLE_TYPE_FLAG = 1 << 8       # Py_TPFLAGS_IMMUTABLETYPE (static and immutable types)
+# Writes a function run natively (not as a batch program, whose writes calls.py refuses while
+# a region records) would make once and a replay would not make again:
+_NATIVE_WRITES = {"STORE_GLOBAL": "a global store", "DELETE_GLOBAL": "a global deletion",
+                  "STORE_ATTR": "an attribute store", "DELETE_ATTR": "an attribute deletion",
+                  "STORE_SUBSCR": "an item assignment", "DELETE_SUBSCR": "an item deletion",
+                  "STORE_SLICE": "a slice assignment"}
+_MUTATING_METHODS = frozenset(["append", "extend", "insert", "pop", "remove", "clear", "sort",
+                               "reverse", "update", "setdefault", "popitem", "add", "discard",
+                               "at", "fill", "resize", "itemset", "put", "setfield", "partition"])
 
 
 class Guard:
@@ -65,7 +74,7 @@ class Guard:
 
     def __init__(self):
         self.entries: list = []
-        self.seen_functions: set = set()
+        self.seen_functions: dict = {}     # function -> scanned as native
         self.seen_codes: set = set()
 
     def add(self, kind, owner, name, value) -> None:
@@ -147,23 +156,32 @@ def _instructions(code) -> list:
     entry = _INSTRUCTIONS.get(id(code))
     if entry is not None and entry[0] is code:
         return entry[1]
-    out = [(ins.opname, ins.argval) for ins in dis.get_instructions(code)
-           if ins.opname not in _SKIP]
+    out = [(ins.opname, ins.argrepr if ins.opname == "BINARY_OP" else ins.argval)
+           for ins in dis.get_instructions(code) if ins.opname not in _SKIP]
     if len(_INSTRUCTIONS) < 10_000:
         _INSTRUCTIONS[id(code)] = (code, out)
     return out
 
 
-def scan(fn, guard: Guard, abort, is_user_function) -> None:
-    """Add the reads of user function `fn` (and of the functions it names) to `guard`."""
-    if id(fn) in guard.seen_functions:
+def scan(fn, guard: Guard, abort, is_user_function, native: bool = True) -> None:
+    """Add the reads of user function `fn` (and of the functions it names) to `guard`.
+
+    `native`: `fn` may run as plain Python (not as a batch program, whose stores calls.py
+    refuses): then any write it could make to state outside its locals (a global, an
+    attribute, an item, an in-place operator, a container's or array's mutating method,
+    ``out=``) stops the recording too. Functions it names are scanned as native."""
+    seen = guard.seen_functions
+    if fn in seen and (seen[fn] or not native):
         return
-    guard.seen_functions.add(id(fn))
+    seen[fn] = native
     code = fn.__code__
     guard.add("o", fn, "__code__", code)     # (a function's code can be replaced)
     if code in guard.seen_codes:
         # a function defined inside a region already scanned (its free variables are that
         # function's local cells, made anew at every call)
+        if native:
+            for c in _code_objects(code):
+                _check_native_writes(c, {}, abort)
         return
     for attr in ("__defaults__", "__kwdefaults__"):
         value = getattr(fn, attr)
@@ -177,10 +195,28 @@ def scan(fn, guard: Guard, abort, is_user_function) -> None:
     todo = []
     for c in _code_objects(code):
         guard.seen_codes.add(c)
-        _scan_code(c, g, cells if c is code else {}, guard, abort, todo)
+        # (a nested function reads the same outer cells: guarding a name it shadows is harmless)
+        _scan_code(c, g, cells, guard, abort, todo)
+        if native:
+            _check_native_writes(c, cells, abort)
     for f in todo:
         if is_user_function(f):
             scan(f, guard, abort, is_user_function)
+
+
+def _check_native_writes(code, cells, abort) -> None:
+    for op, arg in _instructions(code):
+        if op in _NATIVE_WRITES:
+            abort(_NATIVE_WRITES[op])
+        if op == "STORE_DEREF" and arg in cells:
+            abort("an assignment of a nonlocal variable")
+        if op == "BINARY_OP" and arg.endswith("=") and arg not in ("==", "!=", "<=", ">="):
+            abort(f"an in-place operator ({arg})")
+        if op in _ATTR_LOADS and arg in _MUTATING_METHODS:
+            abort(f"a call of .{arg} (it may change its object in place)")
+    for c in code.co_consts:
+        if type(c) is tuple and "out" in c:
+            abort("an out= argument")
 
 
 def _check(value, what, abort):

@@ -669,3 +669,79 @@ def test_the_switch_turns_staging_off():
     for _ in range(2):
         sb.spmd(h)(x)
     assert staged_entries(h)
+
+
+# --------------------------------------------------------------------------- writes of helpers run natively
+
+CALLS = 0
+
+
+def count_calls():
+    global CALLS
+    CALLS += 1
+    return 1.0
+
+
+def counted(x):
+    return x * count_calls()
+
+
+def set_entry(p):
+    p["seen"] = p.get("seen", 0) + 1
+    return p["w"]
+
+
+def sets_entry(p, x):
+    return x * set_entry(p)
+
+
+def bump(w):
+    w += 1.0
+    return w
+
+
+def bumps(w, x):
+    return x * bump(w)
+
+
+def test_a_helper_run_natively_that_writes_outside_its_locals_is_not_staged():
+    """Helpers called with uniform arguments run as plain Python: their writes (a global, an
+    argument's item, an array in place) happen at every call of the loop, so the region that
+    calls them is not replayed."""
+    global CALLS
+    x = np.arange(3.0)
+    CALLS = 0
+    for _ in range(3):
+        np.testing.assert_array_equal(sb.spmd(counted)(x), x)
+    assert CALLS == 3 and not staged_entries(counted)
+    p = {"w": 2.0}
+    for _ in range(3):
+        np.testing.assert_array_equal(sb.spmd(sets_entry, in_axes=(None, 0))(p, x), 2.0 * x)
+    assert p["seen"] == 3 and not staged_entries(sets_entry)
+    w = np.array([1.0])
+    for k in range(3):
+        np.testing.assert_array_equal(sb.spmd(bumps, in_axes=(None, 0))(w, x)[:, 0], (k + 2.0) * x)
+    assert w[0] == 4.0 and not staged_entries(bumps)
+
+
+def make_nested_closure():
+    scale = 2.0
+
+    def f(x):
+        g = lambda v: v * scale    # noqa: E731  (reads the outer cell from a nested function)
+        return g(np.tanh(x))
+
+    def rebind(v):
+        nonlocal scale
+        scale = v
+    return f, rebind
+
+
+def test_a_closure_variable_read_by_a_nested_function_is_guarded():
+    f, rebind = make_nested_closure()
+    x = np.linspace(-1.0, 1.0, 4)
+    for scale in (2.0, 3.0):
+        rebind(scale)
+        got, ref = staged_and_unstaged(f, x)
+        np.testing.assert_allclose(got, np.tanh(x) * scale)
+    assert staged_entries(f)
