@@ -646,7 +646,7 @@ def call(fn, *args, **kwargs):
     """Call `fn` from a batch program (see module docstring)."""
     kind = type(fn)
     if staging.RECORDING.active is not None:
-        _check_recorded_call(fn, kind, not _any_varying(args, kwargs))
+        _check_recorded_call(fn, kind, args, kwargs)
     if kind is types.FunctionType:
         special = _SPECIAL.get(fn)
         if special is not None:
@@ -715,13 +715,13 @@ def call(fn, *args, **kwargs):
         raise
 
 
-def _check_recorded_call(fn, kind, native):
+def _check_recorded_call(fn, kind, args, kwargs):
     """A call made while a straight-line region is recorded (execution/staging.py): user code
     has what it reads from outside its arguments guarded (and, run `native`ly with uniform
     arguments, must not write outside its locals), other callables must be free of side
     effects."""
     if kind is types.FunctionType and is_user_function(fn):
-        staging.check_call(fn, True, native)
+        staging.check_call(fn, True, not _any_varying(args, kwargs))
     elif kind is types.MethodType and type(fn.__func__) is types.FunctionType \
             and is_user_function(fn.__func__):
         staging.check_call(fn.__func__, True, True)
@@ -730,7 +730,7 @@ def _check_recorded_call(fn, kind, native):
         if type(method) is types.FunctionType and is_user_function(method):
             staging.check_call(method, True, True)
         else:
-            staging.check_call(fn, False)
+            staging.check_call(fn, False, True, args, kwargs)
 
 
 def _in_running_lanes(exc, fn, args, kwargs):

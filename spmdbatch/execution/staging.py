@@ -273,13 +273,16 @@ _MUTATORS = frozenset({"append", "extend", "insert", "pop", "remove", "clear", "
                        "__delitem__", "__iadd__"})
 
 
-def check_call(fn, user: bool, native: bool = True) -> None:
+def check_call(fn, user: bool, native: bool = True, args=(), kwargs=None) -> None:
     """Called by calls.call for every call a region being recorded makes: abort on what a
     replay would not repeat (side effects, randomness, functions outside the libraries)."""
     rec = RECORDING.active
     if user:
         rec.note_function(fn, native)
         return
+    for a in (*args, *(kwargs or {}).values()):     # (map(f, ...), sorted(key=f): f runs natively)
+        if type(a) is types.FunctionType and _IS_USER_FUNCTION(a):
+            rec.note_function(a, True)
     kind = type(fn)
     if kind is types.BuiltinFunctionType or kind is types.BuiltinMethodType:
         owner = getattr(fn, "__self__", None)
@@ -393,14 +396,10 @@ def _describe(value, leaves, parts) -> bool:
         leaves.append(value)
         parts.append(("S", raw.dtype))
         return True
-    if pytree.is_leaf(value):
-        return False
-    sub, treedef = pytree.flatten(value)
-    parts.append(("p", treedef))
-    for v in sub:
-        if not pytree.is_leaf(v) or not _describe(v, leaves, parts):
-            return False
-    return True
+    # Anything else (an object, a registered pytree of a user class): not staged. Its class
+    # can have attributes and methods the region reads through the argument (``self.scale``),
+    # out of the guard's sight.
+    return False
 
 
 def _rebuild(value, it):

@@ -169,7 +169,9 @@ def scan(fn, guard: Guard, abort, is_user_function, native: bool = True) -> None
     `native`: `fn` may run as plain Python (not as a batch program, whose stores calls.py
     refuses): then any write it could make to state outside its locals (a global, an
     attribute, an item, an in-place operator, a container's or array's mutating method,
-    ``out=``) stops the recording too. Functions it names are scanned as native."""
+    ``out=``) stops the recording too. Functions it names are scanned likewise (a function a
+    batch program names and calls goes through calls.call, which scans it again as native
+    when it runs natively; one it hands to a library function is scanned as native there)."""
     seen = guard.seen_functions
     if fn in seen and (seen[fn] or not native):
         return
@@ -201,7 +203,7 @@ def scan(fn, guard: Guard, abort, is_user_function, native: bool = True) -> None
             _check_native_writes(c, cells, abort)
     for f in todo:
         if is_user_function(f):
-            scan(f, guard, abort, is_user_function)
+            scan(f, guard, abort, is_user_function, native)
 
 
 def _check_native_writes(code, cells, abort) -> None:
