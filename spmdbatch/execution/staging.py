@@ -25,10 +25,12 @@ once and then replays it:
    axis, ``arange(lanes)`` of a gather) become expressions of ``K``, the lane count of the
    call. Recordings that do not generalise stay specialised to their lane count.
 3. **Replay.** A later call with the same key runs the generated function on the raw arrays
-   and wraps the outputs. When an input is being differentiated, the call appends ONE node to
-   the tape, whose VJP (`_RegionVJP`) sweeps the recorded operations backwards with their
-   VJP rules on the residuals the forward pass kept; one projection node per output feeds
-   it its cotangents.
+   and wraps the outputs. When an input is being differentiated, the replay appends the
+   operations that carry a gradient to the tape as the tracers would have (one entry per
+   operation, the forward values as residuals), so the tape's backward sweep runs their VJP
+   rules; no batching rule and no tracer dispatch ran forward. (A single tape node per
+   region with its own backward sweep, as first built, cost more than it saved on small
+   regions such as a `sigmoid`: the tape's sweep is the cheaper loop.)
 
 Guards. The key of a call is its arguments' structure (pytree), and per leaf: varying or
 uniform, dtype, per-example shape and weak flag of a varying value, dtype and shape of a
@@ -64,8 +66,6 @@ import types
 
 import numpy as np
 
-from ..ad.sparse import SparseRows
-from ..ad.tape import accumulate, unbroadcast
 from ..ad.tape import Tape
 from ..ad.tracer import Tracer
 from ..runtime import pytree
@@ -764,7 +764,7 @@ class Staged:
     def _generate(self):
         trace = self.trace
         env: dict = {"np": np}
-        lines = [f"def staged(I, K, xp):"]
+        lines = ["def staged(I, K, xp):"]
         n = 0
 
         def const(value):
@@ -903,141 +903,60 @@ class Staged:
         return r[1]
 
     def _record_on_tape(self, tape, leaves, raw, values, traced, outs, lanes, xp):
+        """Append the replayed operations that carry a gradient to `tape`, as the tracers
+        would have (one entry per operation, its residuals the values the forward computed),
+        and make the outputs that depend on a traced input tracers of those entries. The
+        tape's own backward sweep then differentiates them: no batching rule ran forward."""
         mask = tuple(traced)
         plan = self.plans.get(mask)
         if plan is None:
             plan = self.plans[mask] = _backward_plan(self.ops, set(traced), values)
-        needed, out_ids = plan
-        if not needed:
+        if not plan:
             return
-        holder = _RegionVJP(self, plan, raw, values, lanes, xp)
-        parents = []
-        for pos, i in enumerate(traced):
+        inputs = {}
+        for i in traced:
             leaf = leaves[i]
-            data = leaf.data if type(leaf) is Batched else leaf
-            parents.append((pos, data.node))
-        holder.inputs = traced
+            inputs[i] = leaf.data if type(leaf) is Batched else leaf
+        node_of = {}
         nodes = tape.nodes
-        nodes.append((_REGION, [], {}, holder, parents))
-        region = len(nodes) - 1
+        value = self._value
+        for j, prim, refs, params, lane_params, parent_refs in plan:
+            operands = [value(r, raw, values, lanes, xp) for r in refs]
+            parents = [(pos, inputs[idx].node if kind == "i" else node_of[idx])
+                       for pos, kind, idx in parent_refs]
+            if lane_params:
+                params = _concrete_params(params, lanes)
+            nodes.append((prim, operands, params, values[j], parents))
+            node_of[j] = len(nodes) - 1
         for k, (kind, r, weak) in enumerate(self.outputs):
             if kind == "L":
                 continue
-            v = outs[k]
-            if not (r[0] == "v" and r[1] in needed) and not (r[0] == "i" and r[1] in traced):
-                continue
-            if not is_float_dtype(v.dtype):
-                continue
-            nodes.append((_PROJECT, [holder], {"k": k}, v, [(0, region)]))
-            outs[k] = Tracer(v, tape, len(nodes) - 1)
-
-
+            if r[0] == "v" and r[1] in node_of:
+                outs[k] = Tracer(outs[k], tape, node_of[r[1]])
+            elif r[0] == "i" and r[1] in inputs:
+                outs[k] = inputs[r[1]]
 
 
 def _backward_plan(ops, traced_inputs, values):
-    """The operations that depend on a traced input and carry a gradient (set of indices)."""
+    """The operations that depend on a traced input and carry a gradient, in order:
+    ``(index, primitive, operand refs, params, params mention the lane count, parent refs)``
+    with parent refs ``(operand position, "i" or "v", input or operation index)``."""
     needed = set()
+    plan = []
     for j, (prim, refs, params) in enumerate(ops):
         if not prim.differentiable or not is_float_dtype(values[j].dtype):
             continue
-        for r in refs:
-            if (r[0] == "v" and r[1] in needed) or (r[0] == "i" and r[1] in traced_inputs):
-                if prim.vjp is None:
-                    raise NotImplementedError(f"primitive {prim.name!r} has no VJP rule; add one "
-                                              f"in spmdbatch/ad/vjps.py")
-                needed.add(j)
-                break
-    return needed, None
-
-
-class _Cotangents:
-    """Cotangents of some outputs of a region (projection nodes' VJPs give these; the tape
-    adds those of one region with `+`)."""
-
-    __slots__ = ("parts",)
-
-    def __init__(self, parts):
-        self.parts = parts
-
-    def __add__(self, other):
-        parts = dict(self.parts)
-        for k, g in other.parts.items():
-            prev = parts.get(k)
-            parts[k] = g if prev is None else prev + g
-        return _Cotangents(parts)
-
-
-class _RegionVJP:
-    """The residuals of one replayed region and its backward sweep (run once per backward,
-    for the first traced input; the others read the result)."""
-
-    __slots__ = ("staged", "plan", "raw", "values", "lanes", "xp", "inputs", "last", "grads")
-
-    def __init__(self, staged, plan, raw, values, lanes, xp):
-        self.staged, self.plan, self.raw, self.values = staged, plan, raw, values
-        self.lanes, self.xp = lanes, xp
-        self.last = None
-        self.grads = None
-
-    def cotangent(self, pos, g):
-        if self.last is not g:
-            self.grads = self.backward(g)
-            self.last = g
-        return self.grads.get(self.inputs[pos])
-
-    def backward(self, g):
-        staged = self.staged
-        needed = self.plan[0]
-        raw, values = self.raw, self.values
-        cot: dict = {}          # ("v", j) / ("i", i) -> cotangent
-        owned: dict = {}
-        for k, gk in g.parts.items():
-            r = staged.outputs[k][1]
-            prev = cot.get(r)
-            cot[r] = gk if prev is None else accumulate(prev, gk, owned)
-        inputs = set(self.inputs)
-        ops = staged.ops
-        for j in range(len(ops) - 1, -1, -1):
-            if j not in needed:
-                continue
-            gj = cot.pop(("v", j), None)
-            if gj is None:
-                continue
-            if type(gj) is SparseRows:     # rules take dense cotangents
-                gj = gj.dense()
-            prim, refs, params = ops[j]
-            params = _concrete_params(params, self.lanes)
-            operands = [self._operand(r) for r in refs]
-            rules = prim.vjp
-            ans = values[j]
-            for pos, r in enumerate(refs):
-                if not ((r[0] == "v" and r[1] in needed) or (r[0] == "i" and r[1] in inputs)):
-                    continue
-                if type(rules) is tuple:
-                    rule = rules[pos] if pos < len(rules) else None
-                    if rule is None:
-                        continue
-                    c = rule(gj, ans, *operands, **params)
-                else:
-                    c = rules(pos, gj, ans, *operands, **params)
-                if c is None:
-                    continue
-                if prim.broadcasting:
-                    c = unbroadcast(c, operands[pos])
-                prev = cot.get(r)
-                cot[r] = c if prev is None else accumulate(prev, c, owned)
-        return {i: cot[("i", i)] for i in self.inputs if ("i", i) in cot}
-
-    def _operand(self, r):
-        kind = r[0]
-        if kind == "v":
-            return self.values[r[1]]
-        if kind == "i":
-            return self.raw[r[1]]
-        if kind == "c":
-            c = self.staged.trace.consts[r[1]]
-            return c.value(self.lanes, self.xp) if type(c) is Arange else c
-        return r[1]
+        parent_refs = [(pos, r[0], r[1]) for pos, r in enumerate(refs)
+                       if (r[0] == "v" and r[1] in needed) or (r[0] == "i" and r[1] in traced_inputs)]
+        if not parent_refs:
+            continue
+        if prim.vjp is None:
+            raise NotImplementedError(f"primitive {prim.name!r} has no VJP rule; declare one "
+                                      f"with vjp= where it is declared (spmdbatch.primitive)")
+        needed.add(j)
+        plan.append((j, prim, refs, params, any(_has_lanes(v) for v in params.values()),
+                     parent_refs))
+    return plan
 
 
 def _concrete_params(params, lanes):
@@ -1053,17 +972,3 @@ def _substitute(value, lanes):
     if type(value) is tuple:
         return tuple(_substitute(v, lanes) for v in value)
     return value
-
-
-def _region_vjp(pos, g, holder, **params):
-    return holder.cotangent(pos, g)
-
-
-def _project_vjp(pos, g, ans, holder, k):
-    return _Cotangents({k: g})
-
-
-_REGION = Primitive("staged_region", lambda *a: None)
-_REGION.vjp = _region_vjp
-_PROJECT = Primitive("staged_output", lambda holder, k: None)
-_PROJECT.vjp = _project_vjp
