@@ -57,6 +57,14 @@ _NATIVE_WRITES = {"STORE_GLOBAL": "a global store", "DELETE_GLOBAL": "a global d
                   "STORE_ATTR": "an attribute store", "DELETE_ATTR": "an attribute deletion",
                   "STORE_SUBSCR": "an item assignment", "DELETE_SUBSCR": "an item deletion",
                   "STORE_SLICE": "a slice assignment"}
+# Functions and modules whose calls have effects or results a replay would not repeat (I/O,
+# random numbers, clocks, dynamic code): a region whose code names them is not staged (calls.py
+# refuses them in batch programs already; a helper run natively would call them unseen).
+_EFFECT_BUILTINS = frozenset(["print", "open", "input", "exec", "eval", "compile", "globals",
+                              "locals", "vars", "setattr", "delattr", "__import__", "breakpoint",
+                              "id"])
+_EFFECT_MODULES = ("numpy.random", "random", "time", "os", "sys", "io", "secrets", "uuid",
+                   "datetime", "threading", "subprocess", "pickle", "spmdbatch.nn.random")
 _MUTATING_METHODS = frozenset(["append", "extend", "insert", "pop", "remove", "clear", "sort",
                                "reverse", "update", "setdefault", "popitem", "add", "discard",
                                "at", "fill", "resize", "itemset", "put", "setfield", "partition"])
@@ -260,6 +268,9 @@ def _scan_code(code, g, cells, guard, abort, todo) -> None:
         if value is MISSING:
             static = MISSING
             continue
+        if _has_effects(value, builtins_dict):
+            abort(f"uses {getattr(value, '__name__', value)!r}, whose calls a replay would not "
+                  f"repeat")
         if isinstance(value, (staticmethod, classmethod)):
             value = value.__func__
         if type(value) is types.FunctionType:
@@ -272,6 +283,20 @@ def _scan_code(code, g, cells, guard, abort, todo) -> None:
                 abort(f"uses {getattr(value, '__name__', value)!r} other than to read an "
                       f"attribute (its attributes could change unseen)")
         static = value
+
+
+def _has_effects(value, builtins_dict) -> bool:
+    if isinstance(value, types.ModuleType):
+        module = value.__name__
+    elif isinstance(value, (types.BuiltinFunctionType, types.FunctionType, type)) or \
+            _library_callable(value):
+        name = getattr(value, "__name__", None)
+        if name in _EFFECT_BUILTINS and builtins_dict.get(name) is value:
+            return True
+        module = getattr(value, "__module__", None) or type(value).__module__ or ""
+    else:
+        return False
+    return any(module == m or module.startswith(m + ".") for m in _EFFECT_MODULES)
 
 
 def _attribute(owner, name, guard, abort):

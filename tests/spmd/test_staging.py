@@ -745,3 +745,30 @@ def test_a_closure_variable_read_by_a_nested_function_is_guarded():
         got, ref = staged_and_unstaged(f, x)
         np.testing.assert_allclose(got, np.tanh(x) * scale)
     assert staged_entries(f)
+
+
+def noisy():
+    return float(np.random.random() * 0.0) + 1.0
+
+
+def with_native_randomness(x):
+    return x * noisy()
+
+
+def logs():
+    print("called")
+    return 1.0
+
+
+def with_native_print(x):
+    return x * logs()
+
+
+def test_a_helper_run_natively_with_io_or_randomness_is_not_staged(capsys):
+    x = np.arange(3.0)
+    for _ in range(3):
+        np.testing.assert_array_equal(sb.spmd(with_native_randomness)(x), x)
+        np.testing.assert_array_equal(sb.spmd(with_native_print)(x), x)
+    assert capsys.readouterr().out.count("called") == 3
+    assert not staged_entries(with_native_randomness)
+    assert not staged_entries(with_native_print)
