@@ -14,9 +14,9 @@ once and then replays it:
    value's contents steer Python (``bool``, ``int``, ``float``, ``numpy.asarray`` of a `Rec`),
    a side effect (item assignment, attribute or global stores, I/O, list mutation, calls of
    functions outside numpy, spmdbatch and a few pure builtins), a varying branch in a callee,
-   or a global or closure value that may change unseen (anything but modules, functions,
-   classes and immutable scalars) aborts the recording (`_Abort`); the call then runs on the
-   general path, and the key is remembered as not stageable.
+   or a read from outside the arguments that the guard cannot check (see Guards) aborts the
+   recording (`_Abort`); the call then runs on the general path, and the key is remembered
+   as not stageable (`not_staged_because(fn)` says why).
 2. **Generate.** The recording becomes Python source: one assignment per operation calling the
    primitive's implementation (numpy or CuPy through the backend) on the previous results,
    params inlined. The lane count is the one parameter that changes between calls (groups
