@@ -24,6 +24,7 @@ from program_gen import programs  # noqa: E402
 from source_module import import_source  # noqa: E402
 
 import spmdbatch as sb  # noqa: E402
+from spmdbatch import nn  # noqa: E402
 from spmdbatch.execution import staging  # noqa: E402
 
 EXAMPLES = int(os.environ.get("SPMD_FUZZ_EXAMPLES", 200)) // 2
@@ -772,3 +773,25 @@ def test_a_helper_run_natively_with_io_or_randomness_is_not_staged(capsys):
     assert capsys.readouterr().out.count("called") == 3
     assert not staged_entries(with_native_randomness)
     assert not staged_entries(with_native_print)
+
+
+class Affine(nn.Module):
+    """A module whose class attribute the function reads through its argument."""
+    w: np.ndarray
+    scale = 2.0
+
+
+def apply_affine(m, x):
+    return x * m.w * m.scale
+
+
+def test_an_object_argument_is_not_staged_and_sees_its_class_rebound():
+    """`m.scale` is read through the argument, out of the guard's sight: such calls take the
+    general path, so rebinding the class attribute is seen."""
+    m = Affine(w=np.ones(3))
+    x = np.arange(4.0)
+    f = sb.spmd(apply_affine, in_axes=(None, 0))
+    for scale in (2.0, 2.0, 5.0, 5.0):
+        Affine.scale = scale
+        np.testing.assert_array_equal(f(m, x), x[:, None] * np.ones(3) * scale)
+    assert not staged_entries(apply_affine)
