@@ -795,3 +795,18 @@ def test_an_object_argument_is_not_staged_and_sees_its_class_rebound():
         Affine.scale = scale
         np.testing.assert_array_equal(f(m, x), x[:, None] * np.ones(3) * scale)
     assert not staged_entries(apply_affine)
+
+
+def test_the_environment_switch_turns_staging_off():
+    import subprocess
+    code = ("import numpy as np, spmdbatch as sb\n"
+            "from spmdbatch.execution import staging\n"
+            "def h(v):\n    return np.tanh(v) + 1.0\n"
+            "for _ in range(3):\n    sb.spmd(h)(np.arange(3.0))\n"
+            "print(staging.SWITCH.enabled, staging._CACHE_ATTR in h.__dict__)\n")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    for value, expected in (("0", "False False"), ("1", "True True")):
+        env = dict(os.environ, SPMDBATCH_STAGING=value, PYTHONPATH=root)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, check=True, cwd=root).stdout.split()
+        assert " ".join(out[-2:]) == expected
