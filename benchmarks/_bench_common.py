@@ -77,14 +77,20 @@ def blas_info() -> list:
             for info in threadpool_info()]
 
 
+CLOCK = time.perf_counter
+"""The clock of `calibrate` and `time_once`: wall time; a benchmark may switch it to
+`time.process_time` (CPU time of this process), which other processes loading the machine
+disturb far less."""
+
+
 def calibrate(fn, target_s: float, max_number: int = 1_000_000) -> int:
     """Calls per repetition so that one repetition of `fn` takes about `target_s` seconds."""
     number = 1
     while True:
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         for _ in range(number):
             fn()
-        elapsed = time.perf_counter() - t0
+        elapsed = CLOCK() - t0
         if elapsed >= target_s / 4 or number >= max_number:
             break
         number *= 4 if elapsed < target_s / 40 else 2
@@ -94,10 +100,10 @@ def calibrate(fn, target_s: float, max_number: int = 1_000_000) -> int:
 
 def time_once(fn, number: int) -> float:
     """Seconds per call of `fn`, over `number` back-to-back calls."""
-    t0 = time.perf_counter()
+    t0 = CLOCK()
     for _ in range(number):
         fn()
-    return (time.perf_counter() - t0) / number
+    return (CLOCK() - t0) / number
 
 
 def interleaved(variants: dict, repeat: int, target_s: float, warmup: int = 2) -> dict:

@@ -9,6 +9,9 @@ first N training trees at each batch size:
   through ``sub = 0.0`` / ``sub = ll + lr``), batched with @spmd;
 - example: examples/treelstm/model.py (library cells, ``return h, c, loss_l + loss_r +
   node_loss(...)``) with dropout 0, batched with @spmd;
+- unstaged, example-unstaged: `natural` and `example` with staged regions turned off
+  (execution/staging.py `disabled()`), to show what staging gains or costs (only when
+  ``--impls`` names them);
 - torch: PyTorch, the nodes grouped by height by hand (examples/treelstm/handbatched.py's
   plan), sparse embedding gradients; only when torch is installed (the `bench` extra).
 
@@ -40,6 +43,7 @@ import spmdbatch as sb  # noqa: E402
 from examples.treelstm import handbatched as HB  # noqa: E402
 from examples.treelstm import model as M  # noqa: E402
 from spmdbatch import nn  # noqa: E402
+from spmdbatch.execution import staging  # noqa: E402
 
 NAME = "natural_code"
 warnings.filterwarnings("ignore", message="Sparse invariant checks")   # torch's Adagrad, sparse rows
@@ -53,7 +57,7 @@ def add_arguments(ap):
     ap.add_argument("--hidden", type=int, default=150)
     ap.add_argument("--embedding", type=int, default=300)
     ap.add_argument("--impls", default="natural,example,torch",
-                    help="comma-separated subset of natural,example,torch")
+                    help="comma-separated subset of natural,example,torch,unstaged,example-unstaged")
 
 
 # --------------------------------------------------------------------------- implementations
@@ -179,6 +183,14 @@ def main(argv=None):
         fresh = sb.tree_map(lambda a: a.copy() if hasattr(a, "copy") else a, model)
         if impl == "natural":
             return spmd_trainer(N.minibatch_loss, N.params_of(fresh))
+        if impl in ("unstaged", "example-unstaged"):
+            step = (spmd_trainer(N.minibatch_loss, N.params_of(fresh)) if impl == "unstaged"
+                    else spmd_trainer(M.minibatch_loss, fresh))
+
+            def unstaged_step(batch, keys):
+                with staging.disabled():
+                    step(batch, keys)
+            return unstaged_step
         if impl == "example":
             return spmd_trainer(M.minibatch_loss, fresh)
         return torch_trainer(N.params_of(fresh))
@@ -201,7 +213,8 @@ def main(argv=None):
         for impl in impls:
             rates = [len(trees) / t for t in times[impl]]
             row[f"{impl}_trees_per_s"] = {"median": statistics.median(rates), "min": min(rates), "max": max(rates)}
-        for a, b in (("natural", "example"), ("natural", "torch"), ("example", "torch")):
+        for a, b in (("natural", "example"), ("natural", "torch"), ("example", "torch"),
+                     ("natural", "unstaged"), ("example", "example-unstaged")):
             if a in impls and b in impls:   # throughput ratio a/b = time b / time a, per round
                 row[f"ratio_{a}_over_{b}"] = paired_ratio(times[b], times[a])
         results.append(row)

@@ -6,23 +6,30 @@ label, in float32.  The per-example version is written for ONE example and batch
 carries the batch axis itself (``X @ W1.T`` ...).  Both are timed forward+backward
 (``spmdbatch.value_and_grad`` w.r.t. the parameter dict) and forward only, at several batch
 sizes; the variants are interleaved in every repetition and the ratio spmd/hand is taken
-per repetition (paired), then the median over repetitions is reported.
+per repetition (paired), then the median over repetitions is reported. The per-example
+function is straight-line code, which @spmd replays as staged code (execution/staging.py); the
+"unstaged" column runs the same calls with staging turned off (the general path: a batching
+rule per operation).
 
 Before timing, the script asserts once per batch size that both give the same loss and
 gradients (1e-4 relative, float32).
 
-    python benchmarks/spmd_overhead.py [--repeat N] [--quick] [--json PATH]
+    python benchmarks/spmd_overhead.py [--repeat N] [--quick] [--cpu-time] [--json PATH]
 """
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
 import spmdbatch as sb  # noqa: E402
+from spmdbatch.execution import staging  # noqa: E402
+import _bench_common  # noqa: E402
 from _bench_common import (environment, interleaved, markdown_table, paired_ratio,  # noqa: E402
                            parse_args, summary, write_json)
 
@@ -96,44 +103,63 @@ def verify(params, X, Y) -> dict:
 
 
 def main():
-    args = parse_args(NAME, __doc__.splitlines()[0], default_repeat=20, quick_repeat=3)
+    def add_arguments(ap):
+        ap.add_argument("--cpu-time", action="store_true",
+                        help="time with the process's CPU time (time.process_time) instead of "
+                             "wall time: steadier on a machine other processes load")
+    args = parse_args(NAME, __doc__.splitlines()[0], default_repeat=20, quick_repeat=3,
+                      add_arguments=add_arguments)
+    if args.cpu_time:
+        _bench_common.CLOCK = time.process_time
     batches = [16] if args.quick else [16, 64, 256]
     target_s = 0.005 if args.quick else 0.05
     modes = {
         "fwd+bwd": (lambda p, X, Y: spmd_vg(p, X, Y), lambda p, X, Y: hand_vg(p, X, Y)),
         "fwd": (spmd_total, hand_total),
     }
+
+    def unstaged(fn):
+        def run(*args):
+            with staging.disabled():
+                return fn(*args)
+        return run
     results, rows = [], []
     for mode, (spmd_fn, hand_fn) in modes.items():
         for batch in batches:
             params, X, Y = make_data(batch)
             errors = verify(params, X, Y)
+            general = unstaged(spmd_fn)
             timed = interleaved({"spmd": lambda: spmd_fn(params, X, Y),
-                                 "hand": lambda: hand_fn(params, X, Y)},
+                                 "hand": lambda: hand_fn(params, X, Y),
+                                 "unstaged": lambda: general(params, X, Y)},
                                 repeat=args.repeat, target_s=target_s)
             s = summary(timed["spmd"]["times"], 1e3)
             h = summary(timed["hand"]["times"], 1e3)
+            u = summary(timed["unstaged"]["times"], 1e3)
             ratio = paired_ratio(timed["spmd"]["times"], timed["hand"]["times"])
+            ratio_u = paired_ratio(timed["unstaged"]["times"], timed["hand"]["times"])
             results.append({
                 "mode": mode, "batch": batch,
-                "spmd_ms": s, "hand_ms": h, "ratio_spmd_over_hand": ratio,
-                "calls_per_repeat": {"spmd": timed["spmd"]["number"],
-                                     "hand": timed["hand"]["number"]},
+                "spmd_ms": s, "hand_ms": h, "unstaged_ms": u, "ratio_spmd_over_hand": ratio,
+                "ratio_unstaged_over_hand": ratio_u,
+                "calls_per_repeat": {k: timed[k]["number"] for k in timed},
                 "max_relative_error": max(errors.values()),
             })
             rows.append([mode, batch, f"{s['median']:.3f} ({s['min']:.3f})",
                          f"{h['median']:.3f} ({h['min']:.3f})",
-                         f"{ratio['median']:.2f} ({ratio['min']:.2f}-{ratio['max']:.2f})"])
+                         f"{ratio['median']:.2f} ({ratio['min']:.2f}-{ratio['max']:.2f})",
+                         f"{ratio_u['median']:.2f} ({ratio_u['min']:.2f}-{ratio_u['max']:.2f})"])
     print(f"## spmd overhead: per-example MLP {D_IN}->{D_HIDDEN}->{D_OUT} (float32), "
           f"spmd(loss, in_axes=(None, 0, 0)) summed vs hand-batched\n")
     print(f"verified: loss and gradients agree to {RTOL:g} relative at every batch size\n")
     print(markdown_table(
         ["mode", "batch", "spmd ms/iter median (min)", "hand-batched ms/iter median (min)",
-         "ratio spmd/hand median (range)"], rows))
+         "ratio spmd/hand median (range)", "unstaged spmd/hand median (range)"], rows))
     print(f"\n{args.repeat} interleaved repetitions per row; ratio paired per repetition.")
     write_json(args.json, {
         "benchmark": NAME,
         "config": {"repeat": args.repeat, "quick": args.quick, "batches": batches,
+                   "clock": "process_time" if args.cpu_time else "perf_counter",
                    "dims": [D_IN, D_HIDDEN, D_OUT], "dtype": "float32",
                    "target_seconds_per_repeat": target_s, "rtol": RTOL},
         "environment": environment(),

@@ -401,6 +401,8 @@ def _wrap(arg, spec, where, sizes):
                         "A list is stacked along its entries (one per example): give it in_axes 0, "
                         "or pass an array.")
         return _stack_examples(arg, where, sizes)
+    if type(arg) is np.ndarray:             # (the common case: one array, no tree to walk)
+        return _wrap_leaf(arg, spec, where, sizes)
     leaves, treedef = pytree.flatten(arg)
     return treedef.unflatten([_wrap_leaf(leaf, spec, f"{where}{path}", sizes)
                               for leaf, path in zip(leaves, pytree.leaf_paths(arg))])

@@ -42,6 +42,7 @@ from .lanes import (forget_uniform_objects, is_owned_cell, is_owned_object, is_v
                     merge, merge_calls, own_object, take)
 from .state import STATE
 from .raising import raise_all_lanes
+from . import staging
 from .stats import STATS, count_running_call
 
 _TRANSFORMER = None   # set by the frontend: transformer(fn, varying_pattern) -> batched function
@@ -83,6 +84,9 @@ def is_user_function(fn) -> bool:
     if answer is None:
         answer = _is_native_module(module) if isinstance(module, str) else False
     return not answer
+
+
+staging.set_user_function_test(is_user_function)
 
 
 def native(fn):
@@ -205,9 +209,22 @@ def run_batched(fn, self_arg, args, kwargs):
         out = call_polymorphic(fn, self_arg, args, kwargs, when)
         if out is not NOT_PLAIN:
             return out
+    program = _TRANSFORMER(fn)
+    if getattr(program, "__spmd_straight__", False):     # staged code (execution/staging.py)
+        out = staging.call(fn, program, self_arg, args, kwargs,
+                           lambda: _run_program(program, self_arg, args, kwargs))
+        if out is not staging.NOT_STAGED:
+            return out
+    elif staging.RECORDING.active is not None:
+        staging.abort("calls a function with branches or loops")
+    return _run_program(program, self_arg, args, kwargs)
+
+
+def _run_program(program, self_arg, args, kwargs):
+    """Run a batch program on the calling group's lanes."""
     lent = LL.lend(args) if any(type(a) in _OWNED_TYPES for a in args) else None
     try:
-        return _TRANSFORMER(fn)(*self_arg, *args, **kwargs)
+        return program(*self_arg, *args, **kwargs)
     except RecursionError:
         raise _too_deep(args, kwargs) from None
     finally:
@@ -295,6 +312,7 @@ def store_attr(obj, name, value):
     refused for a per-example value on an object the caller can see (one the batch program
     neither constructed nor received as per-example data): it would keep an internal
     per-lane wrapper after the call."""
+    staging.refuse_while_recording("a store")
     _not_in_fused_call()
     if STATE.partial:
         _refuse_divergent(f"assignment to attribute .{name} of a {type(obj).__name__}",
@@ -309,6 +327,7 @@ def store_attr(obj, name, value):
 
 
 def del_attr(obj, name):
+    staging.refuse_while_recording("a store")
     _not_in_fused_call()
     if STATE.partial:
         _refuse_divergent(f"deletion of attribute .{name}", "Move it out of the data-dependent branch.")
@@ -318,6 +337,7 @@ def del_attr(obj, name):
 
 def store_global(globals_, name, value):
     """`global name; name = value`, refused while only some lanes run."""
+    staging.refuse_while_recording("a store")
     _not_in_fused_call()
     if STATE.partial:
         _refuse_divergent(f"assignment to global variable {name!r}",
@@ -329,6 +349,7 @@ def store_global(globals_, name, value):
 
 
 def del_global(globals_, name):
+    staging.refuse_while_recording("a store")
     _not_in_fused_call()
     if STATE.partial:
         _refuse_divergent(f"deletion of global variable {name!r}", "Move it out of the branch.")
@@ -337,6 +358,7 @@ def del_global(globals_, name):
 
 def store_nonlocal(cell, name, value):
     """`nonlocal name; name = value` (a variable of an enclosing function), likewise."""
+    staging.refuse_while_recording("a store")
     _not_in_fused_call()
     if STATE.partial:
         _refuse_divergent(f"assignment to nonlocal variable {name!r}",
@@ -623,6 +645,8 @@ def _any_varying(args, kwargs) -> bool:
 def call(fn, *args, **kwargs):
     """Call `fn` from a batch program (see module docstring)."""
     kind = type(fn)
+    if staging.RECORDING.active is not None:
+        _check_recorded_call(fn, kind, args, kwargs)
     if kind is types.FunctionType:
         special = _SPECIAL.get(fn)
         if special is not None:
@@ -689,6 +713,24 @@ def call(fn, *args, **kwargs):
     except Exception as exc:
         _in_running_lanes(exc, fn, args, kwargs)
         raise
+
+
+def _check_recorded_call(fn, kind, args, kwargs):
+    """A call made while a straight-line region is recorded (execution/staging.py): user code
+    has what it reads from outside its arguments guarded (and, run `native`ly with uniform
+    arguments, must not write outside its locals), other callables must be free of side
+    effects."""
+    if kind is types.FunctionType and is_user_function(fn):
+        staging.check_call(fn, True, not _any_varying(args, kwargs))
+    elif kind is types.MethodType and type(fn.__func__) is types.FunctionType \
+            and is_user_function(fn.__func__):
+        staging.check_call(fn.__func__, True, True)
+    else:
+        method = getattr(kind, "__call__", None)
+        if type(method) is types.FunctionType and is_user_function(method):
+            staging.check_call(method, True, True)
+        else:
+            staging.check_call(fn, False, True, args, kwargs)
 
 
 def _in_running_lanes(exc, fn, args, kwargs):
@@ -953,6 +995,7 @@ def setitem(obj, index, value):
     array never see the write, and autodiff records it); lists and dicts are updated in
     place, which is only allowed while every lane runs together.
     """
+    staging.refuse_while_recording("an item assignment")
     kind = type(obj)
     if kind is RaggedList or (kind is LaneList and type(index) is Batched):
         LL.setitem_lanes(obj, index, value)
@@ -1011,6 +1054,8 @@ def inplace(op, a, b):
             views.note_update(a, rebound=True)   # (other names and views keep the old values)
         return out
     kind = type(a)
+    if not isinstance(a, (int, float, complex, str, tuple)):
+        staging.refuse_while_recording("an in-place update of a container")
     if kind is RaggedList or kind is LaneList or kind is LaneDict or kind is LL.FrozenList:
         if op == "+=" and kind is not LaneDict:
             if type(b) is RaggedList and kind is LaneList:

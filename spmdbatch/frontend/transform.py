@@ -68,6 +68,9 @@ class CompiledProgram:
         self.factory = namespace[self.emitter.names.helper("factory")]
         self.helper_values = [BATCH_HELPERS[h] for h in sorted(self.emitter.used_helpers)]
         self.extras = self.emitter.factory_extras()
+        # no branches, loops or recursion: execution/staging.py may replay it as staged code
+        self.straight = (self.emitter.straight and not self.recursion_sites
+                         and not self.sum_positions and not self.parallel_loops)
 
     def instantiate(self, fn):
         values = ([fn.__globals__] + list(self.emitter.consts) + self.helper_values
@@ -80,6 +83,7 @@ class CompiledProgram:
         out.__qualname__ = fn.__qualname__
         out.__doc__ = fn.__doc__
         out.__wrapped_spmd__ = fn
+        out.__spmd_straight__ = self.straight
         return out
 
 
@@ -126,7 +130,9 @@ def batched_version(fn):
     entry = fn.__dict__.get(_INSTANCE_ATTR)
     # (functools.wraps copies __dict__ to a wrapper: an entry made for another function, or
     # for a replaced __code__, is rebuilt)
-    if entry is not None and entry[0] is fn.__code__ and entry[1].__wrapped_spmd__ is fn:
+    if entry is not None and entry[0] is fn.__code__ and entry[1].__wrapped_spmd__ is fn \
+            and entry[1].__defaults__ is fn.__defaults__ \
+            and entry[1].__kwdefaults__ is fn.__kwdefaults__:      # (defaults can be rebound)
         return entry[1]
     try:
         out = program_of(fn).instantiate(fn)

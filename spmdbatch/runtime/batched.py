@@ -70,7 +70,8 @@ class Batched(ArrayMethods):
     def _spmd_stop_gradient(self):
         data = self.data
         if not hasattr(data, "tape"):
-            return self
+            hook = getattr(data, "_spmd_stop_gradient", None)   # a value of a staged region
+            return Batched(hook(), self.weak) if hook is not None else self
         while hasattr(data, "tape"):      # (every tape's tracer: grad of grad)
             data = data.value
         return Batched(data)
@@ -82,6 +83,9 @@ class Batched(ArrayMethods):
 
     def _spmd_assign(self, other):
         """Make this value stand for `other` (an in-place update such as numpy.add.at)."""
+        refuse = getattr(self.data, "_spmd_refuse_assign", None)   # a region being staged
+        if refuse is not None:
+            refuse()
         if type(other) is not type(self):
             raise _concrete_error(f"an in-place update that turns a {type(self).__name__} into a "
                                   f"{type(other).__name__}",

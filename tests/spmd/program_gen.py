@@ -80,8 +80,9 @@ class Scope:
 
 
 class Gen:
-    def __init__(self, draw, smooth=False, lists=False, faulty=False):
+    def __init__(self, draw, smooth=False, lists=False, faulty=False, straight=False):
         self.draw = draw
+        self.straight = straight          # no branches or loops anywhere (staged regions)
         self.smooth = smooth
         self.use_lists = lists
         self.faulty = faulty
@@ -138,6 +139,8 @@ class Gen:
                 kinds += ["lget", "lget", "lsum", "lstack"]
             if sc.vlists:
                 kinds += ["vstack"]
+        if self.straight:
+            kinds = [k for k in kinds if k not in _BRANCHING_EXPRESSIONS]
         k = self.choice(kinds)
         d = depth - 1
         if k == "seq":
@@ -320,6 +323,8 @@ class Gen:
             kinds += ["and", "or", "not", "chain"]
             if not self.smooth:
                 kinds += ["truth"]
+        if self.straight:     # (short-circuit and chained comparisons branch)
+            kinds = [k for k in kinds if k not in ("and", "or", "chain", "truth")]
         k = self.choice(kinds)
         d = depth - 1
         if k == "simple":
@@ -395,6 +400,8 @@ class Gen:
                 kinds += ["lfor", "lwhile"]
         if sc.vlists:
             kinds += ["vappend", "vpop"]
+        if self.straight:
+            kinds = [k for k in kinds if k not in _BRANCHING_STATEMENTS]
         k = self.choice(kinds)
         if k.startswith(("l", "v")) and k not in ("vassign", "vaug"):
             self.list_stmt(k, sc, indent, depth)
@@ -678,7 +685,7 @@ class Gen:
         self.emit(0, "import numpy as np")
         self.emit(0, "")
         self.emit(0, "")
-        if self.coin(40):
+        if self.coin(40) and not self.straight:
             self.recursive_helper()
         for j in range(self.draw(st.integers(0, 2))):
             self.helper(f"h{j}")
@@ -713,11 +720,16 @@ class Gen:
         return Program("\n".join(self.lines) + "\n", returns_tuple, self.smooth, self.faulty)
 
 
+_BRANCHING_STATEMENTS = frozenset(["if", "while", "for", "seqfor", "guarded_exit", "ifexp"])
+_BRANCHING_EXPRESSIONS = frozenset(["ifexp", "or"])
+
+
 @st.composite
-def programs(draw, smooth=False, lists=False, faulty=False):
+def programs(draw, smooth=False, lists=False, faulty=False, straight=False):
     """Random programs; `lists=True` adds per-example lists (see `Gen.list_stmt`), `faulty=True`
-    out-of-range indices."""
-    return Gen(draw, smooth, lists, faulty).program()
+    out-of-range indices, `straight=True` no branches or loops in any function (straight-line
+    regions, which execution/staging.py replays as staged code)."""
+    return Gen(draw, smooth, lists and not straight, faulty, straight).program()
 
 
 # --- mixed-dtype inputs ------------------------------------------------------------------------
