@@ -38,6 +38,9 @@ def parse_args(argv=None):
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--update", choices=["residual", "gru"], default="residual",
+                    help="atom update: h + tanh(...) or a GRU cell")
+    ap.add_argument("--readout", choices=sorted(M.READOUTS), default="sum-mean")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--final-lr", type=float, default=1e-4,
                     help="the learning rate decays exponentially from --lr to this over the epochs")
@@ -81,7 +84,8 @@ def train_seed(args, seed, out):
     y = np.array([m.y for m in train])
     mean, std = float(y.mean()), float(y.std())
     baseline = float(np.sqrt(np.mean((np.array([m.y for m in test]) - mean) ** 2)))
-    model = M.MPNN(D.ATOM_FEATURES, D.BOND_FEATURES, args.hidden, args.hidden, args.rounds, rng=seed)
+    model = M.MPNN(D.ATOM_FEATURES, D.BOND_FEATURES, args.hidden, args.hidden, args.rounds, rng=seed,
+                    update=args.update, readout=args.readout)
     opt = nn.Adam(lr=args.lr, weight_decay=args.weight_decay)
     state = opt.init(model)
     loss_and_grad = sb.value_and_grad(M.batch_loss)
