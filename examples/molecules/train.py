@@ -26,6 +26,7 @@ import numpy as np
 import spmdbatch as sb
 from spmdbatch import nn
 
+from .. import threads
 from . import data as D
 from . import model as M
 
@@ -52,9 +53,14 @@ def parse_args(argv=None):
                     help="train on the first N training molecules only (a quick check)")
     ap.add_argument("--out", default=None, help="folder for checkpoints, log and plot "
                     "(default runs/molecules-DATASET)")
+    threads.add_option(ap.add_argument)
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--no-plot", action="store_true", help="do not write curves.png")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    problem = threads.check(args.threads)
+    if problem:
+        ap.error(problem)
+    return args
 
 
 def progress(iterable, total, enabled, desc):
@@ -157,6 +163,7 @@ def plot(runs, path, units):
 def main(argv=None):
     args = parse_args(argv)
     D.require_rdkit()
+    threads.limit(args.threads)
     out = Path(args.out or f"runs/molecules-{args.dataset}")
     out.mkdir(parents=True, exist_ok=True)
     units = "kcal/mol" if args.dataset == "freesolv" else "log mol/L"
