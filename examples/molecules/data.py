@@ -7,7 +7,10 @@ solubility, field SOL). Install them with ``pip install -e ".[molecules]"`` (rdk
 
 A molecule becomes a `Mol`: atom features ``x`` (atoms, ATOM_FEATURES), and one entry per
 bond direction: ``src``, ``dst`` (atom indices) and bond features ``edge`` (2 * bonds,
-BOND_FEATURES). A single atom has no edges; so has a salt's ion without bonds.
+BOND_FEATURES). A single atom has no edges; so has a salt's ion without bonds. Atom
+features: element, degree, formal charge, hydrogen count, hybridisation (one-hot),
+aromaticity, ring membership, mass, and the atom's shares of RDKit's additive descriptors
+(`contributions`); bond features: type (one-hot), conjugation, ring membership.
 
 Records that RDKit cannot read (a bad SMILES, a broken SDF block, a missing target) are
 reported on one line each with their record number (1-based, as in the file) and skipped;

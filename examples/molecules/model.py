@@ -8,7 +8,10 @@ Per molecule (a `data.Mol`: atom features x, bond-direction features edge, ends 
                                                                  conditioned on the bond
         agg = zeros like h, with m added at dst                 (index_update, mode="add")
         h   = h + tanh(agg W_agg + h W_self + b_upd)            residual node update
+              (update="gru": a GRU cell, gates z and r from agg and h, candidate
+               tanh(agg W_agg + (r*h) W_self + b_upd), h = z*h + (1-z)*candidate)
     g = [sum of h over atoms, mean of h over atoms]             readout
+              (readout="sum-mean-max": and the maximum over atoms)
     y = relu(g W_head + b_head) w_out + b_out                   MLP head -> one number
 
 A molecule of one atom has no bonds: its messages are empty and only the update's
