@@ -39,7 +39,7 @@ def parse_args(argv=None):
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--update", choices=["residual", "gru"], default="residual",
+    ap.add_argument("--update", choices=["residual", "gru"], default="gru",
                     help="atom update: h + tanh(...) or a GRU cell")
     ap.add_argument("--readout", choices=sorted(M.READOUTS), default="sum-mean")
     ap.add_argument("--lr", type=float, default=2e-3)
