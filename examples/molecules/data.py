@@ -7,7 +7,10 @@ solubility, field SOL). Install them with ``pip install -e ".[molecules]"`` (rdk
 
 A molecule becomes a `Mol`: atom features ``x`` (atoms, ATOM_FEATURES), and one entry per
 bond direction: ``src``, ``dst`` (atom indices) and bond features ``edge`` (2 * bonds,
-BOND_FEATURES). A single atom has no edges; so has a salt's ion without bonds.
+BOND_FEATURES). A single atom has no edges; so has a salt's ion without bonds. Atom
+features: element, degree, formal charge, hydrogen count, hybridisation (one-hot),
+aromaticity, ring membership, mass, and the atom's shares of RDKit's additive descriptors
+(`contributions`); bond features: type (one-hot), conjugation, ring membership.
 
 Records that RDKit cannot read (a bad SMILES, a broken SDF block, a missing target) are
 reported on one line each with their record number (1-based, as in the file) and skipped;
@@ -25,7 +28,8 @@ import numpy as np
 
 ELEMENTS = ("C", "N", "O", "S", "F", "Cl", "Br", "I", "P", "Si", "B", "Se")
 HYBRID = ("SP", "SP2", "SP3", "SP3D", "SP3D2")
-ATOM_FEATURES = (len(ELEMENTS) + 1) + 6 + 5 + 5 + (len(HYBRID) + 1) + 3
+CONTRIBUTIONS = 5        # per-atom Crippen logP and MR, TPSA, Labute ASA, Gasteiger charge
+ATOM_FEATURES = (len(ELEMENTS) + 1) + 6 + 5 + 5 + (len(HYBRID) + 1) + 3 + CONTRIBUTIONS
 BOND_FEATURES = 4 + 1 + 1
 
 
@@ -72,16 +76,33 @@ def _one_hot(value, choices, other=True):
     return out
 
 
+def contributions(mol) -> np.ndarray:
+    """(atoms, CONTRIBUTIONS): each atom's share of the molecule's Crippen logP and molar
+    refractivity, topological polar surface area and Labute surface area (the sums over
+    atoms give RDKit's MolLogP, MolMR, TPSA and, less the hydrogens' part, LabuteASA), and
+    its Gasteiger partial charge (0 where RDKit cannot assign one). Scaled to about unit size."""
+    from rdkit.Chem import rdMolDescriptors, rdPartialCharges
+    crippen = np.array(rdMolDescriptors._CalcCrippenContribs(mol), dtype=np.float64).reshape(-1, 2)
+    tpsa = np.array(rdMolDescriptors._CalcTPSAContribs(mol), dtype=np.float64)
+    asa = np.array(list(rdMolDescriptors._CalcLabuteASAContribs(mol)[0]), dtype=np.float64)
+    mol = type(mol)(mol)                    # a copy: the charges are stored as atom properties
+    rdPartialCharges.ComputeGasteigerCharges(mol)
+    charge = np.array([a.GetDoubleProp("_GasteigerCharge") for a in mol.GetAtoms()])
+    out = np.stack([crippen[:, 0], crippen[:, 1] / 10.0, tpsa / 20.0, asa / 10.0, charge], axis=1)
+    return np.where(np.isfinite(out), out, 0.0)
+
+
 def featurize(mol, y) -> Mol:
     """The graph of an RDKit molecule (implicit hydrogens become atom features)."""
     atoms = []
-    for a in mol.GetAtoms():
+    extra = contributions(mol)
+    for k, a in enumerate(mol.GetAtoms()):
         atoms.append(_one_hot(a.GetSymbol(), ELEMENTS)
                      + _one_hot(min(a.GetDegree(), 5), range(6), other=False)
                      + _one_hot(a.GetFormalCharge(), (-2, -1, 0, 1, 2), other=False)
                      + _one_hot(min(a.GetTotalNumHs(), 4), range(5), other=False)
                      + _one_hot(str(a.GetHybridization()), HYBRID)
-                     + [a.GetIsAromatic(), a.IsInRing(), a.GetMass() / 100.0])
+                     + [a.GetIsAromatic(), a.IsInRing(), a.GetMass() / 100.0] + list(extra[k]))
     x = np.array(atoms, dtype=np.float32).reshape(-1, ATOM_FEATURES)
     src, dst, edge = [], [], []
     for b in mol.GetBonds():

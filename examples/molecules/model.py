@@ -8,7 +8,10 @@ Per molecule (a `data.Mol`: atom features x, bond-direction features edge, ends 
                                                                  conditioned on the bond
         agg = zeros like h, with m added at dst                 (index_update, mode="add")
         h   = h + tanh(agg W_agg + h W_self + b_upd)            residual node update
+              (update="gru": a GRU cell, gates z and r from agg and h, candidate
+               tanh(agg W_agg + (r*h) W_self + b_upd), h = z*h + (1-z)*candidate)
     g = [sum of h over atoms, mean of h over atoms]             readout
+              (readout="sum-mean-max": and the maximum over atoms)
     y = relu(g W_head + b_head) w_out + b_out                   MLP head -> one number
 
 A molecule of one atom has no bonds: its messages are empty and only the update's
@@ -38,10 +41,17 @@ class MPNN(nn.Module):
     b_head: np.ndarray
     w_out: np.ndarray
     b_out: np.ndarray
+    gru: dict | None = None
     rounds: int = static(3)
+    readout: str = static("sum-mean")
 
     def __init__(self, atom_features: int, bond_features: int, hidden: int = 64, head: int = 64,
-                 rounds: int = 3, rng=0, dtype=np.float32):
+                 rounds: int = 3, rng=0, dtype=np.float32, update: str = "residual",
+                 readout: str = "sum-mean"):
+        if update not in ("residual", "gru"):
+            raise ValueError(f"update must be 'residual' or 'gru', got {update!r}")
+        if readout not in READOUTS:
+            raise ValueError(f"readout must be one of {', '.join(READOUTS)}, got {readout!r}")
         rng = nn.init.as_rng(rng)
         g = nn.init.glorot_uniform
         self.W_in, self.b_in = g(rng, (atom_features, hidden), dtype), np.zeros(hidden, dtype)
@@ -49,13 +59,38 @@ class MPNN(nn.Module):
         self.b_msg = np.zeros(hidden, dtype)
         self.W_agg, self.W_self = g(rng, (hidden, hidden), dtype), g(rng, (hidden, hidden), dtype)
         self.b_upd = np.zeros(hidden, dtype)
-        self.W_head, self.b_head = g(rng, (2 * hidden, head), dtype), np.zeros(head, dtype)
+        self.W_head = g(rng, (READOUTS[readout] * hidden, head), dtype)
+        self.b_head = np.zeros(head, dtype)
         self.w_out, self.b_out = g(rng, (head, 1), dtype), np.zeros(1, dtype)
-        self.rounds = rounds
+        self.rounds, self.readout = rounds, readout
+        # GRU gates (update z, reset r) over [agg, h]; W_agg, W_self, b_upd are its candidate
+        self.gru = None if update == "residual" else {
+            "W_z": g(rng, (hidden, hidden), dtype), "U_z": g(rng, (hidden, hidden), dtype),
+            "b_z": np.zeros(hidden, dtype),
+            "W_r": g(rng, (hidden, hidden), dtype), "U_r": g(rng, (hidden, hidden), dtype),
+            "b_r": np.zeros(hidden, dtype)}
+
+
+READOUTS = {"sum-mean": 2, "sum-mean-max": 3}     # readout -> its width in hidden sizes
 
 
 def relu(x):
     return np.maximum(x, 0)
+
+
+def sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def update(model, h, agg):
+    """The new atom states from the old ones and their incoming messages."""
+    if model.gru is None:
+        return h + np.tanh(agg @ model.W_agg + h @ model.W_self + model.b_upd)
+    p = model.gru
+    z = sigmoid(agg @ p["W_z"] + h @ p["U_z"] + p["b_z"])
+    r = sigmoid(agg @ p["W_r"] + h @ p["U_r"] + p["b_r"])
+    n = np.tanh(agg @ model.W_agg + (r * h) @ model.W_self + model.b_upd)
+    return z * h + (1 - z) * n
 
 
 def predict(model, mol):
@@ -64,8 +99,11 @@ def predict(model, mol):
     for _ in range(model.rounds):
         m = relu(h[mol.src] @ model.W_msg + mol.edge @ model.W_edge + model.b_msg)
         agg = sb.index_update(np.zeros(h.shape, dtype=h.dtype), mol.dst, m, mode="add")
-        h = h + np.tanh(agg @ model.W_agg + h @ model.W_self + model.b_upd)
-    g = np.concatenate([h.sum(axis=0), h.mean(axis=0)])
+        h = update(model, h, agg)
+    if model.readout == "sum-mean":
+        g = np.concatenate([h.sum(axis=0), h.mean(axis=0)])
+    else:
+        g = np.concatenate([h.sum(axis=0), h.mean(axis=0), h.max(axis=0)])
     return (relu(g @ model.W_head + model.b_head) @ model.w_out + model.b_out)[0]
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import spmdbatch as sb
 from spmdbatch import nn
 
+from .. import threads
 from . import data as D
 from . import model as M
 
@@ -38,6 +39,9 @@ def parse_args(argv=None):
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--update", choices=["residual", "gru"], default="gru",
+                    help="atom update: h + tanh(...) or a GRU cell")
+    ap.add_argument("--readout", choices=sorted(M.READOUTS), default="sum-mean")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--final-lr", type=float, default=1e-4,
                     help="the learning rate decays exponentially from --lr to this over the epochs")
@@ -49,9 +53,14 @@ def parse_args(argv=None):
                     help="train on the first N training molecules only (a quick check)")
     ap.add_argument("--out", default=None, help="folder for checkpoints, log and plot "
                     "(default runs/molecules-DATASET)")
+    threads.add_option(ap.add_argument)
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--no-plot", action="store_true", help="do not write curves.png")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    problem = threads.check(args.threads)
+    if problem:
+        ap.error(problem)
+    return args
 
 
 def progress(iterable, total, enabled, desc):
@@ -81,7 +90,8 @@ def train_seed(args, seed, out):
     y = np.array([m.y for m in train])
     mean, std = float(y.mean()), float(y.std())
     baseline = float(np.sqrt(np.mean((np.array([m.y for m in test]) - mean) ** 2)))
-    model = M.MPNN(D.ATOM_FEATURES, D.BOND_FEATURES, args.hidden, args.hidden, args.rounds, rng=seed)
+    model = M.MPNN(D.ATOM_FEATURES, D.BOND_FEATURES, args.hidden, args.hidden, args.rounds, rng=seed,
+                    update=args.update, readout=args.readout)
     opt = nn.Adam(lr=args.lr, weight_decay=args.weight_decay)
     state = opt.init(model)
     loss_and_grad = sb.value_and_grad(M.batch_loss)
@@ -153,6 +163,7 @@ def plot(runs, path, units):
 def main(argv=None):
     args = parse_args(argv)
     D.require_rdkit()
+    threads.limit(args.threads)
     out = Path(args.out or f"runs/molecules-{args.dataset}")
     out.mkdir(parents=True, exist_ok=True)
     units = "kcal/mol" if args.dataset == "freesolv" else "log mol/L"

@@ -36,13 +36,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 import spmdbatch as sb
 from spmdbatch import distributed as dist
 from spmdbatch import nn
 from spmdbatch.files import CheckpointError
 
+from .. import threads
 from . import checkpoint as ckpt
 from . import data as sst
 from . import handbatched
@@ -108,10 +108,7 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     add("--resume", metavar="DIR", help="continue the run whose --out was DIR (its options are "
         "used; --epochs may raise the number of epochs)")
     add("--no-progress", action="store_true", default=False)
-    add("--threads", type=int, default=1, metavar="N",
-        help="BLAS threads (set with threadpoolctl; default 1: the matrix products of a "
-             "minibatch are small, and more threads than free cores make them several times "
-             "slower on a loaded machine; 0 keeps the BLAS library's own setting)")
+    threads.add_option(add)
     return ap
 
 
@@ -294,7 +291,7 @@ def setup(argv):
 def run(argv=None):
     """Check the options, load the data, train (or resume) and test; returns the log."""
     args, out = setup(argv)
-    threadpool_limits(limits=args.threads or None, user_api="blas")
+    threads.limit(args.threads)
     comm = dist.init()                  # MPI under mpiexec, else one process
     if comm.rank != 0:                  # rank 0 alone prints and writes
         sys.stdout = open(os.devnull, "w")

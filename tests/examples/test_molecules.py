@@ -155,3 +155,32 @@ def test_training_runs_and_writes_its_outputs(tmp_path):
                           "--no-plot"])
     assert np.isfinite(summary["test_rmse_mean"]) and summary["baseline_test_rmse_mean"] > 1
     assert (tmp_path / "log.json").exists() and (tmp_path / "best-seed0.npz").exists()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_threads_sets_the_blas_thread_pool(tmp_path, threads):
+    need("rdkit", "datamol")
+    from threadpoolctl import threadpool_info, threadpool_limits
+    from examples.molecules import train
+    with threadpool_limits(limits=3 - threads, user_api="blas"):     # the other value first
+        train.main(["--seeds", "0", "--epochs", "1", "--hidden", "4", "--max-train", "8",
+                    "--threads", str(threads), "--out", str(tmp_path), "--no-progress", "--no-plot"])
+        blas = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+    assert blas and all(n == threads for n in blas), blas
+
+
+def test_negative_threads_is_refused_in_one_line(capsys):
+    from examples.molecules import train
+    with pytest.raises(SystemExit):
+        train.parse_args(["--threads", "-1"])
+    assert "--threads must be 0 or more, got -1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("update", ["residual", "gru"])
+@pytest.mark.parametrize("readout", sorted(M.READOUTS))
+def test_model_variants_batched_equal_the_loop(update, readout):
+    model = M.MPNN(D.ATOM_FEATURES, D.BOND_FEATURES, hidden=6, head=5, rounds=2, rng=1,
+                   dtype=np.float64, update=update, readout=readout)
+    mols = toy_molecules()
+    check_batched(M.predict, model, mols, in_axes=(None, 0), rtol=1e-9, atol=1e-10)
+    check_batched_grad(M.predict, model, mols, in_axes=(0,), rtol=1e-7, atol=1e-9)
