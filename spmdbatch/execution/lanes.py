@@ -581,6 +581,10 @@ def _is_array_like(value) -> bool:
 
 _PYTHON_NUMBERS = (int, float, bool, complex)
 _WEAK_EXAMPLE = {"b": False, "i": 0, "u": 0, "f": 0.0, "c": 0j}
+_PYTHON_DEFAULT = {bool: np.dtype(bool), int: np.dtype(np.int64), float: np.dtype(np.float64),
+                   complex: np.dtype(np.complex128), "b": np.dtype(bool), "i": np.dtype(np.int64),
+                   "u": np.dtype(np.int64), "f": np.dtype(np.float64), "c": np.dtype(np.complex128)}
+"""The dtype of the numpy scalar each kind of Python number stands for (weak: NEP 50)."""
 
 
 def _is_weak(v) -> bool:
@@ -602,8 +606,12 @@ def _check_one_dtype(values, name):
     if name == RETURN_VALUE:
         return
     dtype = None
+    number_dtypes = set()
     for v in values:
-        if _is_weak(v) or v is UNDEFINED:
+        if v is UNDEFINED:
+            continue
+        if _is_weak(v):
+            number_dtypes.add(_PYTHON_DEFAULT[v.dtype.kind if type(v) is Batched else type(v)])
             continue
         d = getattr(v, "dtype", None)
         if d is None:
@@ -615,6 +623,17 @@ def _check_one_dtype(values, name):
             raise UnmergeableGroups(f"{name} has dtype {dtype} in some examples and {d} in others "
                                     f"where control flow joins", filename, lineno,
                                     hint="Give it one dtype on every path (numpy.float32(...)).")
+    if number_dtypes and dtype is not None and number_dtypes != {dtype}:
+        # A Python number in some examples and a numpy value of another dtype than the
+        # number's own (float32 and 0.1, int8 and 3) in others: the loop keeps each example's
+        # own type (0.1 stays a Python float, a float64 with the weak promotion of NEP 50), so
+        # one array, of either dtype, would compute some lanes' later results in another
+        # dtype or precision. (A Python float with numpy float64 lanes, a Python int with
+        # int64 ones, do merge, as float64 / int64: see docs/DESIGN.md, Dtypes.)
+        filename, lineno = user_frame()
+        raise UnmergeableGroups(f"{name} is a Python number in some examples and a numpy {dtype} "
+                                f"in others where control flow joins", filename, lineno,
+                                hint="Give it one type on every path (numpy.float32(...) or float(...)).")
 
 
 def _merge_numbers(values, counts, name, disjoint=True):
