@@ -100,8 +100,8 @@ class SpmdFunction:
 
     def _run(self, fn, wrapped, wrapped_kw, batch):
         """Run the batch program on per-example values `wrapped` as a new batch level."""
-        saved = (STATE.partial, STATE.frame, STATE.lanes, STATE.max_depth)
-        STATE.partial, STATE.frame, STATE.lanes = False, None, None
+        saved = (STATE.partial, STATE.frame, STATE.lanes, STATE.max_depth, STATE.calls)
+        STATE.partial, STATE.frame, STATE.lanes, STATE.calls = False, None, None, 0
         if self.max_depth is not None:
             STATE.max_depth = self.max_depth
         forget_uniform_objects()
@@ -117,7 +117,7 @@ class SpmdFunction:
             return call(fn, *wrapped, **wrapped_kw)
         finally:
             levels.pop(level)
-            STATE.partial, STATE.frame, STATE.lanes, STATE.max_depth = saved
+            STATE.partial, STATE.frame, STATE.lanes, STATE.max_depth, STATE.calls = saved
             UNIFORM_OBJECTS.active -= 1
             forget_uniform_objects()
             if not UNIFORM_OBJECTS.active:

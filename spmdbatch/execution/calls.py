@@ -206,11 +206,13 @@ def run_batched(fn, self_arg, args, kwargs):
         if out is not NOT_PLAIN:
             return out
     lent = LL.lend(args) if any(type(a) in _OWNED_TYPES for a in args) else None
+    STATE.calls += 1
     try:
         return _TRANSFORMER(fn)(*self_arg, *args, **kwargs)
     except RecursionError:
         raise _too_deep(args, kwargs) from None
     finally:
+        STATE.calls -= 1
         if lent:
             LL.give_back(lent)
 

@@ -31,7 +31,7 @@ from ..ad.tracer import untraced
 from ..errors import UnmergeableGroups, UnsupportedConstruct
 from ..runtime.blame import user_frame
 from ..runtime.batched import Batched
-from .lanes import merge, merge_envs, take, take_env
+from .lanes import HELPER_RETURN_VALUE, RETURN_VALUE, merge, merge_envs, take, take_env
 from .state import STATE
 from .stats import STATS, count_running_call
 
@@ -198,7 +198,7 @@ class Frame:
     """
 
     __slots__ = ("loop_end", "names", "fwd", "back", "returns", "n", "base_partial", "parent",
-                 "parent_lanes", "extension", "finisher")
+                 "parent_lanes", "extension", "finisher", "top", "function")
 
     def __init__(self, loop_end, n: int, names=None, function: str = "?"):
         self.loop_end = loop_end   # loop_end[b]: last block of the loop headed by b, or -1
@@ -212,6 +212,8 @@ class Frame:
         self.parent_lanes = STATE.lanes    # make this call's batch (None: all of them)
         self.extension = None              # (see the class docstring)
         self.finisher = None
+        self.top = STATE.calls <= 1        # the @spmd function's own call (not a helper's)
+        self.function = function
         if STATS.active is not None:
             count_running_call(function, n)
         STATE.frame = self
@@ -345,7 +347,12 @@ class Frame:
         if not returns:
             raise AssertionError("batched call finished without a return")
         counts = [r[1] for r in returns]
-        value = merge([r[2] for r in returns], counts, "the return value")
+        # The batch's result promotes the examples' dtypes, as stacking the loop's results
+        # does; a helper's result is used on by its caller, where each example of the loop
+        # computes with its own dtype: returns of different dtypes are refused there
+        # (`lanes._check_one_dtype`).
+        value = merge([r[2] for r in returns], counts,
+                      RETURN_VALUE if self.top else f"{HELPER_RETURN_VALUE} ({self.function})")
         lanes = np.concatenate([np.arange(r[1]) if r[0] is None else r[0] for r in returns])
         if not np.count_nonzero(lanes[1:] < lanes[:-1]):
             return value                   # (already in lane order)

@@ -593,8 +593,12 @@ def _is_weak(v) -> bool:
 
 
 RETURN_VALUE = "the return value"
-"""The `name` of the merge of a function's returns: there groups of different dtypes are
-promoted (numpy's promotion, as stacking the loop's results does), not kept apart."""
+"""The `name` of the merge of the batch function's returns: there groups of different dtypes
+are promoted (numpy's promotion, as stacking the loop's results does), not kept apart."""
+
+HELPER_RETURN_VALUE = "the value a called function returns"
+"""The `name` of the merge of a called function's returns: its caller cannot run apart on
+groups of different dtypes (it is in the middle of a block), so they are refused."""
 
 
 def _check_one_dtype(values, name):
@@ -622,18 +626,28 @@ def _check_one_dtype(values, name):
             filename, lineno = user_frame()
             raise UnmergeableGroups(f"{name} has dtype {dtype} in some examples and {d} in others "
                                     f"where control flow joins", filename, lineno,
-                                    hint="Give it one dtype on every path (numpy.float32(...)).")
-    if number_dtypes and dtype is not None and number_dtypes != {dtype}:
+                                    hint=_hint(name, "one dtype", "(numpy.float32(...))"))
+    if number_dtypes and dtype is not None and number_dtypes != {dtype} \
+            and not name.startswith(HELPER_RETURN_VALUE):
         # A Python number in some examples and a numpy value of another dtype than the
         # number's own (float32 and 0.1, int8 and 3) in others: the loop keeps each example's
         # own type (0.1 stays a Python float, a float64 with the weak promotion of NEP 50), so
         # one array, of either dtype, would compute some lanes' later results in another
         # dtype or precision. (A Python float with numpy float64 lanes, a Python int with
-        # int64 ones, do merge, as float64 / int64: see docs/DESIGN.md, Dtypes.)
+        # int64 ones, do merge, as float64 / int64; so do a called function's returns, which
+        # cannot run apart and are common (`return 0.0` beside float32 arrays): the promotion
+        # as before. See docs/DESIGN.md, Dtypes.)
         filename, lineno = user_frame()
         raise UnmergeableGroups(f"{name} is a Python number in some examples and a numpy {dtype} "
                                 f"in others where control flow joins", filename, lineno,
-                                hint="Give it one type on every path (numpy.float32(...) or float(...)).")
+                                hint=_hint(name, "one type", "(numpy.float32(...) or float(...))"))
+
+
+def _hint(name, what, how):
+    if name.startswith(HELPER_RETURN_VALUE):
+        return (f"Return {what} on every path of the called function {how}: the per-example "
+                f"loop's caller would compute on with each example's own type.")
+    return f"Give it {what} on every path {how}."
 
 
 def _merge_numbers(values, counts, name, disjoint=True):

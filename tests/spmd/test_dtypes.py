@@ -309,3 +309,86 @@ def test_builtin_max_whose_winners_differ_in_dtype_gives_the_promotion():
     got = sb.spmd(_max_of_python_float_and_float32)(xs)
     assert got.dtype == np.float32                                 # one of the loop's dtypes
     np.testing.assert_allclose(got, np.array(loop, dtype=np.float64), rtol=1e-6)
+
+
+# --- a Python number in some examples, a numpy value of another dtype in others (#15) -------------
+def python_float_or_float32(c, v):
+    if c > 0:
+        x = 0.1
+    else:
+        x = np.float32(0.25)
+    return x + v            # int8 v: a Python float gives float64, a float32 float32
+
+
+def python_float_or_float32_expression(c, v):
+    x = 0.1 if c > 0 else np.float32(0.25)
+    return x * v
+
+
+def python_int_or_int8(c, v):
+    k = 3 if c > 0 else np.int8(3)
+    return k * v            # float32 v: a Python int gives float32, an int8 float32 too; int8 v: int8
+
+
+def loop_accumulator_float32_or_python(x):
+    y = 0.0
+    for i in range(3):
+        if x > i:
+            y += x         # float32 in the examples that add, a Python float in the others
+    return y * np.int8(2)
+
+
+@pytest.mark.parametrize("fn, v", [
+    (python_float_or_float32, np.array([3, 4, -2], np.int8)),
+    (python_float_or_float32_expression, np.array([3, 4, -2], np.int8)),
+    (python_float_or_float32_expression, np.array([1.5, 2.0, 0.5], np.float16)),
+    (python_int_or_int8, np.array([1.5, 2.0, 0.5], F32)),
+    (python_int_or_int8, np.array([1, 2, 3], np.int16)),
+])
+def test_python_number_and_numpy_value_of_another_dtype_keep_each_examples_type(fn, v):
+    c = np.array([1, 0, 1])
+    loop = [fn(c[i], v[i]) for i in range(3)]
+    got = sb.spmd(fn)(c, v)
+    assert got.dtype == np.result_type(*loop), (got.dtype, [type(r) for r in loop])
+    for i, r in enumerate(loop):               # each lane in its own example's precision
+        assert got[i] == np.asarray(r).astype(got.dtype), (i, got[i], r)
+
+
+def test_groups_running_apart_in_a_uniform_loop_keep_their_own_iteration():
+    # (the loop's native iterator was shared by the groups: each advanced it for the others)
+    xs = np.array([1.0, 2.0, -1.0, 0.5], F32)
+    loop = [loop_accumulator_float32_or_python(x) for x in xs]
+    got = sb.spmd(loop_accumulator_float32_or_python)(xs)
+    assert got.dtype == np.result_type(*loop)
+    np.testing.assert_array_equal(got, np.array(loop, dtype=got.dtype))
+
+    def float64_or_float32(x):
+        y = np.float32(0.0)
+        for i, k in enumerate([0, 1, 2]):
+            if x > i:
+                y += x
+        return y
+    xs = np.array([1.0, 2.0, -1.0, 0.5])
+    np.testing.assert_array_equal(sb.spmd(float64_or_float32)(xs), [float64_or_float32(x) for x in xs])
+
+
+def _float32_or_float64(c, v):
+    if c > 0:
+        return v.astype(np.float32)
+    return v.astype(np.float64)
+
+
+def _calls_a_helper_of_path_dependent_dtype(c, v):
+    return _float32_or_float64(c, v) + np.float32(0.1) * 3
+
+
+def test_a_helper_returning_different_dtypes_per_example_is_refused_with_its_line():
+    # the loop's caller computes on in each example's own dtype (float32 + float32 stays
+    # float32, float64 + float32 is float64): one promoted array would be silently wrong
+    with pytest.raises(sb.SpmdError) as err:
+        sb.spmd(_calls_a_helper_of_path_dependent_dtype)(np.array([1, 0]), np.array([1.0, 2.0]))
+    assert "test_dtypes.py" in str(err.value) and "_float32_or_float64" in str(err.value)
+    assert "float32" in str(err.value) and "float64" in str(err.value)
+    # the batch function's own returns promote, as stacking the loop's results does
+    got = sb.spmd(_float32_or_float64)(np.array([1, 0]), np.array([1.0, 2.0]))
+    assert got.dtype == np.float64
