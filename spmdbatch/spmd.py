@@ -112,7 +112,10 @@ class SpmdFunction:
             if getattr(fn, "_spmd_native", False):   # @native (a custom_vjp function): as it
                 return fn(*wrapped, **wrapped_kw)      # is, on the batched values
             if is_user_function(fn) and not isinstance(fn, SpmdFunction):
-                return run_batched(fn, (), wrapped, wrapped_kw)
+                out = run_batched(fn, (), wrapped, wrapped_kw)
+                if views.RECORDS.stale:
+                    views.check_results((out,))   # (the loop's result would show an update)
+                return out
             # library code (grad(f), another spmd): runs natively in the batch program
             return call(fn, *wrapped, **wrapped_kw)
         finally:

@@ -24,7 +24,7 @@ import types
 
 import numpy as np
 
-from ..ad.tracer import untraced
+from ..ad.tracer import is_traced, untraced
 from ..errors import DivergentSideEffect, SpmdError, UnmergeableGroups, UnsupportedConstruct
 from ..runtime.array_methods import index_update
 from ..runtime.batched import Batched, Ragged
@@ -962,10 +962,18 @@ def setitem(obj, index, value):
     if kind is LaneList or kind is LaneDict or kind is LL.FrozenList:   # built by this program
         obj[index] = value
         return obj
+    if type(obj) is np.ndarray and obj.flags.writeable and not STATE.partial \
+            and not is_varying(value) and not is_varying(index) and not is_traced(value):
+        # one array for all examples, a write that is the same for all of them, every lane
+        # running: in place, as each example's loop does (its views and other names see it)
+        obj[index] = value
+        return obj
     if type(obj) is Batched or hasattr(obj, "shape") and hasattr(obj, "dtype"):
         out = index_update(obj, index, value, mode="set")
-        if type(obj) is Batched and obj.data.ndim >= 2:
-            views.note_update(obj, rebound=True)  # (other names and views keep the old values)
+        if getattr(type(obj), "_notes_views", False) and obj.ndim >= 1:
+            # (other names and views keep the old values: those that overlap the write are
+            # out of date)
+            views.note_update(obj, rebound=True, index=index)
         return out
     if type(index) is Batched or (type(index) is tuple and any(type(i) is Batched for i in index)):
         filename, lineno = user_frame()
@@ -1009,7 +1017,7 @@ def inplace(op, a, b):
         if (type(a) is np.ndarray or a.ndim >= 1) and getattr(out, "dtype", a.dtype) != a.dtype \
                 and np.can_cast(out.dtype, a.dtype, "same_kind"):
             out = out.astype(a.dtype)   # an array updated in place keeps its dtype, as in numpy
-        if type(a) is Batched and a.data.ndim >= 2:
+        if getattr(type(a), "_notes_views", False) and a.ndim >= 1:
             views.note_update(a, rebound=True)   # (other names and views keep the old values)
         return out
     kind = type(a)

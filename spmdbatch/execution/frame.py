@@ -29,6 +29,7 @@ import numpy as np
 
 from ..ad.tracer import untraced
 from ..errors import UnmergeableGroups, UnsupportedConstruct
+from ..runtime import views
 from ..runtime.blame import user_frame
 from ..runtime.batched import Batched
 from .lanes import HELPER_RETURN_VALUE, RETURN_VALUE, merge, merge_envs, take, take_env
@@ -40,6 +41,7 @@ try:            # numpy's C function (np.count_nonzero wraps it in Python: 4x th
 except ImportError:     # pragma: no cover  (numpy < 2)
     _count_nonzero = np.count_nonzero
 _NDARRAY = np.ndarray
+_VIEWS = views.RECORDS
 _BOOL = np.dtype(bool)
 
 
@@ -257,6 +259,8 @@ class Frame:
             (self.jump_back if f_back else self.jump)(f_block, f_lanes, n - k, take_env(f_env, f_idx))
 
     def ret(self, lanes, n, value):
+        if _VIEWS.stale:
+            views.check_results((value,))   # (the loop's result would show an in-place update)
         ext = self.extension
         if ext is None:
             self.returns.append((lanes, n, value))

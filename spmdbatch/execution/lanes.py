@@ -19,11 +19,13 @@ import numpy as np
 
 from ..errors import UnmergeableGroups, UnsupportedConstruct
 from ..runtime import primitives as P
-from ..runtime import pytree
+from ..runtime import pytree, views
 from ..ad.tracer import Tracer, untraced
 from ..runtime.batched import Batched, Ragged
 from ..runtime.blame import user_frame
 from ..runtime.mapped import MIN_MAPPED_SIZE, LaneMapped, as_mapped, identity_index, mappable
+
+_VIEWS = views.RECORDS
 
 
 class _Undefined:
@@ -246,6 +248,17 @@ def _refuse_split_object(value):
             "branches).")
 
 
+def _take_once(value, idx, memo):
+    """`take` of a per-example array once per environment: two names of one array (``u = w``)
+    stay one array, as in the loop, where an update through one is seen through the other
+    (runtime/views.py)."""
+    key = ("array", id(value))
+    hit = memo.get(key)
+    if hit is None or hit[0] is not value:
+        hit = memo[key] = (value, take(value, idx, memo))
+    return hit[1]
+
+
 def take_env(env, idx):
     """`take` of an environment tuple (one memo for all its slots): the values most slots hold,
     batched lane vectors of numpy data and plain uniform leaves, without `take`'s dispatch."""
@@ -258,12 +271,16 @@ def take_env(env, idx):
             if type(data) is _NDARRAY and data.ndim == 1:
                 v = Batched(data.take(idx), v.weak)
             else:
-                v = take(v, idx, memo)
+                if memo is None:
+                    memo = {}
+                v = _take_once(v, idx, memo)
         elif kind not in _PLAIN_LEAVES and kind is not Tracer:
             if memo is None:
                 memo = {}
-            v = take(v, idx, memo)
+            v = _take_once(v, idx, memo) if kind is LaneMapped else take(v, idx, memo)
         items.append(v)
+    if _VIEWS.bases or _VIEWS.stale:
+        views.follow_take(env, items)    # (views and out-of-date values stay so in the groups)
     return tuple(items)
 
 
@@ -544,7 +561,20 @@ def merge_envs(envs, counts, names=None):
                     if len({id(d) for d in datas}) > 1:     # (one shared object: uniform)
                         out.append(Batched(np.concatenate(datas, axis=0), weak))
                         continue
+        if type(first) is Batched or type(first) is LaneMapped:
+            # (two names of one array in every group stay one array: runtime/views.py)
+            key = ("array",) + tuple(id(v) for v in values)
+            hit = memo.get(key)
+            if hit is not None and all(a is b for a, b in zip(hit[0], values)):
+                out.append(hit[1])
+                continue
+            merged = merge(values, counts, f"variable {names[i]!r}" if names else "a variable", True, memo)
+            memo[key] = (values, merged)
+            out.append(merged)
+            continue
         out.append(merge(values, counts, f"variable {names[i]!r}" if names else "a variable", True, memo))
+    if _VIEWS.bases or _VIEWS.stale:
+        views.follow_merge(envs, out)    # (views and out-of-date values stay so where they join)
     return tuple(out)
 
 
