@@ -416,10 +416,20 @@ def _extreme_of_kinds(name, args, kinds):
         return out
     kind = chosen.pop()
     if type(kind) is tuple:               # every example keeps its Python number
-        data = cur.data if type(cur) is Batched else np.full(len(win), cur)
         target = np.float64 if kind[1] == "f" else np.int64 if kind[1] in "iu" else None
-        if target is not None and data.dtype != target:
-            data = P.astype(data, dtype=np.dtype(target))
+        if target is None:
+            data = cur.data if type(cur) is Batched else np.full(len(win), cur)
+            return Batched(data, weak=True)
+        # (selected among the Python numbers themselves, in their own precision: `cur`, a
+        # `where` with the other arguments, has their dtype, float32 say)
+        data = None
+        for i, a in enumerate(args):
+            if kinds[i] != kind:
+                continue
+            d = a.data if type(a) is Batched else np.full(len(win), a, dtype=target)
+            if d.dtype != target:
+                d = P.astype(d, dtype=np.dtype(target))
+            data = d if data is None else P.where(win == i, d, data)
         return Batched(data, weak=True)
     if type(cur) is Batched and cur.dtype != kind:
         cur = Batched(P.astype(cur.data, dtype=kind))

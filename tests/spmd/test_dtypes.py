@@ -392,3 +392,18 @@ def test_a_helper_returning_different_dtypes_per_example_is_refused_with_its_lin
     # the batch function's own returns promote, as stacking the loop's results does
     got = sb.spmd(_float32_or_float64)(np.array([1, 0]), np.array([1.0, 2.0]))
     assert got.dtype == np.float64
+
+
+def test_builtin_max_won_by_a_python_float_keeps_its_precision():
+    # (found by the float32 dtype fuzzer: the winner was selected in float32, then widened)
+    def f(x, v):
+        return max(abs(x), v.sum()), min(x, v[0], 0.5)
+    xs = [3.940039277076721, -0.1, 1e-3]
+    vs = np.array([[0.5, 1.0], [2.0, 1.0], [0.25, 0.0]], F32)
+    loop = [f(x, v) for x, v in zip(xs, vs)]
+    got = sb.spmd(f)(xs, vs)
+    for j in range(2):
+        column = [r[j] for r in loop]
+        assert got[j].dtype == np.result_type(*column)
+        for i, c in enumerate(column):
+            assert got[j][i] == np.asarray(c).astype(got[j].dtype), (j, i, got[j][i], c)
