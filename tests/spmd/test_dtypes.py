@@ -397,9 +397,9 @@ def test_a_helper_returning_different_dtypes_per_example_is_refused_with_its_lin
 def test_builtin_max_won_by_a_python_float_keeps_its_precision():
     # (found by the float32 dtype fuzzer: the winner was selected in float32, then widened)
     def f(x, v):
-        return max(abs(x), v.sum()), min(x, v[0], 0.5)
-    xs = [3.940039277076721, -0.1, 1e-3]
-    vs = np.array([[0.5, 1.0], [2.0, 1.0], [0.25, 0.0]], F32)
+        return max(abs(x), v.sum()), min(x, v[0], 0.5)     # the Python float wins in each
+    xs = [-3.940039277076721, -2.718281828459045, -1.4142135623730951]
+    vs = np.array([[0.5, 1.0], [2.0, -1.0], [0.25, 0.0]], F32)
     loop = [f(x, v) for x, v in zip(xs, vs)]
     got = sb.spmd(f)(xs, vs)
     for j in range(2):
