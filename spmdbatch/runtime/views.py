@@ -5,9 +5,12 @@ In the per-example loop, `w[1:]` of an array is a view and `w += b`, `w[i] = v` 
 it, and (for an update through a view) its base see the change. A batch program updates
 per-example arrays functionally: `w` is rebound to a new value and the others keep the old
 one. Rather than give silently different values, this module remembers which values are
-views of which (`note_view`, at basic indexing of a per-example array) and which values an
-in-place update left behind (`note_update`); using one of those afterwards in an array
-operation raises `UnsupportedConstruct` naming the update's line and the use's line.
+views of which (`note_view`, at basic indexing, reshapes and transposes of a per-example
+array, with the index, so a write that misses a view's region leaves it alone) and which
+values an in-place update left behind (`note_update`); using one of those afterwards in an
+array operation, or returning it, raises `UnsupportedConstruct` naming the update's line and
+the use's line. The records follow lane groups where they split and join (`follow_take`,
+`follow_merge`).
 
 The records are per thread and hold weak references only, so values that are no longer used
 cost nothing; `check` is one truthiness test while nothing was updated in place.

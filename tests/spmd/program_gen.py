@@ -770,11 +770,11 @@ def mixed_dtype_inputs(draw, B, xs, ns, vs, float32=True):
     float32 program an int32 example meets float32 as float64 but an int8 or Python int
     example as float32, so mixing those changes the dtype of lanes whose path mixes them.
 
-    With ``float32=False`` only float64 batches are drawn. Float32 batches still find a known
-    class of mismatches: a value whose dtype in the loop depends on the path an example takes
-    (builtin ``min(a, b)``, ``a or b`` or a conditional expression choosing between a float32
-    and a float64 or Python float, a variable holding a Python float in some lanes and a
-    numpy float64 in others) has one dtype in the batch, the promotion of all lanes'.
+    With ``float32=False`` only float64 batches are drawn. In float32 batches a value whose
+    type in the loop depends on the path an example takes (builtin ``min(a, b)``, ``a or b``
+    or a conditional expression choosing between a float32 value and a float64 or Python
+    float) keeps each example's type: such groups do not merge (execution/lanes.py,
+    `_check_one_dtype`).
     """
     if not float32 or draw(st.booleans()):
         ints = [draw(st.sampled_from(INT_DTYPES)) for _ in range(B)]

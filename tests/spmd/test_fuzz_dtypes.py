@@ -1,11 +1,12 @@
 """Differential fuzzing of dtypes: random programs on per-example inputs of mixed dtypes
 (program_gen.mixed_dtype_inputs), and ragged integer examples of mixed widths.
 
-The batched result has the dtype the per-example results make together (`loop_dtype`,
-`dtype_matches`: numpy's promotion with Python numbers weak, NEP 50) and the loop's values. Set
+The batched result has exactly the dtype the per-example results make together (`loop_dtype`,
+`dtype_matches`: numpy's promotion over the examples' own result types, Python numbers weak,
+NEP 50), and each lane the loop's value at the precision of that example's own result type
+(`lane_tolerance`: a lane computed in float32 where the loop kept a Python float fails). Set
 SPMD_FUZZ_DTYPE_EXAMPLES to run more programs (default 150), SPMD_FUZZ_DTYPE_FLOAT32=1 to
-draw float32 batches too (they still find a known class of mismatches: see
-program_gen.mixed_dtype_inputs).
+draw float32 batches too.
 """
 from __future__ import annotations
 
@@ -27,8 +28,7 @@ import spmdbatch as sb  # noqa: E402
 
 EXAMPLES = int(os.environ.get("SPMD_FUZZ_DTYPE_EXAMPLES", 150))
 FLOAT32 = os.environ.get("SPMD_FUZZ_DTYPE_FLOAT32") == "1"
-"""Also draw float32 batches (see program_gen.mixed_dtype_inputs: they still find the known
-class of path-dependent per-example dtypes), off by default."""
+"""Also draw float32 batches (see program_gen.mixed_dtype_inputs), off by default."""
 
 
 @st.composite
