@@ -678,6 +678,11 @@ def call(fn, *args, **kwargs):
         special = _SPECIAL.get(fn)
         if special is not None:
             return special(*args, **kwargs)
+        if len(args) == 1 and not kwargs and type(args[0]) is Batched and issubclass(fn, np.generic) \
+                and fn is not np.object_ and not issubclass(fn, np.flexible):
+            # a numpy scalar type of a per-example value (np.float32(x)): each example's value
+            # in that dtype, a numpy value (not a Python number) as in the loop
+            return Batched(P.astype(args[0].data, dtype=np.dtype(fn)))
     elif kind is Batched:
         filename, lineno = user_frame()
         raise SpmdError("calling a varying value (each example would call a different function)",

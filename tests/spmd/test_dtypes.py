@@ -407,3 +407,20 @@ def test_builtin_max_won_by_a_python_float_keeps_its_precision():
         assert got[j].dtype == np.result_type(*column)
         for i, c in enumerate(column):
             assert got[j][i] == np.asarray(c).astype(got[j].dtype), (j, i, got[j][i], c)
+
+
+def test_numpy_scalar_types_of_per_example_values_are_numpy_values_of_that_dtype():
+    # (np.float32(x) of a per-example x was refused as "numpy.asarray() of a varying value")
+    def f(x, k):
+        out = []
+        for i in range(k % 3 + 1):
+            out.append(np.float64(i))
+        return np.float32(x) * 3, np.int8(k) + 1, np.float64(k) / 3, np.stack(out).sum()
+    xs = [0.1, 2.5, -1.25]
+    ks = np.array([3, -4, 7])
+    loop = [f(xs[i], ks[i]) for i in range(3)]
+    got = sb.spmd(f)(xs, ks)
+    for j in range(4):
+        column = [r[j] for r in loop]
+        assert got[j].dtype == np.result_type(*column), (j, got[j].dtype)
+        np.testing.assert_array_equal(got[j], np.array(column, dtype=got[j].dtype))
