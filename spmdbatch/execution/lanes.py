@@ -264,6 +264,7 @@ def take_env(env, idx):
     batched lane vectors of numpy data and plain uniform leaves, without `take`'s dispatch."""
     items = []
     memo = None
+    aliases = None       # (whether one array is held by two slots: taken once, see _take_once)
     for v in env:
         kind = type(v)
         if kind is Batched:
@@ -271,13 +272,23 @@ def take_env(env, idx):
             if type(data) is _NDARRAY and data.ndim == 1:
                 v = Batched(data.take(idx), v.weak)
             else:
-                if memo is None:
-                    memo = {}
-                v = _take_once(v, idx, memo)
+                if aliases is None:
+                    aliases = len({id(x) for x in env}) < len(env)
+                if aliases:
+                    if memo is None:
+                        memo = {}
+                    v = _take_once(v, idx, memo)
+                else:
+                    v = take(v, idx, memo)
         elif kind not in _PLAIN_LEAVES and kind is not Tracer:
             if memo is None:
                 memo = {}
-            v = _take_once(v, idx, memo) if kind is LaneMapped else take(v, idx, memo)
+            if kind is LaneMapped:
+                if aliases is None:
+                    aliases = len({id(x) for x in env}) < len(env)
+                v = _take_once(v, idx, memo) if aliases else take(v, idx, memo)
+            else:
+                v = take(v, idx, memo)
         items.append(v)
     if _VIEWS.bases or _VIEWS.stale:
         views.follow_take(env, items)    # (views and out-of-date values stay so in the groups)
@@ -538,6 +549,8 @@ def merge_envs(envs, counts, names=None):
     for error messages)."""
     memo: dict = {}       # (one list held by two variables stays one list)
     out = []
+    first_env = envs[0]
+    aliases = len({id(x) for x in first_env}) < len(first_env)   # (one array in two slots)
     for i, values in enumerate(zip(*envs)):
         first = values[0]
         for v in values:
@@ -561,7 +574,7 @@ def merge_envs(envs, counts, names=None):
                     if len({id(d) for d in datas}) > 1:     # (one shared object: uniform)
                         out.append(Batched(np.concatenate(datas, axis=0), weak))
                         continue
-        if type(first) is Batched or type(first) is LaneMapped:
+        if aliases and (type(first) is Batched or type(first) is LaneMapped):
             # (two names of one array in every group stay one array: runtime/views.py)
             key = ("array",) + tuple(id(v) for v in values)
             hit = memo.get(key)

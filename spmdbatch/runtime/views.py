@@ -59,18 +59,30 @@ def _alive(ref_pair, obj_id, table):
     return entry
 
 
+def _ref(value, table):
+    """A weak reference to `value` that removes `value`'s entry of `table` when it dies (so
+    the tables are empty, and cost nothing, once the values they name are gone)."""
+    key = id(value)
+
+    def gone(ref, key=key, table=table):
+        entry = table.get(key)
+        if entry is not None and entry[0] is ref:
+            del table[key]
+    return weakref.ref(value, gone)
+
+
 def note_view(base, view, index=None) -> None:
     """`view` is a view of `base` in the loop (basic indexing of a per-example array by
     `index`; None: all of it, as a reshape or a transpose, or not known)."""
+    views = RECORDS.views
     try:
-        ref_view = weakref.ref(view)
+        ref_view = _ref(view, RECORDS.bases)
         ref_base = weakref.ref(base)
     except TypeError:
         return
-    views = RECORDS.views
     entry = _alive(None, id(base), views)
     if entry is None or entry[0]() is not base:
-        entry = views[id(base)] = (ref_base, [])
+        entry = views[id(base)] = (_ref(base, views), [])
     entry[1].append((ref_view, index))
     RECORDS.bases[id(view)] = (ref_view, ref_base, index)
     root = _alive(None, id(base), RECORDS.bases)        # a view of a view: the same memory
@@ -79,8 +91,9 @@ def note_view(base, view, index=None) -> None:
 
 
 def _mark(value, where) -> None:
+    stale = RECORDS.stale
     try:
-        RECORDS.stale[id(value)] = (weakref.ref(value), where)
+        stale[id(value)] = (_ref(value, stale), where)
     except TypeError:
         pass
 
