@@ -17,7 +17,7 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -25,6 +25,8 @@ from program_gen import dtype_matches, lane_tolerance, loop_dtype, mixed_dtype_i
 from test_fuzz_programs import FLOATS, FUZZ_SETTINGS, load_program  # noqa: E402
 
 import spmdbatch as sb  # noqa: E402
+from spmdbatch.errors import UnmergeableGroups  # noqa: E402
+from spmdbatch.execution.lanes import HELPER_RETURN_VALUE  # noqa: E402
 
 EXAMPLES = int(os.environ.get("SPMD_FUZZ_DTYPE_EXAMPLES", 150))
 FLOAT32 = os.environ.get("SPMD_FUZZ_DTYPE_FLOAT32") == "1"
@@ -63,6 +65,15 @@ def test_batched_dtypes_and_values_equal_per_example(program, batch):
             warnings.simplefilter("error")
             with np.errstate(all="raise", under="ignore"):
                 got = sb.spmd(f)(x, n, v)
+    except UnmergeableGroups as err:
+        # the one refusal a float32 program may meet: a helper whose returns differ in numpy
+        # dtype per example (its caller would compute on in each dtype in the loop)
+        if HELPER_RETURN_VALUE not in str(err) or err.filename is None \
+                or "spmd_fuzz_prog" not in err.filename:
+            pytest.fail(f"spmd raised on\n{inputs}\n{traceback.format_exc()}\n{program.source}",
+                        pytrace=False)
+        event("refused: a helper's returns differ in numpy dtype per example")
+        return
     except Exception:
         pytest.fail(f"spmd raised on\n{inputs}\n{traceback.format_exc()}\n{program.source}", pytrace=False)
     for j, g in enumerate(_leaves(got)):
