@@ -100,8 +100,8 @@ class SpmdFunction:
 
     def _run(self, fn, wrapped, wrapped_kw, batch):
         """Run the batch program on per-example values `wrapped` as a new batch level."""
-        saved = (STATE.partial, STATE.frame, STATE.lanes, STATE.max_depth)
-        STATE.partial, STATE.frame, STATE.lanes = False, None, None
+        saved = (STATE.partial, STATE.frame, STATE.lanes, STATE.max_depth, STATE.calls)
+        STATE.partial, STATE.frame, STATE.lanes, STATE.calls = False, None, None, 0
         if self.max_depth is not None:
             STATE.max_depth = self.max_depth
         forget_uniform_objects()
@@ -112,12 +112,15 @@ class SpmdFunction:
             if getattr(fn, "_spmd_native", False):   # @native (a custom_vjp function): as it
                 return fn(*wrapped, **wrapped_kw)      # is, on the batched values
             if is_user_function(fn) and not isinstance(fn, SpmdFunction):
-                return run_batched(fn, (), wrapped, wrapped_kw)
+                out = run_batched(fn, (), wrapped, wrapped_kw)
+                if views.RECORDS.stale:
+                    views.check_results((out,))   # (the loop's result would show an update)
+                return out
             # library code (grad(f), another spmd): runs natively in the batch program
             return call(fn, *wrapped, **wrapped_kw)
         finally:
             levels.pop(level)
-            STATE.partial, STATE.frame, STATE.lanes, STATE.max_depth = saved
+            STATE.partial, STATE.frame, STATE.lanes, STATE.max_depth, STATE.calls = saved
             UNIFORM_OBJECTS.active -= 1
             forget_uniform_objects()
             if not UNIFORM_OBJECTS.active:

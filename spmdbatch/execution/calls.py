@@ -24,7 +24,7 @@ import types
 
 import numpy as np
 
-from ..ad.tracer import untraced
+from ..ad.tracer import is_traced, untraced
 from ..errors import DivergentSideEffect, SpmdError, UnmergeableGroups, UnsupportedConstruct
 from ..runtime.array_methods import index_update
 from ..runtime.batched import Batched, Ragged
@@ -223,11 +223,13 @@ def run_batched(fn, self_arg, args, kwargs):
 def _run_program(program, self_arg, args, kwargs):
     """Run a batch program on the calling group's lanes."""
     lent = LL.lend(args) if any(type(a) in _OWNED_TYPES for a in args) else None
+    STATE.calls += 1
     try:
         return program(*self_arg, *args, **kwargs)
     except RecursionError:
         raise _too_deep(args, kwargs) from None
     finally:
+        STATE.calls -= 1
         if lent:
             LL.give_back(lent)
 
@@ -436,10 +438,20 @@ def _extreme_of_kinds(name, args, kinds):
         return out
     kind = chosen.pop()
     if type(kind) is tuple:               # every example keeps its Python number
-        data = cur.data if type(cur) is Batched else np.full(len(win), cur)
         target = np.float64 if kind[1] == "f" else np.int64 if kind[1] in "iu" else None
-        if target is not None and data.dtype != target:
-            data = P.astype(data, dtype=np.dtype(target))
+        if target is None:
+            data = cur.data if type(cur) is Batched else np.full(len(win), cur)
+            return Batched(data, weak=True)
+        # (selected among the Python numbers themselves, in their own precision: `cur`, a
+        # `where` with the other arguments, has their dtype, float32 say)
+        data = None
+        for i, a in enumerate(args):
+            if kinds[i] != kind:
+                continue
+            d = a.data if type(a) is Batched else np.full(len(win), a, dtype=target)
+            if d.dtype != target:
+                d = P.astype(d, dtype=np.dtype(target))
+            data = d if data is None else P.where(win == i, d, data)
         return Batched(data, weak=True)
     if type(cur) is Batched and cur.dtype != kind:
         cur = Batched(P.astype(cur.data, dtype=kind))
@@ -690,6 +702,11 @@ def call(fn, *args, **kwargs):
         special = _SPECIAL.get(fn)
         if special is not None:
             return special(*args, **kwargs)
+        if len(args) == 1 and not kwargs and type(args[0]) is Batched and issubclass(fn, np.generic) \
+                and fn is not np.object_ and not issubclass(fn, np.flexible):
+            # a numpy scalar type of a per-example value (np.float32(x)): each example's value
+            # in that dtype, a numpy value (not a Python number) as in the loop
+            return Batched(P.astype(args[0].data, dtype=np.dtype(fn)))
     elif kind is Batched:
         filename, lineno = user_frame()
         raise SpmdError("calling a varying value (each example would call a different function)",
@@ -1003,10 +1020,18 @@ def setitem(obj, index, value):
     if kind is LaneList or kind is LaneDict or kind is LL.FrozenList:   # built by this program
         obj[index] = value
         return obj
+    if type(obj) is np.ndarray and obj.flags.writeable and not STATE.partial \
+            and not is_varying(value) and not is_varying(index) and not is_traced(value):
+        # one array for all examples, a write that is the same for all of them, every lane
+        # running: in place, as each example's loop does (its views and other names see it)
+        obj[index] = value
+        return obj
     if type(obj) is Batched or hasattr(obj, "shape") and hasattr(obj, "dtype"):
         out = index_update(obj, index, value, mode="set")
-        if type(obj) is Batched and obj.data.ndim >= 2:
-            views.note_update(obj, rebound=True)  # (other names and views keep the old values)
+        if getattr(type(obj), "_notes_views", False) and obj.ndim >= 1:
+            # (other names and views keep the old values: those that overlap the write are
+            # out of date)
+            views.note_update(obj, rebound=True, index=index)
         return out
     if type(index) is Batched or (type(index) is tuple and any(type(i) is Batched for i in index)):
         filename, lineno = user_frame()
@@ -1050,7 +1075,7 @@ def inplace(op, a, b):
         if (type(a) is np.ndarray or a.ndim >= 1) and getattr(out, "dtype", a.dtype) != a.dtype \
                 and np.can_cast(out.dtype, a.dtype, "same_kind"):
             out = out.astype(a.dtype)   # an array updated in place keeps its dtype, as in numpy
-        if type(a) is Batched and a.data.ndim >= 2:
+        if getattr(type(a), "_notes_views", False) and a.ndim >= 1:
             views.note_update(a, rebound=True)   # (other names and views keep the old values)
         return out
     kind = type(a)

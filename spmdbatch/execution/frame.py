@@ -23,12 +23,16 @@ call's result (sums over a recursion, execution/sums.py).
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from ..ad.tracer import untraced
-from ..errors import UnmergeableGroups
+from ..errors import UnmergeableGroups, UnsupportedConstruct
+from ..runtime import views
+from ..runtime.blame import user_frame
 from ..runtime.batched import Batched
-from .lanes import merge, merge_envs, take, take_env, weak_merge_dtype
+from .lanes import HELPER_RETURN_VALUE, RETURN_VALUE, merge, merge_envs, take, take_env
 from .state import STATE
 from .stats import STATS, count_running_call
 
@@ -37,6 +41,7 @@ try:            # numpy's C function (np.count_nonzero wraps it in Python: 4x th
 except ImportError:     # pragma: no cover  (numpy < 2)
     _count_nonzero = np.count_nonzero
 _NDARRAY = np.ndarray
+_VIEWS = views.RECORDS
 _BOOL = np.dtype(bool)
 
 
@@ -60,8 +65,8 @@ _INT64_MIN, _INT64_MAX = -2 ** 63, 2 ** 63 - 1
 
 def _number_and_lanes(a, b):
     """(a, b, weak) for `numpy.where` when one of them is a Python int or float and the other a
-    lane vector of numpy data, in the dtype their join would have (`weak_merge_dtype`); (None,
-    None, None) otherwise."""
+    lane vector of Python numbers (weak) or of the number's own dtype (int64, float64); (None,
+    None, None) otherwise (`lanes._check_one_dtype`: such groups do not merge)."""
     number_first = type(a) is int or type(a) is float
     number, lanes = (a, b) if number_first else (b, a)
     kind = type(number)
@@ -73,13 +78,15 @@ def _number_and_lanes(a, b):
         return None, None, None
     weak = lanes.weak
     if not weak:
-        dtype = weak_merge_dtype([lanes, number])
-        if dtype is None:
+        # (a Python number in some examples and numpy data of another dtype in others do not
+        # merge: lanes._check_one_dtype)
+        if data.dtype != (_FLOAT64 if kind is float else _INT64):
             return None, None, None
-        if data.dtype != dtype:
-            data = data.astype(dtype)
-        number = np.asarray(number, dtype=dtype)
+        number = np.asarray(number, dtype=data.dtype)
     return (number, data, weak) if number_first else (data, number, weak)
+
+
+_FLOAT64, _INT64 = np.dtype(np.float64), np.dtype(np.int64)
 
 
 def select_env(cond, n, t_env, f_env):
@@ -123,6 +130,61 @@ def select_env(cond, n, t_env, f_env):
     return tuple(out)
 
 
+_NATIVE_ITERATORS = tuple(type(it) for it in (iter(range(0)), iter([]), iter(()), iter(""),
+                                               iter({}), iter({}.values()), iter({}.items()),
+                                               iter(b""), reversed([]), reversed(range(0))))
+"""Iterators that `copy.copy` copies at their position (over the same sequence)."""
+
+
+def _copy_iterator(it):
+    """A copy of a native iterator at its position, or None where it cannot be copied
+    (`enumerate` and `zip` copy their inner iterators: `copy.copy` would share them)."""
+    kind = type(it)
+    if kind in _NATIVE_ITERATORS:
+        return copy.copy(it)
+    if kind is enumerate or kind is zip:
+        reduced = it.__reduce__()
+        inner = [_copy_iterator(i) for i in reduced[1][:-1 if kind is enumerate else None]]
+        if any(i is None for i in inner):
+            return None
+        if kind is enumerate:
+            return enumerate(inner[0], reduced[1][-1])
+        return zip(*inner, strict=bool(reduced[2])) if len(reduced) > 2 else zip(*inner)
+    return None
+
+
+def _own_iterators(env, rest):
+    """The groups `rest`, which wait while the group of `env` runs on apart from them (they do
+    not merge), with their own copies of the native iterators of uniform `for` loops (a Python
+    iterator over a uniform range or list) that they share with `env`: otherwise the first
+    group's next iterations would advance the others' loop too. A shared iterator that cannot
+    be copied (a generator) is refused."""
+    shared = {id(v): v for v in env if hasattr(v, "__next__") and not hasattr(v, "_spmd_take_lanes")}
+    if not shared:
+        return rest
+    copies: dict = {}
+    out = []
+    for lanes, n, group_env in rest:
+        new_env = []
+        for v in group_env:
+            if id(v) in shared and v is shared[id(v)]:
+                c = copies.get(id(v))
+                if c is None:
+                    c = copies[id(v)] = _copy_iterator(v)
+                    if c is None:
+                        filename, lineno = user_frame()
+                        raise UnsupportedConstruct(
+                            f"lanes of a loop over a {type(v).__name__} must run apart here (a value "
+                            f"has different types in different examples), but the iterator cannot "
+                            f"be copied for each of them", filename, lineno,
+                            hint="Loop over a list or range, or give the value one type (dtype) "
+                                 "on every path.")
+                v = c
+            new_env.append(v)
+        out.append((lanes, n, tuple(new_env)))
+    return out
+
+
 class Frame:
     """Waiting lane groups of one batched call (see module docstring).
 
@@ -138,7 +200,7 @@ class Frame:
     """
 
     __slots__ = ("loop_end", "names", "fwd", "back", "returns", "n", "base_partial", "parent",
-                 "parent_lanes", "extension", "finisher")
+                 "parent_lanes", "extension", "finisher", "top", "function")
 
     def __init__(self, loop_end, n: int, names=None, function: str = "?"):
         self.loop_end = loop_end   # loop_end[b]: last block of the loop headed by b, or -1
@@ -152,6 +214,8 @@ class Frame:
         self.parent_lanes = STATE.lanes    # make this call's batch (None: all of them)
         self.extension = None              # (see the class docstring)
         self.finisher = None
+        self.top = STATE.calls <= 1        # the @spmd function's own call (not a helper's)
+        self.function = function
         if STATS.active is not None:
             count_running_call(function, n)
         STATE.frame = self
@@ -195,6 +259,8 @@ class Frame:
             (self.jump_back if f_back else self.jump)(f_block, f_lanes, n - k, take_env(f_env, f_idx))
 
     def ret(self, lanes, n, value):
+        if _VIEWS.stale:
+            views.check_results((value,))   # (the loop's result would show an in-place update)
         ext = self.extension
         if ext is None:
             self.returns.append((lanes, n, value))
@@ -236,7 +302,7 @@ class Frame:
                     except UnmergeableGroups:
                         rest.append(g)
                 lanes, n, env = cluster[0] if len(cluster) == 1 else self._merge(block, cluster)
-                fwd.setdefault(block, []).extend(rest)
+                fwd.setdefault(block, []).extend(_own_iterators(env, rest))
         # (a permutation of all lanes is complete; once an extension runs lanes, no group is)
         STATE.partial = self.base_partial or n != self.n or self.extension is not None
         STATE.lanes = lanes
@@ -285,7 +351,12 @@ class Frame:
         if not returns:
             raise AssertionError("batched call finished without a return")
         counts = [r[1] for r in returns]
-        value = merge([r[2] for r in returns], counts, "the return value")
+        # The batch's result promotes the examples' dtypes, as stacking the loop's results
+        # does; a helper's result is used on by its caller, where each example of the loop
+        # computes with its own dtype: returns of different dtypes are refused there
+        # (`lanes._check_one_dtype`).
+        value = merge([r[2] for r in returns], counts,
+                      RETURN_VALUE if self.top else f"{HELPER_RETURN_VALUE} ({self.function})")
         lanes = np.concatenate([np.arange(r[1]) if r[0] is None else r[0] for r in returns])
         if not np.count_nonzero(lanes[1:] < lanes[:-1]):
             return value                   # (already in lane order)

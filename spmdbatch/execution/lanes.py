@@ -19,11 +19,13 @@ import numpy as np
 
 from ..errors import UnmergeableGroups, UnsupportedConstruct
 from ..runtime import primitives as P
-from ..runtime import pytree
+from ..runtime import pytree, views
 from ..ad.tracer import Tracer, untraced
 from ..runtime.batched import Batched, Ragged
 from ..runtime.blame import user_frame
 from ..runtime.mapped import MIN_MAPPED_SIZE, LaneMapped, as_mapped, identity_index, mappable
+
+_VIEWS = views.RECORDS
 
 
 class _Undefined:
@@ -246,11 +248,23 @@ def _refuse_split_object(value):
             "branches).")
 
 
+def _take_once(value, idx, memo):
+    """`take` of a per-example array once per environment: two names of one array (``u = w``)
+    stay one array, as in the loop, where an update through one is seen through the other
+    (runtime/views.py)."""
+    key = ("array", id(value))
+    hit = memo.get(key)
+    if hit is None or hit[0] is not value:
+        hit = memo[key] = (value, take(value, idx, memo))
+    return hit[1]
+
+
 def take_env(env, idx):
     """`take` of an environment tuple (one memo for all its slots): the values most slots hold,
     batched lane vectors of numpy data and plain uniform leaves, without `take`'s dispatch."""
     items = []
     memo = None
+    aliases = None       # (whether one array is held by two slots: taken once, see _take_once)
     for v in env:
         kind = type(v)
         if kind is Batched:
@@ -258,12 +272,26 @@ def take_env(env, idx):
             if type(data) is _NDARRAY and data.ndim == 1:
                 v = Batched(data.take(idx), v.weak)
             else:
-                v = take(v, idx, memo)
+                if aliases is None:
+                    aliases = len({id(x) for x in env}) < len(env)
+                if aliases:
+                    if memo is None:
+                        memo = {}
+                    v = _take_once(v, idx, memo)
+                else:
+                    v = take(v, idx, memo)
         elif kind not in _PLAIN_LEAVES and kind is not Tracer:
             if memo is None:
                 memo = {}
-            v = take(v, idx, memo)
+            if kind is LaneMapped:
+                if aliases is None:
+                    aliases = len({id(x) for x in env}) < len(env)
+                v = _take_once(v, idx, memo) if aliases else take(v, idx, memo)
+            else:
+                v = take(v, idx, memo)
         items.append(v)
+    if _VIEWS.bases or _VIEWS.stale:
+        views.follow_take(env, items)    # (views and out-of-date values stay so in the groups)
     return tuple(items)
 
 
@@ -521,6 +549,8 @@ def merge_envs(envs, counts, names=None):
     for error messages)."""
     memo: dict = {}       # (one list held by two variables stays one list)
     out = []
+    first_env = envs[0]
+    aliases = len({id(x) for x in first_env}) < len(first_env)   # (one array in two slots)
     for i, values in enumerate(zip(*envs)):
         first = values[0]
         for v in values:
@@ -544,7 +574,20 @@ def merge_envs(envs, counts, names=None):
                     if len({id(d) for d in datas}) > 1:     # (one shared object: uniform)
                         out.append(Batched(np.concatenate(datas, axis=0), weak))
                         continue
+        if aliases and (type(first) is Batched or type(first) is LaneMapped):
+            # (two names of one array in every group stay one array: runtime/views.py)
+            key = ("array",) + tuple(id(v) for v in values)
+            hit = memo.get(key)
+            if hit is not None and all(a is b for a, b in zip(hit[0], values)):
+                out.append(hit[1])
+                continue
+            merged = merge(values, counts, f"variable {names[i]!r}" if names else "a variable", True, memo)
+            memo[key] = (values, merged)
+            out.append(merged)
+            continue
         out.append(merge(values, counts, f"variable {names[i]!r}" if names else "a variable", True, memo))
+    if _VIEWS.bases or _VIEWS.stale:
+        views.follow_merge(envs, out)    # (views and out-of-date values stay so where they join)
     return tuple(out)
 
 
@@ -581,6 +624,10 @@ def _is_array_like(value) -> bool:
 
 _PYTHON_NUMBERS = (int, float, bool, complex)
 _WEAK_EXAMPLE = {"b": False, "i": 0, "u": 0, "f": 0.0, "c": 0j}
+_PYTHON_DEFAULT = {bool: np.dtype(bool), int: np.dtype(np.int64), float: np.dtype(np.float64),
+                   complex: np.dtype(np.complex128), "b": np.dtype(bool), "i": np.dtype(np.int64),
+                   "u": np.dtype(np.int64), "f": np.dtype(np.float64), "c": np.dtype(np.complex128)}
+"""The dtype of the numpy scalar each kind of Python number stands for (weak: NEP 50)."""
 
 
 def _is_weak(v) -> bool:
@@ -589,8 +636,12 @@ def _is_weak(v) -> bool:
 
 
 RETURN_VALUE = "the return value"
-"""The `name` of the merge of a function's returns: there groups of different dtypes are
-promoted (numpy's promotion, as stacking the loop's results does), not kept apart."""
+"""The `name` of the merge of the batch function's returns: there groups of different dtypes
+are promoted (numpy's promotion, as stacking the loop's results does), not kept apart."""
+
+HELPER_RETURN_VALUE = "the value a called function returns"
+"""The `name` of the merge of a called function's returns: its caller cannot run apart on
+groups of different dtypes (it is in the middle of a block), so they are refused."""
 
 
 def _check_one_dtype(values, name):
@@ -602,8 +653,12 @@ def _check_one_dtype(values, name):
     if name == RETURN_VALUE:
         return
     dtype = None
+    number_dtypes = set()
     for v in values:
-        if _is_weak(v) or v is UNDEFINED:
+        if v is UNDEFINED:
+            continue
+        if _is_weak(v):
+            number_dtypes.add(_PYTHON_DEFAULT[v.dtype.kind if type(v) is Batched else type(v)])
             continue
         d = getattr(v, "dtype", None)
         if d is None:
@@ -614,7 +669,28 @@ def _check_one_dtype(values, name):
             filename, lineno = user_frame()
             raise UnmergeableGroups(f"{name} has dtype {dtype} in some examples and {d} in others "
                                     f"where control flow joins", filename, lineno,
-                                    hint="Give it one dtype on every path (numpy.float32(...)).")
+                                    hint=_hint(name, "one dtype", "(numpy.float32(...))"))
+    if number_dtypes and dtype is not None and number_dtypes != {dtype} \
+            and not name.startswith(HELPER_RETURN_VALUE):
+        # A Python number in some examples and a numpy value of another dtype than the
+        # number's own (float32 and 0.1, int8 and 3) in others: the loop keeps each example's
+        # own type (0.1 stays a Python float, a float64 with the weak promotion of NEP 50), so
+        # one array, of either dtype, would compute some lanes' later results in another
+        # dtype or precision. (A Python float with numpy float64 lanes, a Python int with
+        # int64 ones, do merge, as float64 / int64; so do a called function's returns, which
+        # cannot run apart and are common (`return 0.0` beside float32 arrays): the promotion
+        # as before. See docs/DESIGN.md, Dtypes.)
+        filename, lineno = user_frame()
+        raise UnmergeableGroups(f"{name} is a Python number in some examples and a numpy {dtype} "
+                                f"in others where control flow joins", filename, lineno,
+                                hint=_hint(name, "one type", "(numpy.float32(...) or float(...))"))
+
+
+def _hint(name, what, how):
+    if name.startswith(HELPER_RETURN_VALUE):
+        return (f"Return {what} on every path of the called function {how}: the per-example "
+                f"loop's caller would compute on with each example's own type.")
+    return f"Give it {what} on every path {how}."
 
 
 def _merge_numbers(values, counts, name, disjoint=True):

@@ -18,6 +18,7 @@ class _State(threading.local):
     frame = None      # the innermost running Frame (execution/frame.py)
     lanes = None      # the running group's lanes in that frame (None: all, in order)
     max_depth = None  # limit of recursive calls per example (None: sys.getrecursionlimit())
+    calls = 0         # batch programs running in this batch level (1: the @spmd function's own)
 
 
 STATE = _State()

@@ -103,8 +103,8 @@ class ArrayMethods:
     def __getitem__(self, index):
         template, arrays = P.split_index(index)
         out = P.getitem(self, *arrays, index=template)
-        if not arrays and self._notes_views and type(out) is type(self) and out.data.ndim >= 2:
-            views.note_view(self, out)     # (a view in the loop: see runtime/views.py)
+        if not arrays and self._notes_views and getattr(type(out), "_notes_views", False) and out.ndim >= 1:
+            views.note_view(self, out, index)   # (a view in the loop: see runtime/views.py)
         return out
 
     def __len__(self):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import primitives as P
+from . import views
 from .array_methods import ArrayMethods
 from .backend import namespace
 from .batched import Batched, Ragged
@@ -30,7 +31,8 @@ class LaneMapped(RefusesConcrete, ArrayMethods):
     """Varying raw data: lane i is ``base[index[i]]`` (ragged when `lengths` is given: lane i
     then has length ``lengths[index[i]]`` along its first axis)."""
 
-    __slots__ = ("base", "index", "lengths", "_lane_lengths")
+    __slots__ = ("base", "index", "lengths", "_lane_lengths", "__weakref__")
+    _notes_views = True      # (its lanes are per-example arrays: views are tracked, runtime/views.py)
 
     def __init__(self, base, index, lengths=None):
         self.base = base
@@ -112,6 +114,8 @@ def as_mapped(value) -> LaneMapped:
 
 
 def _mapped_apply(prim, args, params):
+    if views.RECORDS.stale:
+        views.check(args)          # (a value an in-place update left out of date)
     if prim is P.getitem:
         x = args[0]
         template = params["index"]

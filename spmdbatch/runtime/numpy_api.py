@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import UnsupportedOperation
 from . import primitives as P
+from . import views
 from .blame import lane_error, user_frame
 from .dispatch import PRIMITIVES
 
@@ -277,7 +278,15 @@ def reshape(a, shape=None, order="C", *, newshape=None, copy=None):
         target = tuple((total // known if known else 0) if s == -1 else s for s in target)
     if target == tuple(a.shape):
         return a
-    return P.reshape(a, shape=target)
+    return _view(a, P.reshape(a, shape=target))
+
+
+def _view(a, out):
+    """`out`, noted as a view of the per-example array `a` (a reshape or transpose is one in
+    the loop: an in-place update of either is seen by the other, runtime/views.py)."""
+    if getattr(type(a), "_notes_views", False) and getattr(type(out), "_notes_views", False):
+        views.note_view(a, out)
+    return out
 
 
 @implements(np.ravel)
@@ -294,7 +303,7 @@ def transpose(a, axes=None):
         axes = tuple(int(ax) % nd for ax in axes)
     if axes == tuple(range(nd)):
         return a
-    return P.transpose(a, axes=axes)
+    return _view(a, P.transpose(a, axes=axes))
 
 
 @implements(np.swapaxes)
