@@ -412,10 +412,11 @@ def test_batching_rule_equals_the_per_example_loop(name, data):
             per_example.append(sb.vjp(one, *[ops[i] for i in wrt])[1](ct[lane]))
     for k, i in enumerate(wrt):
         lane_cts = [np.asarray(c[k]) for c in per_example]
-        want_ct = np.stack(lane_cts) if axes[i] == 0 else np.sum(lane_cts, axis=0)
-        with np.errstate(invalid="ignore", over="ignore"):    # (infinities compare as equal)
+        with np.errstate(invalid="ignore", over="ignore"):    # (inf - inf is NaN on both sides;
+            #                                                    equal infinities compare equal)
+            want_ct = np.stack(lane_cts) if axes[i] == 0 else np.sum(lane_cts, axis=0)
             np.testing.assert_allclose(np.asarray(got_cts[k]), want_ct, rtol=1e-9, atol=1e-9,
-                                       err_msg=f"{name}: cotangent of operand {i}")
+                                       equal_nan=True, err_msg=f"{name}: cotangent of operand {i}")
 
 
 # --- packed rules --------------------------------------------------------------------------------
@@ -755,7 +756,7 @@ def test_packed_rule_equals_the_per_example_loop(name, data):
                 return prim(*example_ops(i, current), **lane_params(i))
             per_example.append(sb.vjp(one, *[leaves_i[k] for k in wrt])[1](piece))
     for j, k in enumerate(wrt):
-        want_ct = ops[k].combine([np.asarray(c[j]) for c in per_example])
-        with np.errstate(invalid="ignore", over="ignore"):        # (infinities compare as equal)
+        with np.errstate(invalid="ignore", over="ignore"):        # (as above)
+            want_ct = ops[k].combine([np.asarray(c[j]) for c in per_example])
             np.testing.assert_allclose(np.asarray(got_cts[j]), want_ct, rtol=1e-9, atol=1e-9,
-                                       err_msg=f"{name}: cotangent of operand {k}")
+                                       equal_nan=True, err_msg=f"{name}: cotangent of operand {k}")
