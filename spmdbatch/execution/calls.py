@@ -1071,6 +1071,9 @@ def inplace(op, a, b):
     if type(a) is Batched and a.data.ndim == 1:
         return functional(a, b)          # (a per-example number: a new value, as Python's)
     if hasattr(a, "shape") and hasattr(a, "dtype"):
+        # a staged replay would run it functionally too, without the view records below:
+        # a region with an in-place update of an array is not staged
+        staging.refuse_while_recording("an in-place update of an array")
         out = functional(a, b)
         if (type(a) is np.ndarray or a.ndim >= 1) and getattr(out, "dtype", a.dtype) != a.dtype \
                 and np.can_cast(out.dtype, a.dtype, "same_kind"):
