@@ -297,6 +297,13 @@ def _not_in_fused_call():
         raise _SideEffectInFusedCall()
 
 
+def _before_store():
+    """What every store to a name or attribute outside the batch program's locals checks
+    first: it is not staged (a replay would not repeat it) and it is not in a fused call."""
+    staging.refuse_while_recording("a store")
+    _not_in_fused_call()
+
+
 def _refuse_divergent(what: str, hint: str):
     filename, lineno = user_frame(3)
     raise DivergentSideEffect(f"{what} under a varying condition (only some examples run it, but "
@@ -314,8 +321,7 @@ def store_attr(obj, name, value):
     refused for a per-example value on an object the caller can see (one the batch program
     neither constructed nor received as per-example data): it would keep an internal
     per-lane wrapper after the call."""
-    staging.refuse_while_recording("a store")
-    _not_in_fused_call()
+    _before_store()
     if STATE.partial:
         _refuse_divergent(f"assignment to attribute .{name} of a {type(obj).__name__}",
                           "Keep per-example state in local variables and return it.")
@@ -329,8 +335,7 @@ def store_attr(obj, name, value):
 
 
 def del_attr(obj, name):
-    staging.refuse_while_recording("a store")
-    _not_in_fused_call()
+    _before_store()
     if STATE.partial:
         _refuse_divergent(f"deletion of attribute .{name}", "Move it out of the data-dependent branch.")
     forget_uniform_objects()
@@ -339,8 +344,7 @@ def del_attr(obj, name):
 
 def store_global(globals_, name, value):
     """`global name; name = value`, refused while only some lanes run."""
-    staging.refuse_while_recording("a store")
-    _not_in_fused_call()
+    _before_store()
     if STATE.partial:
         _refuse_divergent(f"assignment to global variable {name!r}",
                           "Return the value instead of storing it in a global.")
@@ -351,8 +355,7 @@ def store_global(globals_, name, value):
 
 
 def del_global(globals_, name):
-    staging.refuse_while_recording("a store")
-    _not_in_fused_call()
+    _before_store()
     if STATE.partial:
         _refuse_divergent(f"deletion of global variable {name!r}", "Move it out of the branch.")
     del globals_[name]
@@ -360,8 +363,7 @@ def del_global(globals_, name):
 
 def store_nonlocal(cell, name, value):
     """`nonlocal name; name = value` (a variable of an enclosing function), likewise."""
-    staging.refuse_while_recording("a store")
-    _not_in_fused_call()
+    _before_store()
     if STATE.partial:
         _refuse_divergent(f"assignment to nonlocal variable {name!r}",
                           "Return the value instead of assigning the enclosing function's variable.")

@@ -23,16 +23,16 @@ from .elementwise import safe_mul
 
 
 # --- implementations ----------------------------------------------------------------------
-def _sum(x, axis=None, keepdims=False):
-    return np.sum(x, axis=axis, keepdims=keepdims)
+def _reducer(fn):
+    """The implementation of a reduction that is numpy's `fn` over `axis` (keyword form)."""
+    def impl(x, axis=None, keepdims=False):
+        return fn(x, axis=axis, keepdims=keepdims)
+    impl.__name__ = impl.__qualname__ = f"_{fn.__name__}"
+    return impl
 
 
-def _max(x, axis=None, keepdims=False):
-    return np.max(x, axis=axis, keepdims=keepdims)
-
-
-def _min(x, axis=None, keepdims=False):
-    return np.min(x, axis=axis, keepdims=keepdims)
+_sum, _max, _min, _argmax, _argmin, _any, _all = map(
+    _reducer, (np.sum, np.max, np.min, np.argmax, np.argmin, np.any, np.all))
 
 
 def _logsumexp(x, axis=None, keepdims=False):
@@ -68,22 +68,6 @@ def _sort(x, axis=-1):
 
 def _argsort(x, axis=-1):
     return namespace(x).argsort(x, axis=axis, kind="stable")
-
-
-def _argmax(x, axis=None, keepdims=False):
-    return np.argmax(x, axis=axis, keepdims=keepdims)
-
-
-def _argmin(x, axis=None, keepdims=False):
-    return np.argmin(x, axis=axis, keepdims=keepdims)
-
-
-def _any(x, axis=None, keepdims=False):
-    return np.any(x, axis=axis, keepdims=keepdims)
-
-
-def _all(x, axis=None, keepdims=False):
-    return np.all(x, axis=axis, keepdims=keepdims)
 
 
 
